@@ -1,0 +1,264 @@
+"""The configuration model: agentgateway's standalone config format.
+
+Frozen attrs classes, one per object in the YAML/JSON file. Field names are
+snake_case here and camelCase in the file (``path_prefix`` <-> ``pathPrefix``);
+the converter in ``converter.py`` does the mapping, forbids unknown keys and
+reports every error with its field path. Durations are parsed to seconds
+(float) and sizes to bytes (int) by the converter. These are config values,
+not runtime objects: ``agentgw.app.Gateway`` compiles them.
+
+Where agentgateway has a key that agentgw does not implement, the converter
+refuses it by name with "not supported by agentgw" rather than ignoring it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+# ---------------------------------------------------------------- matches
+
+
+@attrs.frozen
+class PathMatch:
+    """Exactly one of ``exact``, ``path_prefix`` (``pathPrefix``), ``regex``."""
+
+    exact: str | None = None
+    path_prefix: str | None = None
+    regex: str | None = None
+
+
+@attrs.frozen
+class ValueMatch:
+    """Exactly one of ``exact``, ``regex``."""
+
+    exact: str | None = None
+    regex: str | None = None
+
+
+@attrs.frozen
+class HeaderMatch:
+    name: str
+    value: ValueMatch
+
+
+@attrs.frozen
+class QueryMatch:
+    name: str
+    value: ValueMatch
+
+
+@attrs.frozen
+class RouteMatch:
+    path: PathMatch = PathMatch(path_prefix="/")
+    method: str | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+    query: tuple[QueryMatch, ...] = ()
+
+
+# ---------------------------------------------------------------- policies
+
+
+@attrs.frozen
+class HeaderModifier:
+    add: dict[str, str] = attrs.field(factory=dict)
+    set: dict[str, str] = attrs.field(factory=dict)
+    remove: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class DirectResponse:
+    status: int
+    body: str = ""
+
+
+@attrs.frozen
+class TimeoutPolicy:
+    """Seconds. ``request_timeout`` bounds the whole exchange,
+    ``backend_request_timeout`` the wait for the upstream's response head."""
+
+    request_timeout: float | None = None
+    backend_request_timeout: float | None = None
+
+
+@attrs.frozen
+class Cors:
+    allow_origins: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age: float | None = None
+
+
+@attrs.frozen
+class Policies:
+    """Route (and listener) policies. Later issues add jwtAuth,
+    mcpAuthentication, mcpAuthorization, authorization and backendAuth."""
+
+    request_header_modifier: HeaderModifier | None = None
+    response_header_modifier: HeaderModifier | None = None
+    direct_response: DirectResponse | None = None
+    cors: Cors | None = None
+    timeout: TimeoutPolicy | None = None
+
+
+# ---------------------------------------------------------------- backends
+
+
+@attrs.frozen
+class StdioTarget:
+    cmd: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class HttpTarget:
+    """``host`` is either a full URL (``http://h:p/path``) or, with ``port``
+    and ``path``, a bare host name."""
+
+    host: str
+    port: int | None = None
+    path: str | None = None
+
+
+@attrs.frozen
+class McpTarget:
+    """Exactly one of ``mcp`` (Streamable HTTP), ``sse``, ``stdio``,
+    ``websocket``. ``name``: lowercase letters, digits, ``-`` and ``.``."""
+
+    name: str
+    mcp: HttpTarget | None = None
+    sse: HttpTarget | None = None
+    stdio: StdioTarget | None = None
+    websocket: HttpTarget | None = None
+
+
+@attrs.frozen
+class McpBackend:
+    targets: tuple[McpTarget, ...]
+    stateful_mode: Literal["stateful", "stateless"] = "stateful"
+    prefix_mode: Literal["conditional", "always", "never"] | None = None
+    failure_mode: Literal["failClosed", "failOpen"] | None = None
+
+
+@attrs.frozen
+class Backend:
+    """Exactly one of ``host`` (``"127.0.0.1:8080"``) or ``mcp``."""
+
+    host: str | None = None
+    mcp: McpBackend | None = None
+    weight: int = 1
+
+
+# ---------------------------------------------------------------- routes and binds
+
+
+@attrs.frozen
+class Route:
+    name: str | None = None
+    hostnames: tuple[str, ...] = ()
+    matches: tuple[RouteMatch, ...] = (RouteMatch(),)
+    policies: Policies | None = None
+    backends: tuple[Backend, ...] = ()
+
+
+@attrs.frozen
+class Listener:
+    name: str | None = None
+    hostname: str | None = None
+    protocol: Literal["HTTP"] = "HTTP"
+    routes: tuple[Route, ...] = ()
+    policies: Policies | None = None
+
+
+@attrs.frozen
+class Bind:
+    """``address`` is agentgw's own key (agentgateway listens on every
+    interface); port 0 picks a free port."""
+
+    listeners: tuple[Listener, ...]
+    port: int = 3000
+    address: str = "0.0.0.0"
+
+
+@attrs.frozen
+class SimpleMcp:
+    """The top-level ``mcp:`` shorthand: one bind on ``port`` serving
+    ``/mcp``, ``/sse`` and ``/.well-known/*`` in front of ``targets``."""
+
+    targets: tuple[McpTarget, ...]
+    port: int = 3000
+    address: str = "0.0.0.0"
+    stateful_mode: Literal["stateful", "stateless"] = "stateful"
+    prefix_mode: Literal["conditional", "always", "never"] | None = None
+    failure_mode: Literal["failClosed", "failOpen"] | None = None
+    policies: Policies | None = None
+
+
+# ---------------------------------------------------------------- global settings
+
+
+@attrs.frozen
+class Session:
+    key: str
+
+
+@attrs.frozen
+class McpSettings:
+    session_ttl: float = 1800.0
+
+
+@attrs.frozen
+class BackendSettings:
+    """Upstream client settings (agentgateway's ``config.backend``)."""
+
+    connect_timeout: float = 10.0
+    pool_idle_timeout: float = 90.0
+    pool_max_size: int | None = None
+
+
+@attrs.frozen
+class HttpLimits:
+    """agentgw's own server limits (``config.http``); every one is bounded."""
+
+    max_header_bytes: int = 65536
+    max_request_line_bytes: int = 8192
+    max_body_bytes: int | None = None
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10000
+    upstream_response_timeout: float = 300.0
+
+
+@attrs.frozen
+class Logging:
+    format: Literal["text", "json"] = "text"
+    level: str = "info"
+
+
+@attrs.frozen
+class Settings:
+    """The top-level ``config:`` block."""
+
+    admin_addr: str | None = None
+    stats_addr: str | None = None
+    readiness_addr: str | None = None
+    session: Session | None = None
+    mcp: McpSettings = McpSettings()
+    backend: BackendSettings = BackendSettings()
+    connection_termination_deadline: float = 5.0
+    http: HttpLimits = HttpLimits()
+    logging: Logging = Logging()
+
+
+@attrs.frozen
+class Config:
+    """A whole configuration file."""
+
+    binds: tuple[Bind, ...] = ()
+    mcp: SimpleMcp | None = None
+    config: Settings = Settings()
