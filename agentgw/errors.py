@@ -57,3 +57,13 @@ class UpstreamTimeout(UpstreamError):
     """The upstream did not answer in time (504)."""
 
     status = 504
+
+
+class ClientGone(AgentgwError):
+    """The client closed its connection or stopped reading; nothing to send."""
+
+
+class AbortResponse(AgentgwError):
+    """The response was started and cannot be completed; the client's
+    connection is closed without ending the message, so the client sees a
+    truncated response rather than a complete one."""

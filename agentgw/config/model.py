@@ -224,7 +224,7 @@ class BackendSettings:
 class HttpLimits:
     """agentgw's own server limits (``config.http``); every one is bounded."""
 
-    max_header_bytes: int = 65536
+    max_header_bytes: int = 32768
     max_request_line_bytes: int = 8192
     max_body_bytes: int | None = None
     header_timeout: float = 10.0

@@ -1,0 +1,310 @@
+"""Gateway: compiles a config and serves it.
+
+How this works: ``Gateway(config)`` compiles the config into runtime objects
+(routers, merged route policies, backend origins) and fails fast with
+``ConfigError``. ``serve()`` owns the root nursery: accept loops, the upstream
+pool's evictor and the readiness endpoint run there, and connections run in a
+child nursery whose deadline is the drain deadline. ``shutdown()`` starts a
+graceful drain: listeners close, idle connections close, in-flight requests
+get until ``config.connectionTerminationDeadline`` and are then cancelled
+(a streaming response is ended cleanly). Cancelling the caller's scope
+instead stops everything at once; either way nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import time
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+
+from agentgw.config.load import effective_binds
+from agentgw.config.model import Backend, Bind, Config, Listener, Route
+from agentgw.errors import ConfigError
+from agentgw.policy.pipeline import (
+    RequestView,
+    Respond,
+    RoutePolicies,
+    response_headers,
+    run_request,
+)
+from agentgw.proxy import proxy_request
+from agentgw.routing import Router, choose_backend
+from agentgw.server.connection import ClientConnection, ServerRequest
+from agentgw.upstream.pool import ConnectionPool, Origin
+
+logger = logging.getLogger(__name__)
+
+_ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+@attrs.frozen
+class ListenAddress:
+    """Where a bind listens. ``listeners`` names its listeners."""
+
+    host: str
+    port: int
+    listeners: tuple[str, ...]
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@attrs.frozen
+class CompiledRoute:
+    policies: RoutePolicies
+    backends: tuple[Backend, ...]
+    origins: dict[int, Origin]
+
+
+@attrs.define(eq=False)
+class CompiledBind:
+    bind: Bind
+    name: str
+    router: Router
+    routes: dict[int, CompiledRoute]
+
+
+def parse_origin(host: str) -> Origin:
+    """``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> (host, port)."""
+    name, sep, port = host.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {host!r}")
+    return name.strip("[]"), int(port)
+
+
+def _compile_route(listener: Listener, route: Route, path: str, errors: list[str]) -> CompiledRoute:
+    origins: dict[int, Origin] = {}
+    for i, backend in enumerate(route.backends):
+        if backend.mcp is not None:
+            errors.append(f"{path}.backends[{i}].mcp: MCP backends are not available in this build")
+        elif backend.host is not None:
+            try:
+                origins[i] = parse_origin(backend.host)
+            except ValueError as exc:
+                errors.append(f"{path}.backends[{i}].host: {exc}")
+    policies = RoutePolicies.merge(listener.policies, route.policies)
+    return CompiledRoute(policies, route.backends, origins)
+
+
+def compile_binds(config: Config) -> list[CompiledBind]:
+    errors: list[str] = []
+    compiled = []
+    for b, bind in enumerate(effective_binds(config)):
+        routes: dict[int, CompiledRoute] = {}
+        for li, listener in enumerate(bind.listeners):
+            for ri, route in enumerate(listener.routes):
+                path = f"binds[{b}].listeners[{li}].routes[{ri}]"
+                routes[id(route)] = _compile_route(listener, route, path, errors)
+        compiled.append(CompiledBind(bind, f"bind/{bind.port}", Router.from_bind(bind), routes))
+    if errors:
+        raise ConfigError(errors)
+    return compiled
+
+
+class Gateway:
+    """An agentgw gateway for one configuration.
+
+    Args:
+        config: a ``Config`` from ``agentgw.load_config`` or built in Python.
+
+    Raises:
+        ConfigError: the config cannot be served (every problem listed).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._binds = compile_binds(config)
+        settings = config.config
+        self.limits = settings.http
+        self.log_format = settings.logging.format
+        self.pool = ConnectionPool(
+            connect_timeout=settings.backend.connect_timeout,
+            idle_timeout=settings.backend.pool_idle_timeout,
+            max_idle_per_origin=settings.backend.pool_max_size or 64,
+        )
+        self.is_draining = False
+        self._connections: set[ClientConnection] = set()
+        self._shutdown = trio.Event()
+        self._slots = trio.Semaphore(self.limits.max_connections)
+        self._last_accept_error = -1e9
+
+    def __repr__(self) -> str:
+        state = "draining" if self.is_draining else "serving"
+        return f"<Gateway binds={len(self._binds)} connections={len(self._connections)} {state}>"
+
+    def shutdown(self) -> None:
+        """Begin a graceful drain; ``serve()`` returns when it is done."""
+        self._shutdown.set()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[ListenAddress]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on every bind and serve until ``shutdown()`` or cancellation.
+
+        Reports the bound addresses (one per bind, in config order; port 0
+        binds a free port) through ``task_status``, so
+        ``addrs = await nursery.start(gw.serve)``.
+        """
+        listeners: list[tuple[CompiledBind, list[trio.SocketListener]]] = []
+        try:
+            for cb in self._binds:
+                opened = await trio.open_tcp_listeners(cb.bind.port, host=cb.bind.address)
+                listeners.append((cb, opened))
+            addresses = [self._address(cb, opened) for cb, opened in listeners]
+            async with trio.open_nursery() as root:
+                root.start_soon(self.pool.serve_evictor)
+                if self.config.config.readiness_addr:
+                    await root.start(self._serve_readiness, self.config.config.readiness_addr)
+                async with trio.open_nursery() as conns:
+                    with trio.CancelScope() as accepting:
+                        for cb, opened in listeners:
+                            for listener in opened:
+                                root.start_soon(self._accept_loop, listener, cb, conns, accepting)
+                        task_status.started(addresses)
+                        await self._shutdown.wait()
+                        accepting.cancel()
+                    await self._drain(listeners, conns)
+                root.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for _, opened in listeners:
+                    for listener in opened:
+                        await listener.aclose()
+            self.pool.close_all()
+
+    async def _drain(
+        self, listeners: list[tuple[CompiledBind, list[trio.SocketListener]]], conns: trio.Nursery
+    ) -> None:
+        self.is_draining = True
+        for _, opened in listeners:
+            for listener in opened:
+                await listener.aclose()
+        for conn in list(self._connections):
+            conn.start_drain()
+        deadline = self.config.config.connection_termination_deadline
+        logger.info("draining %d connections (deadline %.1fs)", len(self._connections), deadline)
+        conns.cancel_scope.deadline = trio.current_time() + deadline
+
+    def _address(self, cb: CompiledBind, opened: list[trio.SocketListener]) -> ListenAddress:
+        host, port = opened[0].socket.getsockname()[:2]
+        names = tuple(
+            listener.name or f"listener{i}" for i, listener in enumerate(cb.bind.listeners)
+        )
+        return ListenAddress(host, port, names)
+
+    async def _accept_loop(
+        self,
+        listener: trio.SocketListener,
+        cb: CompiledBind,
+        conns: trio.Nursery,
+        accepting: trio.CancelScope,
+    ) -> None:
+        with accepting:
+            while True:
+                await self._slots.acquire()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    self._slots.release()
+                    if exc.errno not in _ACCEPT_ERRNOS:
+                        raise
+                    now = time.monotonic()
+                    if now - self._last_accept_error >= 10:
+                        self._last_accept_error = now
+                        logger.error("accept failed (%s); backing off", errno.errorcode[exc.errno])
+                    await trio.sleep(0.1)
+                    continue
+                except BaseException:
+                    self._slots.release()
+                    raise
+                conns.start_soon(self._serve_connection, stream, cb)
+
+    async def _serve_connection(self, stream: trio.SocketStream, cb: CompiledBind) -> None:
+        try:
+            try:
+                peer = stream.socket.getpeername()
+                client = (str(peer[0]), int(peer[1]))
+            except OSError:
+                await stream.aclose()
+                return
+            conn = ClientConnection(
+                stream,
+                client,
+                cb.name,
+                self.limits,
+                partial(self._handle, cb),
+                self.log_format,
+            )
+            self._connections.add(conn)
+            if self.is_draining:
+                conn.start_drain()
+            try:
+                await conn.serve()
+            finally:
+                self._connections.discard(conn)
+        finally:
+            self._slots.release()
+
+    async def _handle(self, cb: CompiledBind, req: ServerRequest) -> None:
+        record = req.record
+        selected = cb.router.select(req.host, req.path, req.method, req.headers, req.query)
+        if selected is None:
+            record.error = "route not found"
+            await req.respond(404, "route not found\n")
+            return
+        record.listener, record.route = selected.listener_name, selected.route_name
+        route = cb.routes[id(selected.route)]
+        view = RequestView(req.method, req.path, req.headers)
+        decision = run_request(route.policies, view)
+        if isinstance(decision, Respond):
+            record.extra["policy"] = decision.step
+            headers = response_headers(route.policies, view, decision.headers)
+            await req.respond(decision.status, decision.body, headers)
+            return
+        index = _choose(route.backends)
+        if index is None:
+            record.error = "no backend"
+            await req.respond(503, "no backend available\n")
+            return
+        await proxy_request(
+            req,
+            self.pool,
+            route.origins[index],
+            route.policies,
+            response_timeout=self.limits.upstream_response_timeout,
+        )
+
+    async def _serve_readiness(
+        self, addr: str, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        host, port = parse_origin(addr)
+        opened = await trio.open_tcp_listeners(port, host=host or None)
+
+        async def handle(req: ServerRequest) -> None:
+            if req.path != "/healthz/ready":
+                await req.respond(404, "not found\n")
+            elif self.is_draining:
+                await req.respond(503, "draining\n")
+            else:
+                await req.respond(200, "ready\n")
+
+        async def serve_one(stream: trio.SocketStream) -> None:
+            peer = stream.socket.getpeername()
+            conn = ClientConnection(stream, (peer[0], peer[1]), "readiness", self.limits, handle)
+            await conn.serve()
+
+        await trio.serve_listeners(serve_one, opened, task_status=task_status)
+
+
+def _choose(backends: tuple[Backend, ...]) -> int | None:
+    backend = choose_backend(backends, random.random())
+    if backend is None:
+        return None
+    return next(i for i, b in enumerate(backends) if b is backend)

@@ -1,0 +1,95 @@
+"""The ``agentgw`` command: the only ``trio.run()``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from agentgw._version import __version__
+from agentgw.app import Gateway
+from agentgw.config.load import default_config, load_config, parse_config
+from agentgw.config.model import Config
+from agentgw.errors import ConfigError
+from agentgw.observability.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentgw", description="An MCP gateway on Trio.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("-f", "--file", help="config file (YAML or JSON)")
+    src.add_argument("-c", "--config", help="inline config (YAML or JSON)")
+    p.add_argument("--validate-only", action="store_true", help="check the config and exit")
+    p.add_argument("--log-format", choices=["text", "json"], help="override config.logging.format")
+    p.add_argument("--version", action="version", version=f"agentgw {__version__}")
+    return p
+
+
+def _load(args: argparse.Namespace) -> Config:
+    if args.file:
+        return load_config(args.file)
+    if args.config:
+        return parse_config(args.config, source="--config")
+    return default_config()
+
+
+async def _serve_then_stop(gw: Gateway, scope: trio.CancelScope, *, task_status: Any) -> None:
+    await gw.serve(task_status=task_status)
+    scope.cancel()
+
+
+async def _on_signals(signals: Any, gw: Gateway, scope: trio.CancelScope) -> None:
+    count = 0
+    async for signum in signals:
+        count += 1
+        if count == 1:
+            print(f"agentgw: {signal.Signals(signum).name}, draining", file=sys.stderr, flush=True)
+            gw.shutdown()
+        else:
+            scope.cancel()
+
+
+async def _run(gw: Gateway) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(_serve_then_stop, gw, nursery.cancel_scope)
+            for addr in addresses:
+                for name in addr.listeners:
+                    print(f"agentgw: listener {name} listening on http://{addr}", flush=True)
+            nursery.start_soon(_on_signals, signals, gw, nursery.cancel_scope)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _load(args)
+        if args.log_format:
+            logging_cfg = attrs.evolve(config.config.logging, format=args.log_format)
+            config = attrs.evolve(config, config=attrs.evolve(config.config, logging=logging_cfg))
+        gw = Gateway(config)
+    except ConfigError as exc:
+        print("invalid configuration:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    if args.validate_only:
+        print("configuration is valid")
+        return 0
+    listener = setup_logging(config.config.logging.format, config.config.logging.level)
+    try:
+        trio.run(_run, gw)
+    except OSError as exc:
+        print(f"agentgw: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        listener.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

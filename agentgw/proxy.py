@@ -1,0 +1,166 @@
+"""The streaming reverse proxy for ``host`` backends.
+
+How this works: the request head goes upstream with hop-by-hop headers
+removed; the body is streamed chunk by chunk. Once the client's body is done,
+a watcher task reads the client socket so that a client that goes away
+cancels the exchange at once. The response is streamed back chunk by chunk:
+each chunk is written to the client before the next is read from the
+upstream, so a client that stops reading pauses the upstream read and memory
+stays flat. The upstream connection is pooled only if the exchange completed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from agentgw.errors import AbortResponse, ClientGone, UpstreamError, UpstreamTimeout
+from agentgw.policy.pipeline import RequestView, RoutePolicies, forwarded_headers, modify_headers
+from agentgw.policy.pipeline import response_headers as route_response_headers
+from agentgw.server.connection import ServerRequest
+from agentgw.upstream.pool import ConnectionPool, Exchange, Origin
+from agentgw.wire.http import Headers, is_websocket_upgrade, strip_hop_by_hop
+
+logger = logging.getLogger(__name__)
+
+
+async def proxy_request(
+    req: ServerRequest,
+    pool: ConnectionPool,
+    origin: Origin,
+    policies: RoutePolicies,
+    *,
+    response_timeout: float,
+) -> None:
+    """Forward ``req`` to ``origin`` and stream the answer back.
+
+    Upstream failures before the response started become 502/503/504 with a
+    short body; after it started, the client's connection is aborted.
+    """
+    view = RequestView(req.method, req.path, req.headers)
+    timeout = policies.timeout
+    if timeout is not None and timeout.backend_request_timeout is not None:
+        response_timeout = timeout.backend_request_timeout
+    request_timeout = timeout.request_timeout if timeout is not None else None
+    exchange = pool.open_exchange(origin)
+    try:
+        with trio.fail_after(request_timeout) if request_timeout else _no_timeout():
+            await _exchange(req, exchange, view, policies, response_timeout)
+    except trio.TooSlowError:
+        await _upstream_failed(req, UpstreamTimeout("request timeout"))
+    except UpstreamError as exc:
+        await _upstream_failed(req, exc)
+    finally:
+        exchange.release()
+
+
+class _no_timeout:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+async def _upstream_failed(req: ServerRequest, exc: UpstreamError) -> None:
+    req.record.error = exc.reason
+    logger.debug("upstream failure: %s", exc.reason)
+    if req.is_response_started:
+        raise AbortResponse(exc.reason) from exc
+    await req.respond(exc.status, f"{exc.reason}\n", [(b"connection", b"close")])
+
+
+async def _exchange(
+    req: ServerRequest,
+    exchange: Exchange,
+    view: RequestView,
+    policies: RoutePolicies,
+    response_timeout: float,
+) -> None:
+    upgrade = is_websocket_upgrade(req.headers)
+    headers = strip_hop_by_hop(req.headers, keep_upgrade=upgrade)
+    headers = modify_headers(policies.request_headers, headers)
+    headers = forwarded_headers(headers, req.client[0])
+    if req.head.chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+    await exchange.send_head(req.method.encode(), req.target, headers)
+    async for chunk in req.body():
+        await exchange.send_body(chunk)
+    await exchange.end_body()
+
+    response_head: list[Headers] = []
+
+    async def forward() -> None:
+        response = await exchange.receive_response(response_timeout)
+        out = strip_hop_by_hop(response.headers, keep_upgrade=response.status == 101)
+        out = route_response_headers(policies, view, out)
+        if response.status == 101:
+            response_head.append(out)
+            return
+        await req.send_head(response.status, out, response.reason)
+        async for chunk in exchange.body(response_timeout):
+            await req.send_data(chunk)
+        await req.end()
+
+    await run_watching_client(req, forward)
+    if response_head:
+        await _tunnel(req, exchange, response_head[0])
+
+
+async def run_watching_client(req: ServerRequest, work: Callable[[], Awaitable[None]]) -> None:
+    """Run ``work``; if the client closes its connection meanwhile, cancel it
+    and raise ``ClientGone``. Call only once the request body is done."""
+    failures: list[Exception] = []
+    gone: list[bool] = []
+
+    async def run(scope: trio.CancelScope) -> None:
+        try:
+            await work()
+        except Exception as exc:  # re-raised below, outside the nursery
+            failures.append(exc)
+        finally:
+            scope.cancel()
+
+    async def watch(scope: trio.CancelScope) -> None:
+        await req.watch_disconnect()
+        gone.append(True)
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, nursery.cancel_scope)
+        nursery.start_soon(watch, nursery.cancel_scope)
+    if failures:
+        raise failures[0]
+    if gone:
+        raise ClientGone("client disconnected")
+
+
+async def _tunnel(req: ServerRequest, exchange: Exchange, headers: Headers) -> None:
+    """Relay raw bytes both ways after a 101 (WebSocket upgrade)."""
+    await req.send_informational(101, headers)
+    req.record.status = 101
+    upstream, upstream_extra = exchange.take_stream()
+    client, client_extra = req.take_stream()
+    try:
+        if upstream_extra:
+            await client.send_all(upstream_extra)
+        if client_extra:
+            await upstream.send_all(client_extra)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pipe, client, upstream, nursery.cancel_scope)
+            nursery.start_soon(_pipe, upstream, client, nursery.cancel_scope)
+    finally:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await upstream.aclose()
+
+
+async def _pipe(src: trio.abc.Stream, dst: trio.abc.Stream, done: trio.CancelScope) -> None:
+    try:
+        while data := await src.receive_some(65536):
+            await dst.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    done.cancel()

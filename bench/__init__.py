@@ -1,0 +1,1 @@
+"""Benchmarks for agentgw: `python -m bench list`, `python -m bench run [--quick]`."""

@@ -1,0 +1,99 @@
+"""The command line: `python -m bench list` and `python -m bench run`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from bench.runner import RunOptions, run_scenario
+from bench.scenarios import scenarios
+
+QUICK_ROUNDS = 1
+QUICK_DURATION_S = 3
+DEFAULT_ROUNDS = 3
+DEFAULT_DURATION_S = 10
+WARMUP_S = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        return _list()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted: systems under test stopped", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the scenarios")
+    run = commands.add_parser("run", help="run scenarios and write bench/results/")
+    run.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(scenarios()),
+        help="scenario to run (repeatable; default: all)",
+    )
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_ROUNDS} round of {QUICK_DURATION_S} s (--rounds/--duration still win)",
+    )
+    run.add_argument(
+        "--rounds", type=_positive, help=f"rounds per system (default {DEFAULT_ROUNDS})"
+    )
+    run.add_argument(
+        "--duration",
+        type=_positive,
+        metavar="S",
+        help=f"measured seconds per run (default {DEFAULT_DURATION_S})",
+    )
+    run.add_argument(
+        "--systems",
+        default="direct,gateway",
+        help="comma-separated systems to load (default: direct,gateway)",
+    )
+    run.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _list() -> int:
+    for scenario in scenarios().values():
+        print(f"{scenario.name:<10} {scenario.summary}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    quick_rounds, quick_duration = (
+        (QUICK_ROUNDS, QUICK_DURATION_S) if args.quick else (DEFAULT_ROUNDS, DEFAULT_DURATION_S)
+    )
+    options = RunOptions(
+        rounds=args.rounds or quick_rounds,
+        duration_s=args.duration or quick_duration,
+        warmup_s=WARMUP_S,
+        systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
+        pin=not args.no_pin,
+    )
+    known = scenarios()
+    status = 0
+    for name in args.scenario or list(known):
+        status = max(status, run_scenario(known[name], options))
+    return status
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,59 @@
+"""The scenarios `python -m bench` knows, and what a scenario gives the runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from bench.systems import Service
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which core the systems under test and the load generator run on (None: unpinned)."""
+
+    server_cpu: int | None
+    load_cpu: int | None
+
+    def describe(self) -> str:
+        if self.server_cpu is None or self.load_cpu is None:
+            return "not pinned (no taskset, or fewer than 2 cores)"
+        return (
+            f"systems under test pinned to core {self.server_cpu}, "
+            f"wrk and the harness to core {self.load_cpu} (taskset)"
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """One system to load: `url` is where wrk sends requests, `service` the process we cost."""
+
+    system: str
+    url: str
+    service: Service
+
+
+@dataclass
+class Started:
+    targets: list[Target] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+# Starts the scenario's processes (registering their stop on the stack) for the wanted systems.
+Starter = Callable[[ExitStack, Placement, Collection[str]], Started]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    systems: tuple[str, ...]
+    concurrencies: tuple[int, ...]
+    start: Starter
+
+
+def scenarios() -> dict[str, Scenario]:
+    from bench import scenario_http
+
+    return {s.name: s for s in (scenario_http.SCENARIO,)}

@@ -1,0 +1,145 @@
+"""Processes under test: start one, wait until it answers HTTP, read its costs, stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class StartError(Exception):
+    """A system under test did not start; the message names it and ends with its output."""
+
+
+@dataclass(eq=False)
+class Service:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def is_running(self) -> bool:
+        return self.proc.poll() is None
+
+    def output_tail(self, max_lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no output)"
+        lines = text.strip().splitlines()[-max_lines:]
+        return "\n".join(lines) if lines else "(no output)"
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process, all its threads included."""
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        # The command name may hold spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+    def peak_rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmHWM for pid {self.proc.pid}")
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it after 10 s, and remove the log."""
+        _signal_group(self.proc.pid, signal.SIGTERM)
+        try:
+            # Longer than agentgw's default drain deadline (5 s).
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        # Anything the process left behind in its group goes too.
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_service(
+    name: str,
+    argv: list[str],
+    *,
+    port: int,
+    cpu: int | None,
+    cwd: Path | None = None,
+    ready_timeout_s: float = 20.0,
+) -> Service:
+    """Start `argv` in its own process group and wait until it answers HTTP on `port`.
+
+    Raises:
+        StartError: it exited or did not answer in time; the process is stopped.
+    """
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    fd, log_name = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
+    with os.fdopen(fd, "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    service = Service(name=name, port=port, proc=proc, log_path=Path(log_name))
+    try:
+        _wait_ready(service, ready_timeout_s)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def _wait_ready(service: Service, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not service.is_running():
+            raise StartError(f"{service.name} failed to start: {service.output_tail()}")
+        if _answers_http(service.port):
+            return
+        time.sleep(0.05)
+    raise StartError(
+        f"{service.name} failed to start: no HTTP answer on port {service.port} "
+        f"after {timeout_s:.0f} s: {service.output_tail()}"
+    )
+
+
+def _answers_http(port: int) -> bool:
+    """A TCP connect, then a GET that gets any status back."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()

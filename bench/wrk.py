@@ -1,0 +1,149 @@
+"""wrk: find or install it, run it, and parse what it prints."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+POST_SCRIPT = Path(__file__).with_name("post.lua")
+
+# wrk prints times as a number and one of these units (see format_time in wrk's units.c).
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TIME = r"([\d.]+)(us|ms|s|m|h)"
+
+
+class WrkError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    duration_s: float
+    requests_per_s: float
+    p50_s: float
+    p99_s: float
+    socket_errors: int
+    non_2xx: int
+    cpu_s: float  # wrk's own CPU time: shows whether the load generator was the limit
+
+    @property
+    def errors(self) -> int:
+        return self.socket_errors + self.non_2xx
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 1.0
+
+
+def ensure_wrk() -> str:
+    """Return the path of wrk, installing the Debian package when we are root."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise WrkError("wrk is not installed: run `sudo apt-get install -y wrk` and try again")
+    print("wrk not found: installing it with apt-get", flush=True)
+    if not _apt_install_wrk():
+        raise WrkError("`apt-get install -y wrk` failed: install wrk by hand and try again")
+    found = shutil.which("wrk")
+    if not found:
+        raise WrkError("wrk is still not on PATH after apt-get install")
+    return found
+
+
+def _apt_install_wrk() -> bool:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "wrk"]
+    if _run_quiet(install, env) == 0:
+        return True
+    # A fresh machine has no package lists yet.
+    return _run_quiet(["apt-get", "update", "-q"], env) == 0 and _run_quiet(install, env) == 0
+
+
+def _run_quiet(argv: list[str], env: dict[str, str]) -> int:
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"$ {' '.join(argv)}\n{done.stderr.strip()[-2000:]}", flush=True)
+    return done.returncode
+
+
+def wrk_command(
+    wrk: str, url: str, *, connections: int, threads: int, duration_s: int, cpu: int | None
+) -> list[str]:
+    argv = [
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--timeout",
+        "2s",
+        "--latency",
+        "-s",
+        str(POST_SCRIPT),
+        url,
+    ]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    return argv
+
+
+def run_wrk(argv: list[str], *, duration_s: int) -> WrkResult:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration_s + 30, check=False
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise WrkError(f"wrk exited with {done.returncode}: {done.stderr.strip()[-1000:]}")
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return parse_wrk(done.stdout, cpu_s=cpu_s)
+
+
+def parse_wrk(text: str, *, cpu_s: float = 0.0) -> WrkResult:
+    """Parse the output of `wrk --latency`.
+
+    Raises:
+        WrkError: a line we rely on is missing.
+    """
+    total = _search(r"(\d+) requests in " + _TIME, text, "requests in")
+    latency = dict(re.findall(r"^\s*(\d+)%\s+([\d.]+(?:us|ms|s|m|h))\s*$", text, re.M))
+    if "50" not in latency or "99" not in latency:
+        raise WrkError(f"no latency distribution in wrk output:\n{text}")
+    socket = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return WrkResult(
+        requests=int(total.group(1)),
+        duration_s=_seconds(total.group(2), total.group(3)),
+        requests_per_s=float(_search(r"Requests/sec:\s+([\d.]+)", text, "Requests/sec").group(1)),
+        p50_s=_parse_time(latency["50"]),
+        p99_s=_parse_time(latency["99"]),
+        socket_errors=sum(int(n) for n in socket.groups()) if socket else 0,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        cpu_s=cpu_s,
+    )
+
+
+def _search(pattern: str, text: str, what: str) -> re.Match[str]:
+    found = re.search(pattern, text)
+    if found is None:
+        raise WrkError(f"no {what!r} line in wrk output:\n{text}")
+    return found
+
+
+def _parse_time(value: str) -> float:
+    found = re.fullmatch(_TIME, value)
+    if found is None:
+        raise WrkError(f"not a wrk time: {value!r}")
+    return _seconds(found.group(1), found.group(2))
+
+
+def _seconds(number: str, unit: str) -> float:
+    return float(number) * _TIME_UNITS[unit]
