@@ -163,13 +163,13 @@ class Gateway:
                 if self.config.config.readiness_addr:
                     await root.start(self._serve_readiness, self.config.config.readiness_addr)
                 async with trio.open_nursery() as conns:
-                    with trio.CancelScope() as accepting:
+                    async with trio.open_nursery() as accepting:
                         for cb, opened in listeners:
                             for listener in opened:
-                                root.start_soon(self._accept_loop, listener, cb, conns, accepting)
+                                accepting.start_soon(self._accept_loop, listener, cb, conns)
                         task_status.started(addresses)
                         await self._shutdown.wait()
-                        accepting.cancel()
+                        accepting.cancel_scope.cancel()
                     await self._drain(listeners, conns)
                 root.cancel_scope.cancel()
         finally:
@@ -204,27 +204,25 @@ class Gateway:
         listener: trio.SocketListener,
         cb: CompiledBind,
         conns: trio.Nursery,
-        accepting: trio.CancelScope,
     ) -> None:
-        with accepting:
-            while True:
-                await self._slots.acquire()
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    self._slots.release()
-                    if exc.errno not in _ACCEPT_ERRNOS:
-                        raise
-                    now = time.monotonic()
-                    if now - self._last_accept_error >= 10:
-                        self._last_accept_error = now
-                        logger.error("accept failed (%s); backing off", errno.errorcode[exc.errno])
-                    await trio.sleep(0.1)
-                    continue
-                except BaseException:
-                    self._slots.release()
+        while True:
+            await self._slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                self._slots.release()
+                if exc.errno not in _ACCEPT_ERRNOS:
                     raise
-                conns.start_soon(self._serve_connection, stream, cb)
+                now = time.monotonic()
+                if now - self._last_accept_error >= 10:
+                    self._last_accept_error = now
+                    logger.error("accept failed (%s); backing off", errno.errorcode[exc.errno])
+                await trio.sleep(0.1)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            conns.start_soon(self._serve_connection, stream, cb)
 
     async def _serve_connection(self, stream: trio.SocketStream, cb: CompiledBind) -> None:
         try:

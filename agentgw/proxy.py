@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 
 import trio
 
@@ -86,8 +87,9 @@ async def _exchange(
     if req.head.chunked:
         headers.append((b"transfer-encoding", b"chunked"))
     await exchange.send_head(req.method.encode(), req.target, headers)
-    async for chunk in req.body():
-        await exchange.send_body(chunk)
+    async with aclosing(req.body()) as body:
+        async for chunk in body:
+            await exchange.send_body(chunk)
     await exchange.end_body()
 
     response_head: list[Headers] = []
@@ -100,8 +102,9 @@ async def _exchange(
             response_head.append(out)
             return
         await req.send_head(response.status, out, response.reason)
-        async for chunk in exchange.body(response_timeout):
-            await req.send_data(chunk)
+        async with aclosing(exchange.body(response_timeout)) as body:
+            async for chunk in body:
+                await req.send_data(chunk)
         await req.end()
 
     await run_watching_client(req, forward)

@@ -26,6 +26,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -58,24 +59,29 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> int:
     Returns:
         The process exit status: 0, or 1 on a failure (never on speed).
     """
+    unknown = sorted(set(options.systems) - set(scenario.systems))
+    if unknown:
+        _error(f"scenario {scenario.name} has no system {', '.join(unknown)}")
+        return 2
     try:
         wrk = ensure_wrk()
     except WrkError as exc:
-        print(f"error: {exc}")
+        _error(str(exc))
         return 1
     placement = _placement(options.pin)
-    if placement.load_cpu is not None:
-        os.sched_setaffinity(0, {placement.load_cpu})
     print(f"bench {scenario.name}: {placement.describe()}", flush=True)
     systems = [s for s in scenario.systems if s in options.systems]
     with ExitStack() as stack:
+        if placement.load_cpu is not None:
+            stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))
+            os.sched_setaffinity(0, {placement.load_cpu})
         try:
             started = scenario.start(stack, placement, systems)
         except StartError as exc:
-            print(f"error: {exc}")
+            _error(str(exc))
             return 1
         for failure in started.failures:
-            print(f"error: {failure}", flush=True)
+            _error(failure)
         measurements, failures = _measure(wrk, scenario, started.targets, placement, options)
         peak_rss = _peak_rss(started.targets)
     failures = [*started.failures, *failures]
@@ -88,6 +94,10 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> int:
         path = _write_report(options.results_dir, scenario.name, report)
         print(f"written to {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return 1 if failures else 0
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def _placement(pin: bool) -> Placement:
@@ -110,7 +120,7 @@ def _measure(
 
     def drop(target: Target, exc: Exception | None) -> None:
         failures.append(_failure(target, exc))
-        print(f"error: {failures[-1]}", flush=True)
+        _error(failures[-1])
         live.remove(target)
 
     # A fresh process is slow at first (Node's JIT, Python's first allocations):

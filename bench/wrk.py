@@ -95,12 +95,16 @@ def wrk_command(
 
 def run_wrk(argv: list[str], *, duration_s: int) -> WrkResult:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=duration_s + 30, check=False
-    )
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration_s + 30, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise WrkError(f"wrk did not finish within {duration_s + 30} s")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise WrkError(f"wrk exited with {done.returncode}: {done.stderr.strip()[-1000:]}")
+        output = (done.stdout + done.stderr).strip()[-1000:]
+        raise WrkError(f"wrk exited with {done.returncode}: {output}")
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return parse_wrk(done.stdout, cpu_s=cpu_s)
 

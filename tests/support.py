@@ -8,15 +8,16 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from functools import partial
 from typing import Any
 
 import attrs
 import h11
 import trio
-from agentgw.config.load import config_from_dict
 
 from agentgw import Gateway
+from agentgw.config.load import config_from_dict
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -147,8 +148,9 @@ async def _send_response(stream: trio.SocketStream, conn: h11.Connection, result
         if body:
             await stream.send_all(conn.send(h11.Data(data=body)))
     else:
-        async for chunk in body:
-            await stream.send_all(conn.send(h11.Data(data=chunk)))
+        async with aclosing(body) as chunks:
+            async for chunk in chunks:
+                await stream.send_all(conn.send(h11.Data(data=chunk)))
     await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
@@ -198,7 +200,7 @@ async def serve_upstream(handler: UpstreamHandler) -> AsyncIterator[Upstream]:
             await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(trio.serve_tcp, serve_one, 0, "127.0.0.1")
+        listeners = await nursery.start(partial(trio.serve_tcp, serve_one, 0, host="127.0.0.1"))
         up.port = listeners[0].socket.getsockname()[1]
         yield up
         nursery.cancel_scope.cancel()
@@ -217,7 +219,7 @@ async def serve_raw(handler: Callable[[trio.SocketStream], Awaitable[None]]) -> 
             await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(trio.serve_tcp, serve_one, 0, "127.0.0.1")
+        listeners = await nursery.start(partial(trio.serve_tcp, serve_one, 0, host="127.0.0.1"))
         yield listeners[0].socket.getsockname()[1]
         nursery.cancel_scope.cancel()
 
@@ -356,4 +358,6 @@ async def gateway_subprocess(*args: str) -> AsyncIterator[tuple[trio.Process, li
             proc.kill()
         with trio.CancelScope(shield=True):
             await proc.wait()
-        await proc.aclose()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    await pipe.aclose()

@@ -91,3 +91,14 @@ def test_split_target() -> None:
     assert split_target(b"/a/b?x=1") == ("/a/b", "x=1")
     assert split_target(b"http://h:1/p?q") == ("/p", "q")
     assert split_target(b"*") == ("*", "")
+
+
+def test_log_escape() -> None:
+    from agentgw.observability.access_log import AccessRecord, escape, format_json, format_text
+
+    assert escape("a\r\nrequest forged=1") == "a\\r\\nrequest forged=1"
+    assert escape("x" * 300).endswith("...") and len(escape("x" * 300)) == 259
+    record = AccessRecord(gateway="bind/3000", src_addr="1.2.3.4:5", path='/p"\n', status=200)
+    text = format_text(record)
+    assert "\n" not in text and 'http.path="/p\\"\\n"' in text
+    assert '"http.path":"/p\\\\\\"\\\\n"' in format_json(record)

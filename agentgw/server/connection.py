@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Literal
 
 import attrs
@@ -98,7 +99,7 @@ class ServerRequest:
     def is_response_started(self) -> bool:
         return self.status is not None
 
-    async def body(self) -> AsyncIterator[bytes]:
+    async def body(self) -> AsyncGenerator[bytes, None]:
         """Yield the request body as it arrives.
 
         Raises:
@@ -120,7 +121,8 @@ class ServerRequest:
                 raise ClientError("unexpected request event")
 
     async def read_body(self) -> bytes:
-        return b"".join([chunk async for chunk in self.body()])
+        async with aclosing(self.body()) as body:
+            return b"".join([chunk async for chunk in body])
 
     async def send_head(self, status: int, headers: Headers, reason: bytes = b"") -> None:
         if self._conn.is_draining:
@@ -174,7 +176,7 @@ class ServerRequest:
                 return
             if not data:
                 return
-            self._h11.receive_data(data)
+            self._h11.receive_data(bytes(data))
 
     def take_stream(self) -> tuple[trio.abc.Stream, bytes]:
         """Hand over the raw stream after a 101 response (for a tunnel)."""
@@ -200,6 +202,7 @@ class ClientConnection:
     is_tunnelled: bool = False
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     head_limits: HeadLimits = attrs.field(init=False)
+    _current: h11.Connection | None = None
     _buf: bytearray = attrs.field(factory=bytearray)
 
     def __attrs_post_init__(self) -> None:
@@ -226,6 +229,7 @@ class ClientConnection:
         finally:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
+                await self._end_streaming_response()
                 await self.stream.aclose()
 
     async def send(self, data: bytes | None) -> None:
@@ -259,7 +263,7 @@ class ClientConnection:
                 raise ClientError("request body timeout", status=408)
             if not data:
                 raise ClientGone("client closed the connection mid-body")
-            conn.receive_data(data)
+            conn.receive_data(bytes(data))
 
     async def _read_head(self, first: bool) -> bytes | None:
         """Bytes up to the end of the next head, or None to close quietly."""
@@ -337,33 +341,26 @@ class ClientConnection:
         record.method, record.path = request.method, path
         record.host, record.version = request.host, f"HTTP/{request.http_version}"
         limit = self.limits.max_body_bytes
+        self._current = conn
+        completed = False
         try:
             if limit is not None and (head.content_length or 0) > limit:
                 raise ClientError("request body too large", status=413)
             await self.handler(request)
+            completed = True
         except ClientError as exc:
             record.error = exc.reason
             if not request.is_response_started:
                 record.status = exc.status
                 await self._refuse(exc, conn)
-            self._log(record, start)
             return False
-        except ClientGone as exc:
+        except (ClientGone, AbortResponse) as exc:
             record.error = str(exc)
-            self._log(record, start)
             return False
-        except AbortResponse as exc:
-            record.error = str(exc)
+        finally:
+            if not completed and record.error is None:
+                record.error = "cancelled at drain deadline" if self.is_draining else "cancelled"
             self._log(record, start)
-            return False
-        except trio.Cancelled:
-            record.error = "cancelled (drain deadline)" if self.is_draining else "cancelled"
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                await self._end_cleanly(request, conn)
-            self._log(record, start)
-            raise
-        self._log(record, start)
         if self.is_tunnelled:
             return False
         return await self._finish_cycle(conn)
@@ -390,13 +387,16 @@ class ClientConnection:
         self._buf = bytearray(leftover)
         return not self.is_draining
 
-    async def _end_cleanly(self, request: ServerRequest, conn: h11.Connection) -> None:
-        """On a drain deadline, end a started streaming response properly."""
-        if conn.our_state is h11.SEND_BODY and self.is_draining:
-            try:
-                await self.send(conn.send(h11.EndOfMessage()))
-            except (h11.LocalProtocolError, ClientGone):
-                pass
+    async def _end_streaming_response(self) -> None:
+        """At the drain deadline, end a started chunked response properly, so
+        the client sees a complete stream rather than a reset."""
+        conn = self._current
+        if not self.is_draining or conn is None or conn.our_state is not h11.SEND_BODY:
+            return
+        try:
+            await self.send(conn.send(h11.EndOfMessage()))
+        except (h11.LocalProtocolError, ClientGone):
+            pass
 
     async def _refuse(self, exc: ClientError, conn: h11.Connection | None = None) -> None:
         """Send a short error response and close gracefully."""

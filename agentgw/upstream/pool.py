@@ -20,7 +20,7 @@ import logging
 import select
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import attrs
 import h11
@@ -279,7 +279,7 @@ class Exchange:
                 raise UpstreamError(f"upstream {self._name} closed the connection")
             raise UpstreamError(f"upstream {self._name} sent an unexpected {type(event).__name__}")
 
-    async def body(self, idle_timeout: float) -> AsyncIterator[bytes]:
+    async def body(self, idle_timeout: float) -> AsyncGenerator[bytes, None]:
         """Yield the response body as it arrives.
 
         Raises:

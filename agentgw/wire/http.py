@@ -36,6 +36,8 @@ HOP_BY_HOP = frozenset(
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _DIGITS = re.compile(rb"^[0-9]{1,18}$")
 _VERSION = re.compile(rb"^HTTP/([0-9])\.([0-9])$")
+_FIELD_VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
+_TARGET = re.compile(rb"^[\x21-\x7e\x80-\xff]+$")
 
 
 @attrs.frozen
@@ -88,6 +90,8 @@ def check_request_head(head: bytes, limits: HeadLimits) -> RequestHead:
     method, target, version = parts
     if not _TOKEN.match(method):
         raise ClientError("malformed request method")
+    if not _TARGET.match(target):
+        raise ClientError("malformed request target")
     match = _VERSION.match(version)
     if match is None:
         raise ClientError("malformed HTTP version")
@@ -109,6 +113,8 @@ def check_request_head(head: bytes, limits: HeadLimits) -> RequestHead:
             raise ClientError("malformed header line")
         name = name.lower()
         value = value.strip(b" \t")
+        if not _FIELD_VALUE.match(value):
+            raise ClientError("control character in header value")
         if name == b"content-length":
             if content_length is not None:
                 raise ClientError("duplicate Content-Length")

@@ -122,7 +122,9 @@ async def test_sigterm_drains_in_flight_and_streams() -> None:
             port = ports[0]
             idle = await trio.open_tcp_stream("127.0.0.1", port)
             await idle.send_all(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
-            await idle.receive_some(65536)  # now an idle keep-alive connection
+            first = b""
+            while not first.endswith(b"0\r\n\r\n"):
+                first += await idle.receive_some(65536)  # now an idle keep-alive connection
 
             results: dict[str, Any] = {}
 
@@ -152,6 +154,7 @@ async def test_sigterm_drains_in_flight_and_streams() -> None:
                 with trio.fail_after(2):
                     assert await idle.receive_some(65536) == b""  # idle closed at once
                 idle_closed = trio.current_time() - start
+                await idle.aclose()
                 with trio.fail_after(5):
                     code = await proc.wait()
             assert code == 0
