@@ -81,17 +81,16 @@ class _Entry:
         return True
 
 
-def _rank(match: RouteMatch) -> tuple[int, int, int, int, int]:
+def _rank(match: RouteMatch) -> tuple[int, ...]:
     """Larger is more specific."""
     p = match.path
-    kind, text = (
-        (3, p.exact)
-        if p.exact is not None
-        else (2, p.path_prefix)
-        if p.path_prefix is not None
-        else (1, p.regex or "")
-    )
-    return (kind, len(text or ""), match.method is not None, len(match.headers), len(match.query))
+    if p.exact is not None:
+        kind, length = 3, len(p.exact)
+    elif p.path_prefix is not None:
+        kind, length = 2, len(p.path_prefix)
+    else:
+        kind, length = 1, len(p.regex or "")
+    return (kind, length, match.method is not None, len(match.headers), len(match.query))
 
 
 def path_matches(match: PathMatch, path: str, regex: re.Pattern[str] | None = None) -> bool:

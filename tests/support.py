@@ -317,13 +317,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5) -> None:
 
 
 @asynccontextmanager
-async def gateway_subprocess(*args: str) -> AsyncIterator[tuple[trio.Process, list[int]]]:
+async def gateway_subprocess(
+    *args: str, read_stderr: bool = True, **options: Any
+) -> AsyncIterator[tuple[trio.Process, list[int]]]:
     """Run ``python -m agentgw ARGS`` as a real process; yields it and the
-    ports of the listen lines it printed. Killed at exit if still running."""
+    ports of the listen lines it printed. Killed at exit if still running.
+    Its stderr so far is in ``proc.stderr_data`` (unless ``read_stderr`` is
+    False: then nobody reads it and the pipe fills up)."""
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "agentgw", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        **options,
     )
     assert proc.stdout is not None and proc.stderr is not None
     stderr = bytearray()
@@ -335,7 +340,8 @@ async def gateway_subprocess(*args: str) -> AsyncIterator[tuple[trio.Process, li
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect_stderr)
+            if read_stderr:
+                nursery.start_soon(collect_stderr)
             out = b""
             with trio.fail_after(20):
                 while b"listening on" not in out:

@@ -238,6 +238,60 @@ def _method(v: object) -> str:
     return text
 
 
+def parse_str_map(v: object) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise Invalid(f"expected an object, got {show(v)}")
+    errors = [
+        Invalid(f"expected a string, got {show(x)}", at=(str(k),))
+        for k, x in v.items()
+        if not isinstance(x, str)
+    ]
+    errors += [Invalid("expected a string key", at=(str(k),)) for k in v if not isinstance(k, str)]
+    if errors:
+        raise ExceptionGroup("While structuring a string map", errors)
+    return dict(v)
+
+
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+
+
+def _header_name(v: object) -> str:
+    text = parse_str(v)
+    if not _TOKEN.fullmatch(text):
+        raise Invalid(f"expected a header name, got {show(v)}")
+    return text
+
+
+def _header_map(v: object) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise Invalid(f"expected an object, got {show(v)}")
+    errors = []
+    for name, value in v.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            errors.append(Invalid(f"expected a header name, got {show(name)}", at=(str(name),)))
+        elif not isinstance(value, str):
+            errors.append(Invalid(f"expected a string, got {show(value)}", at=(name,)))
+        elif not _FIELD_VALUE.fullmatch(value):
+            problem = f"expected a header value without control characters, got {show(value)}"
+            errors.append(Invalid(problem, at=(name,)))
+    if errors:
+        raise ExceptionGroup("While structuring headers", errors)
+    return dict(v)
+
+
+def _header_names(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise Invalid(f"expected a list, got {show(v)}")
+    errors = [
+        Invalid(f"expected a header name, got {show(name)}", at=(i,))
+        for i, name in enumerate(v)
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name)
+    ]
+    if errors:
+        raise ExceptionGroup("While structuring header names", errors)
+    return tuple(v)
+
+
 # agentgateway's rule for MCP target names (a Gateway API SectionName).
 _TARGET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
@@ -308,6 +362,10 @@ FIELDS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (m.PathMatch, "regex"): _regex,
     (m.ValueMatch, "regex"): _regex,
     (m.RouteMatch, "method"): _method,
+    (m.HeaderMatch, "name"): _header_name,
+    (m.HeaderModifier, "add"): _header_map,
+    (m.HeaderModifier, "set"): _header_map,
+    (m.HeaderModifier, "remove"): _header_names,
     (m.McpTarget, "name"): _target_name,
     (m.Listener, "protocol"): _protocol,
     (m.DirectResponse, "status"): _status,
@@ -499,27 +557,13 @@ def _tuple_hook(t: Any) -> Hook:
     return hook
 
 
-def _str_map(v: object, _t: object) -> dict[str, str]:
-    if not isinstance(v, dict):
-        raise Invalid(f"expected an object, got {show(v)}")
-    errors = [
-        Invalid(f"expected a string, got {show(x)}", at=(str(k),))
-        for k, x in v.items()
-        if not isinstance(x, str)
-    ]
-    errors += [Invalid("expected a string key", at=(str(k),)) for k in v if not isinstance(k, str)]
-    if errors:
-        raise ExceptionGroup("While structuring a string map", errors)
-    return dict(v)
-
-
 def _origin(t: Any) -> Any:
     return get_origin(t)
 
 
 converter.register_structure_hook_factory(lambda t: _origin(t) is Literal, _literal_hook)
 converter.register_structure_hook_factory(lambda t: _origin(t) is tuple, _tuple_hook)
-converter.register_structure_hook_func(lambda t: t == dict[str, str], _str_map)
+converter.register_structure_hook_func(lambda t: t == dict[str, str], _primitive(parse_str_map))
 
 
 def _field_hook(cls: type, a: attrs.Attribute[Any]) -> Hook | None:
