@@ -54,17 +54,28 @@ async def test_idle_keep_alive_connection_is_closed() -> None:
             assert 0.2 < trio.current_time() - start < 1.5
 
 
-async def test_readiness_endpoint() -> None:
-    async with serve_upstream(echo_handler) as up:
+async def test_readiness_endpoint_reports_drain() -> None:
+    async def slow(req: Any, body: bytes, up: Any) -> Any:
+        await trio.sleep(1)
+        return 200, [], b"done"
+
+    async with serve_upstream(slow) as up:
         probe = trio.socket.socket()
         await probe.bind(("127.0.0.1", 0))
         ready_port = probe.getsockname()[1]
         probe.close()
         config = proxy_config(up.port, readinessAddr=f"127.0.0.1:{ready_port}")
-        async with run_gateway(config) as (gw, _):
+        async with run_gateway(config) as (gw, port):
             resp = await request(ready_port, "GET", "/healthz/ready")
             assert (resp.status, resp.body) == (200, b"ready\n")
             assert (await request(ready_port, "GET", "/other")).status == 404
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(request, port, "GET", "/slow")
+                await trio.sleep(0.2)
+                gw.shutdown()
+                await trio.sleep(0.1)
+                resp = await request(ready_port, "GET", "/healthz/ready")
+                assert resp.status == 503
 
 
 async def test_stderr_nobody_reads_does_not_block_requests() -> None:
