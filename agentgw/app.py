@@ -153,6 +153,10 @@ class Gateway:
         ``addrs = await nursery.start(gw.serve)``.
         """
         listeners: list[tuple[CompiledBind, list[trio.SocketListener]]] = []
+        settings = self.config.config
+        for key, value in (("adminAddr", settings.admin_addr), ("statsAddr", settings.stats_addr)):
+            if value:
+                logger.warning("config.%s is accepted but not served yet by agentgw", key)
         try:
             for cb in self._binds:
                 opened = await trio.open_tcp_listeners(cb.bind.port, host=cb.bind.address)

@@ -22,9 +22,11 @@ from agentgw.policy.pipeline import RequestView, RoutePolicies, forwarded_header
 from agentgw.policy.pipeline import response_headers as route_response_headers
 from agentgw.server.connection import ServerRequest
 from agentgw.upstream.pool import ConnectionPool, Exchange, Origin
-from agentgw.wire.http import Headers, is_websocket_upgrade, strip_hop_by_hop
+from agentgw.wire.http import Headers, header_value, is_websocket_upgrade, strip_hop_by_hop
 
 logger = logging.getLogger(__name__)
+
+SMALL_BODY = 65536
 
 
 async def proxy_request(
@@ -86,11 +88,18 @@ async def _exchange(
     headers = forwarded_headers(headers, req.client[0])
     if req.head.chunked:
         headers.append((b"transfer-encoding", b"chunked"))
-    await exchange.send_head(req.method.encode(), req.target, headers)
-    async with aclosing(req.body()) as body:
-        async for chunk in body:
-            await exchange.send_body(chunk)
-    await exchange.end_body()
+    method = req.method.encode()
+    length = req.head.content_length
+    if not req.head.chunked and (length or 0) <= SMALL_BODY:
+        # Small bodies go out with the head in one write.
+        body = await req.read_body() if length else b""
+        await exchange.send_head(method, req.target, headers, body)
+    else:
+        await exchange.send_head(method, req.target, headers)
+        async with aclosing(req.body()) as chunks:
+            async for chunk in chunks:
+                await exchange.send_body(chunk)
+        await exchange.end_body()
 
     response_head: list[Headers] = []
 
@@ -101,7 +110,10 @@ async def _exchange(
         if response.status == 101:
             response_head.append(out)
             return
-        await req.send_head(response.status, out, response.reason)
+        # A Content-Length response goes out with its first bytes in one
+        # write; a stream (SSE, chunked) gets its head at once.
+        framed = header_value(response.headers, b"content-length") is not None
+        await req.send_head(response.status, out, response.reason, flush=not framed)
         async with aclosing(exchange.body(response_timeout)) as body:
             async for chunk in body:
                 await req.send_data(chunk)

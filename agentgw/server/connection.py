@@ -79,6 +79,7 @@ class ServerRequest:
     body_bytes: int = 0
     status: int | None = None
     _body_done: bool = False
+    _pending: bytes = b""
 
     @property
     def host(self) -> str:
@@ -124,14 +125,20 @@ class ServerRequest:
         async with aclosing(self.body()) as body:
             return b"".join([chunk async for chunk in body])
 
-    async def send_head(self, status: int, headers: Headers, reason: bytes = b"") -> None:
+    async def send_head(
+        self, status: int, headers: Headers, reason: bytes = b"", *, flush: bool = True
+    ) -> None:
+        """Send the response head. With ``flush=False`` it waits to go out
+        with the first body bytes, in one write."""
         if self._conn.is_draining:
             headers = [*headers, (b"connection", b"close")]
         self.status = status
         self.record.status = status
-        await self._conn.send(
-            self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))
-        )
+        data = self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))
+        if flush:
+            await self._conn.send(data)
+        else:
+            self._pending = data or b""
 
     async def send_informational(self, status: int, headers: Headers) -> None:
         await self._conn.send(
@@ -140,10 +147,18 @@ class ServerRequest:
 
     async def send_data(self, data: bytes) -> None:
         if data and self.method != "HEAD":
-            await self._conn.send(self._h11.send(h11.Data(data=data)))
+            out = self._h11.send(h11.Data(data=data)) or b""
+        else:
+            out = b""
+        if self._pending:
+            out, self._pending = self._pending + out, b""
+        await self._conn.send(out)
 
     async def end(self) -> None:
-        await self._conn.send(self._h11.send(h11.EndOfMessage()))
+        out = self._h11.send(h11.EndOfMessage()) or b""
+        if self._pending:
+            out, self._pending = self._pending + out, b""
+        await self._conn.send(out)
 
     async def respond(
         self,
@@ -152,11 +167,12 @@ class ServerRequest:
         headers: Headers | None = None,
         content_type: bytes = b"text/plain; charset=utf-8",
     ) -> None:
+        """Send a whole response in one write."""
         data = body.encode() if isinstance(body, str) else body
         all_headers = simple_response_headers(data, content_type)
         if headers:
             all_headers.extend(headers)
-        await self.send_head(status, all_headers, _REASONS.get(status, b""))
+        await self.send_head(status, all_headers, _REASONS.get(status, b""), flush=False)
         await self.send_data(data)
         await self.end()
 

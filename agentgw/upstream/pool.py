@@ -197,7 +197,11 @@ class Exchange:
     conn: UpstreamConnection | None = None
     _released: bool = False
 
-    async def send_head(self, method: bytes, target: bytes, headers: Headers) -> None:
+    async def send_head(
+        self, method: bytes, target: bytes, headers: Headers, body: bytes | None = None
+    ) -> None:
+        """Send the request head; with ``body``, the whole request in one
+        write (then do not call ``send_body``/``end_body``)."""
         request = h11.Request(method=method, target=target, headers=headers)
         for attempt in (0, 1):
             conn = self.pool.take_idle(self.origin) if attempt == 0 else None
@@ -207,7 +211,12 @@ class Exchange:
             self.conn = conn
             conn.requests += 1
             try:
-                await conn.stream.send_all(conn.h11.send(request) or b"")
+                data = conn.h11.send(request) or b""
+                if body is not None:
+                    if body:
+                        data += conn.h11.send(h11.Data(data=body)) or b""
+                    data += conn.h11.send(h11.EndOfMessage()) or b""
+                await conn.stream.send_all(data)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.pool.discard(conn)
