@@ -33,7 +33,10 @@ from agentgw.policy.pipeline import (
     response_headers,
     run_request,
 )
+from agentgw.mcp.session_token import SessionCodec
 from agentgw.proxy import proxy_request
+from agentgw.relay.endpoint import McpEndpoint, McpRoute
+from agentgw.relay.session import SessionManager
 from agentgw.routing import Router, choose_backend
 from agentgw.server.connection import ClientConnection, ServerRequest
 from agentgw.upstream.pool import ConnectionPool, Origin
@@ -61,6 +64,7 @@ class CompiledRoute:
     policies: RoutePolicies
     backends: tuple[Backend, ...]
     origins: dict[int, Origin]
+    mcp: dict[int, McpRoute]
 
 
 @attrs.define(eq=False)
@@ -81,16 +85,17 @@ def parse_origin(host: str) -> Origin:
 
 def _compile_route(listener: Listener, route: Route, path: str, errors: list[str]) -> CompiledRoute:
     origins: dict[int, Origin] = {}
+    mcp: dict[int, McpRoute] = {}
     for i, backend in enumerate(route.backends):
         if backend.mcp is not None:
-            errors.append(f"{path}.backends[{i}].mcp: MCP backends are not available in this build")
+            mcp[i] = McpRoute.compile(backend.mcp)
         elif backend.host is not None:
             try:
                 origins[i] = parse_origin(backend.host)
             except ValueError as exc:
                 errors.append(f"{path}.backends[{i}].host: {exc}")
     policies = RoutePolicies.merge(listener.policies, route.policies)
-    return CompiledRoute(policies, route.backends, origins)
+    return CompiledRoute(policies, route.backends, origins, mcp)
 
 
 def compile_binds(config: Config) -> list[CompiledBind]:
@@ -129,6 +134,13 @@ class Gateway:
             idle_timeout=settings.backend.pool_idle_timeout,
             max_idle_per_origin=settings.backend.pool_max_size or 64,
         )
+        self.sessions = SessionManager(self.pool, ttl=settings.mcp.session_ttl)
+        self.mcp = McpEndpoint(
+            self.sessions,
+            SessionCodec.from_config(settings.session.key if settings.session else None),
+            self.pool,
+            ttl=settings.mcp.session_ttl,
+        )
         self.is_draining = False
         self._connections: set[ClientConnection] = set()
         self._shutdown = trio.Event()
@@ -164,6 +176,7 @@ class Gateway:
             addresses = [self._address(cb, opened) for cb, opened in listeners]
             async with trio.open_nursery() as root:
                 root.start_soon(self.pool.serve_evictor)
+                await root.start(self.sessions.serve)
                 if self.config.config.readiness_addr:
                     await root.start(self._serve_readiness, self.config.config.readiness_addr)
                 async with trio.open_nursery() as conns:
@@ -274,6 +287,9 @@ class Gateway:
         if index is None:
             record.error = "no backend"
             await req.respond(503, "no backend available\n")
+            return
+        if index in route.mcp:
+            await self.mcp.handle(req, route.mcp[index])
             return
         await proxy_request(
             req,

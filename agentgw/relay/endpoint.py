@@ -1,0 +1,528 @@
+"""The MCP endpoint on a route with an ``mcp`` backend: Streamable HTTP.
+
+How this works: the HTTP layer only validates and finds the session; the
+session (``relay/session.py``) owns the upstream transports. A POSTed
+request is routed by method: list methods fan out to every target and are
+merged (federated cursors keep pagination); calls go to the target named by
+the prefix; the answer streams back as SSE so progress, logging and
+server-to-client requests (sampling, elicitation, roots) reach the client
+while the call runs. SSE streams carry keep-alive comments. The session id
+given to the client is an AES-GCM token (``mcp/session_token.py``): it cannot
+be read or forged, and another replica with the same key can resume it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from agentgw.config.model import McpBackend, McpTarget
+from agentgw.errors import UpstreamError
+from agentgw.mcp import merge, names
+from agentgw.mcp.session_token import InvalidSession, SessionCodec, SessionState
+from agentgw.proxy import run_watching_client
+from agentgw.relay.session import Message, RelaySession, SessionManager
+from agentgw.server.connection import ServerRequest
+from agentgw.upstream.pool import ConnectionPool
+from agentgw.wire import jsonrpc
+from agentgw.wire.http import Headers, header_value, strip_hop_by_hop
+from agentgw.wire.sse import encode_comment, encode_event
+
+logger = logging.getLogger(__name__)
+
+JSON = b"application/json"
+LIST_METHODS = frozenset(
+    {"tools/list", "prompts/list", "resources/list", "resources/templates/list"}
+)
+MAX_BODY = 4 << 20
+_DROP_HEADERS = frozenset({b"content-length", b"host", b"mcp-session-id", b"accept-encoding"})
+
+
+@attrs.frozen
+class McpRoute:
+    """An ``mcp`` backend, compiled."""
+
+    targets: tuple[McpTarget, ...]
+    prefix: bool
+    fail_open: bool
+    stateful: bool
+
+    @classmethod
+    def compile(cls, backend: McpBackend) -> McpRoute:
+        mode = backend.prefix_mode or "conditional"
+        return cls(
+            targets=backend.targets,
+            prefix=names.should_prefix(mode, len(backend.targets)),
+            fail_open=backend.failure_mode == "failOpen",
+            stateful=backend.stateful_mode != "stateless",
+        )
+
+    @property
+    def target_names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+
+class McpError(Exception):
+    """An HTTP-level refusal of an MCP request."""
+
+    def __init__(self, status: int, message: str, code: int = -32600) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+@attrs.define(eq=False)
+class McpEndpoint:
+    manager: SessionManager
+    codec: SessionCodec
+    pool: ConnectionPool
+    keepalive: float = 15.0
+    ttl: float = 1800.0
+
+    async def handle(self, req: ServerRequest, route: McpRoute) -> None:
+        try:
+            if req.method == "POST":
+                await self._post(req, route)
+            elif req.method == "GET":
+                await self._get(req, route)
+            elif req.method == "DELETE":
+                await self._delete(req, route)
+            else:
+                raise McpError(405, f"method {req.method} not allowed")
+        except McpError as exc:
+            req.record.error = exc.message
+            body = json.dumps(jsonrpc.make_error(None, exc.code, exc.message)).encode()
+            extra = [(b"allow", b"GET, POST, DELETE")] if exc.status == 405 else []
+            await req.respond(exc.status, body, extra, content_type=JSON)
+
+    # ------------------------------------------------------------ POST
+
+    async def _post(self, req: ServerRequest, route: McpRoute) -> None:
+        accept = (header_value(req.headers, b"accept") or b"").lower()
+        if b"application/json" not in accept or b"text/event-stream" not in accept:
+            raise McpError(406, "Accept must include application/json and text/event-stream")
+        ctype = (header_value(req.headers, b"content-type") or b"").lower()
+        if not ctype.startswith(JSON):
+            raise McpError(415, "Content-Type must be application/json")
+        if (req.head.content_length or 0) > MAX_BODY:
+            raise McpError(413, "message too large")
+        body = await req.read_body()
+        try:
+            messages, batch = jsonrpc.parse_messages(body)
+        except jsonrpc.JsonRpcError as exc:
+            raise McpError(400, exc.message, exc.code) from exc
+        if batch or len(messages) != 1:
+            raise McpError(400, "batched messages are not supported")
+        message = messages[0]
+        method = message.get("method")
+        req.record.extra["mcp.method"] = str(method or "response")
+        headers = _forward_headers(req.headers)
+
+        token = header_value(req.headers, b"mcp-session-id")
+        if token is None:
+            if method == "initialize":
+                await self._initialize(req, route, message, headers)
+                return
+            if method == "server/discover":
+                await _respond_json(req, jsonrpc.make_error(message.get("id"), -32601, "server/discover is not supported; use initialize"))
+                return
+            if route.stateful:
+                raise McpError(400, "Mcp-Session-Id header is required")
+            await self._stateless(req, route, message, headers)
+            return
+        session = await self._find_session(token.decode("latin-1"), route)
+        req.record.extra["mcp.session"] = session.sid[:8]
+        await self._dispatch(req, route, session, message, headers)
+
+    async def _find_session(self, token: str, route: McpRoute) -> RelaySession:
+        try:
+            state = self.codec.decode(token)
+        except InvalidSession as exc:
+            raise McpError(404, "session not found", -32001) from exc
+        session = self.manager.sessions.get(state.sid)
+        if session is not None and not session.closed.is_set():
+            return session
+        # Resume a session issued by this or another replica with the same key.
+        if set(state.targets) != set(route.target_names) or any(
+            t.stdio is not None for t in route.targets
+        ):
+            raise McpError(404, "session not found", -32001)
+        session = RelaySession(
+            sid=state.sid,
+            targets=route.targets,
+            pool=self.pool,
+            ttl=self.ttl,
+            upstream_sessions=dict(state.targets),
+            protocol_version=state.protocol_version,
+        )
+        try:
+            await self.manager.start(session)
+        except UpstreamError as exc:
+            raise McpError(503, exc.reason, -32603) from exc
+        return session
+
+    async def _initialize(
+        self, req: ServerRequest, route: McpRoute, message: Message, headers: Headers
+    ) -> None:
+        session = RelaySession(
+            sid=secrets.token_urlsafe(16), targets=route.targets, pool=self.pool, ttl=self.ttl
+        )
+        try:
+            await self.manager.start(session)
+        except UpstreamError as exc:
+            raise McpError(503, exc.reason, -32603) from exc
+        results, errors = await _fan_out(session, route.target_names, message, headers)
+        if errors and (not route.fail_open or not results):
+            session.close()
+            text = "; ".join(f"target {t}: {e}" for t, e in errors.items())
+            await _respond_json(req, jsonrpc.make_error(message.get("id"), -32603, text))
+            return
+        client_version = (message.get("params") or {}).get("protocolVersion")
+        merged = merge.merge_initialize(results, client_version=client_version)
+        session.protocol_version = merged.get("protocolVersion")
+        state = SessionState.new(
+            sid=session.sid,
+            targets={t: tr.session_id for t, tr in session.transports.items()},
+            protocol_version=str(session.protocol_version or ""),
+        )
+        token = self.codec.encode(state)
+        req.record.extra["mcp.session"] = session.sid[:8]
+        await _respond_json(
+            req,
+            jsonrpc.make_result(message.get("id"), merged),
+            [(b"mcp-session-id", token.encode())],
+        )
+
+    async def _stateless(
+        self, req: ServerRequest, route: McpRoute, message: Message, headers: Headers
+    ) -> None:
+        session = RelaySession(
+            sid=secrets.token_urlsafe(16), targets=route.targets, pool=self.pool, ttl=60
+        )
+        await self.manager.start(session)
+        try:
+            init = {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "agentgw", "version": "stateless"},
+                },
+            }
+            await _fan_out(session, list(session.transports), init, headers)
+            for target in list(session.transports):
+                await session.notify(target, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+            await self._dispatch(req, route, session, message, headers)
+        finally:
+            session.close()
+
+    async def _dispatch(
+        self,
+        req: ServerRequest,
+        route: McpRoute,
+        session: RelaySession,
+        message: Message,
+        headers: Headers,
+    ) -> None:
+        method = message.get("method")
+        if method is None:  # the client's answer to a server-to-client request
+            await session.answer(message, headers)
+            await req.respond(202, b"")
+            return
+        if "id" not in message:
+            await self._notification(session, message, headers)
+            await req.respond(202, b"")
+            return
+        msg_id = message["id"]
+        if method == "ping":
+            await _respond_json(req, jsonrpc.make_result(msg_id, {}))
+            return
+        if method == "initialize":
+            raise McpError(400, "session already initialized")
+        if method in LIST_METHODS:
+            await self._list(req, route, session, message, headers)
+            return
+        if method == "logging/setLevel":
+            await _fan_out(session, list(session.transports), message, headers)
+            await _respond_json(req, jsonrpc.make_result(msg_id, {}))
+            return
+        try:
+            target, rewritten = _route_call(route, message)
+        except ValueError as exc:
+            await _respond_json(req, jsonrpc.make_error(msg_id, -32602, str(exc)))
+            return
+        req.record.extra["mcp.target"] = target
+        name = _call_name(message)
+        if name is not None:
+            req.record.extra["mcp.resource" if "uri" in (message.get("params") or {}) else "mcp.tool"] = name
+        await self._stream_call(req, route, session, target, rewritten, headers)
+
+    async def _notification(self, session: RelaySession, message: Message, headers: Headers) -> None:
+        method = message.get("method")
+        params = message.get("params") or {}
+        if method == "notifications/cancelled" and isinstance(params, dict):
+            found = session.upstream_id_for(params.get("requestId"))
+            if found is not None:
+                target, upstream_id = found
+                await session.notify(
+                    target, {**message, "params": {**params, "requestId": upstream_id}}, headers
+                )
+            return
+        for target in list(session.transports):
+            try:
+                await session.notify(target, message, headers)
+            except UpstreamError as exc:
+                logger.info("notification to %s failed: %s", target, exc.reason)
+
+    async def _list(
+        self,
+        req: ServerRequest,
+        route: McpRoute,
+        session: RelaySession,
+        message: Message,
+        headers: Headers,
+    ) -> None:
+        method = str(message["method"])
+        params = message.get("params") or {}
+        cursor = params.get("cursor") if isinstance(params, dict) else None
+        try:
+            state = merge.decode_cursor(cursor) if cursor else {t: "" for t in route.target_names}
+        except ValueError:
+            await _respond_json(req, jsonrpc.make_error(message["id"], -32602, "invalid cursor"))
+            return
+        pages: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+
+        async def one(target: str, target_cursor: str) -> None:
+            p = {k: v for k, v in params.items() if k != "cursor"} if isinstance(params, dict) else {}
+            if target_cursor:
+                p["cursor"] = target_cursor
+            try:
+                reply = await session.call(target, {**message, "params": p}, headers)
+            except UpstreamError as exc:
+                errors[target] = exc.reason
+                return
+            if "error" in reply:
+                errors[target] = str(reply["error"].get("message"))
+            else:
+                pages[target] = reply.get("result") or {}
+
+        async with trio.open_nursery() as nursery:
+            for target, target_cursor in state.items():
+                if target_cursor is None:
+                    continue  # this target is done
+                if target not in session.transports:
+                    errors[target] = session.dead.get(target, "not connected")
+                    continue
+                nursery.start_soon(one, target, target_cursor)
+        try:
+            result = merge.merge_list(
+                method, pages, prefix=route.prefix, errors=errors, fail_open=route.fail_open
+            )
+        except merge.MergeError as exc:
+            await _respond_json(req, jsonrpc.make_error(message["id"], -32603, str(exc)))
+            return
+        await _respond_json(req, jsonrpc.make_result(message["id"], result))
+
+    async def _stream_call(
+        self,
+        req: ServerRequest,
+        route: McpRoute,
+        session: RelaySession,
+        target: str,
+        message: Message,
+        headers: Headers,
+    ) -> None:
+        """Forward one request and stream everything that belongs to it."""
+        try:
+            async with session.request(target, message, headers) as messages:
+                await req.send_head(
+                    200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+                )
+
+                async def pump() -> None:
+                    while True:
+                        with trio.move_on_after(self.keepalive) as idle:
+                            try:
+                                reply = await messages.receive()
+                            except trio.EndOfChannel:
+                                error = jsonrpc.make_error(message.get("id"), -32603, f"target {target}: no response")
+                                await req.send_data(encode_event(json.dumps(error)))
+                                return
+                        if idle.cancelled_caught:
+                            await req.send_data(encode_comment("ping"))
+                            continue
+                        reply = _outbound(route, target, reply, str(message.get("method")))
+                        await req.send_data(encode_event(json.dumps(reply)))
+                        if "method" not in reply:
+                            return
+
+                await run_watching_client(req, pump)
+                await req.end()
+        except UpstreamError as exc:
+            req.record.error = exc.reason
+            error = jsonrpc.make_error(message.get("id"), -32603, exc.reason)
+            if req.is_response_started:
+                await req.send_data(encode_event(json.dumps(error)))
+                await req.end()
+            else:
+                await _respond_json(req, error)
+
+    # ------------------------------------------------------------ GET and DELETE
+
+    async def _get(self, req: ServerRequest, route: McpRoute) -> None:
+        accept = (header_value(req.headers, b"accept") or b"").lower()
+        if b"text/event-stream" not in accept:
+            raise McpError(406, "Accept must include text/event-stream")
+        token = header_value(req.headers, b"mcp-session-id")
+        if token is None:
+            raise McpError(400, "Mcp-Session-Id header is required")
+        session = await self._find_session(token.decode("latin-1"), route)
+        async with session.get_stream() as messages:
+            await req.send_head(
+                200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+            )
+
+            async def pump() -> None:
+                while True:
+                    with trio.move_on_after(self.keepalive) as idle:
+                        try:
+                            message = await messages.receive()
+                        except trio.EndOfChannel:
+                            return
+                    if idle.cancelled_caught:
+                        await req.send_data(encode_comment("ping"))
+                        continue
+                    await req.send_data(encode_event(json.dumps(message)))
+
+            await run_watching_client(req, pump)
+            await req.end()
+
+    async def _delete(self, req: ServerRequest, route: McpRoute) -> None:
+        token = header_value(req.headers, b"mcp-session-id")
+        if token is None:
+            raise McpError(400, "Mcp-Session-Id header is required")
+        session = await self._find_session(token.decode("latin-1"), route)
+        session.close()
+        await req.respond(200, b"")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+async def _respond_json(req: ServerRequest, message: Message, headers: Headers = ()) -> None:
+    await req.respond(200, json.dumps(message).encode(), list(headers), content_type=JSON)
+
+
+def _forward_headers(headers: Headers) -> Headers:
+    """The client's headers for HTTP upstreams: all but hop-by-hop, framing,
+    Host and the session id (each upstream has its own)."""
+    return [(n, v) for n, v in strip_hop_by_hop(headers) if n not in _DROP_HEADERS]
+
+
+async def _fan_out(
+    session: RelaySession, targets: list[str], message: Message, headers: Headers
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    results: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = dict.fromkeys((t for t in targets if t in session.dead), "")
+    for t in errors:
+        errors[t] = session.dead[t]
+
+    async def one(target: str) -> None:
+        try:
+            reply = await session.call(target, message, headers)
+        except UpstreamError as exc:
+            errors[target] = exc.reason
+            return
+        if "error" in reply:
+            errors[target] = str(reply["error"].get("message"))
+        else:
+            results[target] = reply.get("result") or {}
+
+    async with trio.open_nursery() as nursery:
+        for target in targets:
+            if target in session.transports:
+                nursery.start_soon(one, target)
+    return results, errors
+
+
+def _call_name(message: Message) -> str | None:
+    params = message.get("params")
+    if not isinstance(params, dict):
+        return None
+    for key in ("name", "uri"):
+        if isinstance(params.get(key), str):
+            return str(params[key])
+    ref = params.get("ref")
+    if isinstance(ref, dict):
+        value = ref.get("name") or ref.get("uri")
+        return str(value) if value else None
+    return None
+
+
+def _route_call(route: McpRoute, message: Message) -> tuple[str, Message]:
+    """Find the target of a call and strip its prefix from the name."""
+    names_ = route.target_names
+    params = message.get("params")
+    params = dict(params) if isinstance(params, dict) else {}
+    method = message.get("method")
+    if method in ("tools/call", "prompts/get"):
+        split = names.split_name(str(params.get("name", "")), names_, route.prefix)
+        if split is None:
+            raise ValueError(f"unknown name {params.get('name')!r}")
+        target, params["name"] = split
+    elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
+        split = names.split_uri(str(params.get("uri", "")), names_, route.prefix)
+        if split is None:
+            raise ValueError(f"unknown resource {params.get('uri')!r}")
+        target, params["uri"] = split
+    elif method == "completion/complete":
+        ref = dict(params.get("ref") or {})
+        if "name" in ref:
+            split = names.split_name(str(ref["name"]), names_, route.prefix)
+            key = "name"
+        else:
+            split = names.split_uri(str(ref.get("uri", "")), names_, route.prefix)
+            key = "uri"
+        if split is None:
+            raise ValueError("unknown completion reference")
+        target, ref[key] = split
+        params["ref"] = ref
+    elif len(names_) == 1:
+        target = names_[0]
+    else:
+        raise ValueError(f"method {method!r} cannot be routed to one target")
+    return target, {**message, "params": params}
+
+
+def _outbound(route: McpRoute, target: str, message: Message, method: str) -> Message:
+    """Prefix what an upstream says about its resources, when prefixing."""
+    if not route.prefix:
+        return message
+    if message.get("method") == "notifications/resources/updated":
+        params = dict(message.get("params") or {})
+        if isinstance(params.get("uri"), str):
+            params["uri"] = names.prefix_uri(target, params["uri"])
+        return {**message, "params": params}
+    if method == "resources/read" and isinstance(message.get("result"), dict):
+        result = dict(message["result"])
+        contents = result.get("contents")
+        if isinstance(contents, list):
+            result["contents"] = [
+                {**c, "uri": names.prefix_uri(target, c["uri"])}
+                if isinstance(c, dict) and isinstance(c.get("uri"), str)
+                else c
+                for c in contents
+            ]
+        return {**message, "result": result}
+    return message
+
+
+Responder = Callable[[ServerRequest], Awaitable[None]]
