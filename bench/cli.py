@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--systems",
-        default="direct,gateway",
-        help="comma-separated systems to load (default: direct,gateway)",
+        help="comma-separated systems to load (default: all of each scenario's; "
+        "`python -m bench list` names them)",
     )
     run.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     return parser
@@ -74,6 +74,7 @@ def _positive(text: str) -> int:
 def _list() -> int:
     for scenario in scenarios().values():
         print(f"{scenario.name:<10} {scenario.summary}")
+        print(f"{'':<10} systems: {', '.join(scenario.systems)}")
     return 0
 
 
@@ -85,14 +86,26 @@ def _run(args: argparse.Namespace) -> int:
         rounds=args.rounds or quick_rounds,
         duration_s=args.duration or quick_duration,
         warmup_s=WARMUP_S,
-        systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
+        systems=_systems(args.systems),
         pin=not args.no_pin,
     )
     known = scenarios()
+    chosen = [known[name] for name in args.scenario or list(known)]
+    offered = {system for scenario in chosen for system in scenario.systems}
+    unknown = sorted(set(options.systems or ()) - offered)
+    if unknown:
+        print(f"error: no scenario run has the system {', '.join(unknown)}", file=sys.stderr)
+        return 2
     status = 0
-    for name in args.scenario or list(known):
-        status = max(status, run_scenario(known[name], options))
+    for scenario in chosen:
+        status = max(status, run_scenario(scenario, options))
     return status
+
+
+def _systems(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bench.wrk import WrkResult
@@ -89,13 +89,23 @@ def error_failures(summaries: Sequence[Summary]) -> list[str]:
 def render(
     info: RunInfo,
     summaries: Sequence[Summary],
-    peak_rss: dict[str, int],
+    comparisons: Sequence[tuple[str, str]],
+    processes: Mapping[str, str],
+    peak_rss: Mapping[str, int],
     failures: Sequence[str],
 ) -> str:
+    """The Markdown report.
+
+    Args:
+        comparisons: (system, baseline) pairs, each getting a table of ratios.
+        processes: per system, the name of the process whose CPU and RSS are its cost.
+        peak_rss: per system, that process's peak RSS in bytes.
+    """
     parts = [f"# {info.title}", "", *(f"- {k}: {v}" for k, v in info.facts), ""]
     parts += _latency_table(summaries)
-    parts += _comparison_table(summaries)
-    parts += _cost_table(summaries, peak_rss)
+    for system, baseline in comparisons:
+        parts += _comparison_table(summaries, system, baseline)
+    parts += _cost_table(summaries, processes, peak_rss)
     if failures:
         parts += ["## Failures", "", *(_failure_item(f) for f in failures)]
     return "\n".join(parts)
@@ -129,43 +139,46 @@ def _latency_table(summaries: Sequence[Summary]) -> list[str]:
     return [*rows, ""]
 
 
-def _comparison_table(summaries: Sequence[Summary]) -> list[str]:
+def _comparison_table(summaries: Sequence[Summary], system: str, baseline: str) -> list[str]:
     by_key = {(s.system, s.connections): s.median.wrk for s in summaries}
     rows = []
     for c in sorted({s.connections for s in summaries}):
-        direct, gateway = by_key.get(("direct", c)), by_key.get(("gateway", c))
-        if direct is None or gateway is None:
+        base, measured = by_key.get((baseline, c)), by_key.get((system, c))
+        if base is None or measured is None:
             continue
         rows.append(
-            f"| {c} | {gateway.requests_per_s / direct.requests_per_s:.2f} "
-            f"| {_signed_time(gateway.p50_s - direct.p50_s)} "
-            f"| {_signed_time(gateway.p99_s - direct.p99_s)} |"
+            f"| {c} | {measured.requests_per_s / base.requests_per_s:.2f} "
+            f"| {_signed_time(measured.p50_s - base.p50_s)} "
+            f"| {_signed_time(measured.p99_s - base.p99_s)} |"
         )
     if not rows:
         return []
     head = [
-        "## Gateway against direct",
+        f"## `{system}` against `{baseline}`",
         "",
-        "| c | gateway/direct req/s | added p50 | added p99 |",
+        f"| c | {system}/{baseline} req/s | added p50 | added p99 |",
         "|--:|--:|--:|--:|",
     ]
     return [*head, *rows, ""]
 
 
-def _cost_table(summaries: Sequence[Summary], peak_rss: dict[str, int]) -> list[str]:
+def _cost_table(
+    summaries: Sequence[Summary], processes: Mapping[str, str], peak_rss: Mapping[str, int]
+) -> list[str]:
     rows = [
         "## Process cost",
         "",
         "CPU is utime+stime of the system's own process over each measured run "
-        "(median over rounds); for `direct` that process is the upstream, for `gateway` "
-        "it is agentgw alone. wrk's share shows whether the load generator was the limit. "
+        "(median over rounds); for `direct` that process is the upstream, for a gateway "
+        "system it is agentgw alone, not the upstreams behind it. wrk's share shows "
+        "whether the load generator was the limit. "
         "Peak RSS is VmHWM at the end of the whole benchmark.",
         "",
         "| system | process | c | CPU ms / 1k req | its share of a core | wrk's share | peak RSS |",
         "|---|---|--:|--:|--:|--:|--:|",
     ]
     for s in summaries:
-        process = "agentgw" if s.system == "gateway" else "upstream"
+        process = processes.get(s.system, "?")
         cpu = statistics.median(m.cpu_ms_per_1k for m in s.runs)
         share = statistics.median(m.core_share for m in s.runs)
         wrk_share = statistics.median(m.wrk.cpu_s / m.wall_s for m in s.runs)

@@ -48,7 +48,7 @@ class RunOptions:
     rounds: int
     duration_s: int
     warmup_s: int
-    systems: tuple[str, ...]
+    systems: tuple[str, ...] | None  # None: all of the scenario's
     pin: bool
     results_dir: Path = RESULTS_DIR
 
@@ -59,9 +59,12 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> int:
     Returns:
         The process exit status: 0, or 1 on a failure (never on speed).
     """
-    unknown = sorted(set(options.systems) - set(scenario.systems))
-    if unknown:
-        _error(f"scenario {scenario.name} has no system {', '.join(unknown)}")
+    systems = [s for s in scenario.systems if options.systems is None or s in options.systems]
+    if not systems:
+        _error(
+            f"scenario {scenario.name} has none of the systems {', '.join(options.systems or ())}"
+            f" (it has {', '.join(scenario.systems)})"
+        )
         return 2
     try:
         wrk = ensure_wrk()
@@ -70,7 +73,6 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> int:
         return 1
     placement = _placement(options.pin)
     print(f"bench {scenario.name}: {placement.describe()}", flush=True)
-    systems = [s for s in scenario.systems if s in options.systems]
     with ExitStack() as stack:
         if placement.load_cpu is not None:
             stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))
@@ -84,12 +86,13 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> int:
             _error(failure)
         measurements, failures = _measure(wrk, scenario, started.targets, placement, options)
         peak_rss = _peak_rss(started.targets)
+    processes = {t.system: t.service.name for t in started.targets}
     failures = [*started.failures, *failures]
     summaries = summarize(measurements, systems, scenario.concurrencies)
     failures += error_failures(summaries)
     if summaries:
-        info = _run_info(scenario, options, placement, wrk, summaries)
-        report = render(info, summaries, peak_rss, failures)
+        info = _run_info(scenario, options, placement, wrk, summaries, started.facts)
+        report = render(info, summaries, scenario.comparisons, processes, peak_rss, failures)
         print("\n" + report)
         path = _write_report(options.results_dir, scenario.name, report)
         print(f"written to {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
@@ -172,8 +175,9 @@ def _load(wrk: str, target: Target, c: int, duration_s: int, placement: Placemen
         threads=_wrk_threads(c, placement),
         duration_s=duration_s,
         cpu=placement.load_cpu,
+        script=target.script,
     )
-    return run_wrk(argv, duration_s=duration_s)
+    return run_wrk(argv, duration_s=duration_s, env=target.env)
 
 
 def _wrk_threads(connections: int, placement: Placement) -> int:
@@ -186,7 +190,7 @@ def _wrk_threads(connections: int, placement: Placement) -> int:
 def _print_progress(m: Measurement, rounds: int) -> None:
     w = m.wrk
     print(
-        f"round {m.round}/{rounds}  c={m.connections:<3} {m.system:<8}"
+        f"round {m.round}/{rounds}  c={m.connections:<3} {m.system:<10}"
         f"{w.requests_per_s:>10,.0f} req/s  p50 {w.p50_s * 1e3:7.3f} ms"
         f"  p99 {w.p99_s * 1e3:7.3f} ms  errors {w.errors}"
         f"  ({m.system} CPU {m.core_share:.0%}, wrk CPU {w.cpu_s / m.wall_s:.0%})",
@@ -208,6 +212,7 @@ def _run_info(
     placement: Placement,
     wrk: str,
     summaries: Sequence[Summary],
+    scenario_facts: Sequence[tuple[str, str]],
 ) -> RunInfo:
     now = datetime.datetime.now().astimezone()
     threads = sorted({_wrk_threads(c, placement) for c in scenario.concurrencies})
@@ -222,13 +227,10 @@ def _run_info(
             f"alternating systems; {options.warmup_s} s warm-up then {options.duration_s} s "
             f"measured per run",
         ),
-        (
-            "load",
-            f"{_version([wrk, '-v'])}, -t{'/'.join(map(str, threads))}, "
-            "POST of a ~50-byte JSON-RPC body with a unique id (bench/post.lua)",
-        ),
-        ("upstream", f"bench/upstream.js on node {_version(['node', '--version'])}"),
+        ("load", f"{_version([wrk, '-v'])}, -t{'/'.join(map(str, threads))}, {scenario.load}"),
+        ("upstream", f"{scenario.upstream} on node {_version(['node', '--version'])}"),
         ("agentgw", _git_revision()),
+        *scenario_facts,
     ]
     ceiling = [s for s in summaries if s.system == "direct"]
     if ceiling:

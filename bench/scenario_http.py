@@ -55,11 +55,11 @@ def _start_upstream(cpu: int | None) -> Service:
 def _start_gateway(upstream_port: int, cpu: int | None) -> Service:
     port = free_port()
     config = GATEWAY_CONFIG.format(port=port, upstream_port=upstream_port)
-    argv = [_gateway_python(), "-m", "agentgw", "-c", config]
+    argv = [gateway_python(), "-m", "agentgw", "-c", config]
     return start_service("agentgw", argv, port=port, cpu=cpu, cwd=REPO)
 
 
-def _gateway_python() -> str:
+def gateway_python() -> str:
     venv_python = REPO / ".venv" / "bin" / "python"
     return str(venv_python) if venv_python.exists() else sys.executable
 
@@ -70,4 +70,7 @@ SCENARIO = Scenario(
     systems=("direct", "gateway"),
     concurrencies=(1, 64),
     start=start_http,
+    load="POST of a ~50-byte JSON-RPC body with a unique id (bench/post.lua)",
+    upstream="bench/upstream.js",
+    comparisons=(("gateway", "direct"),),
 )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.systems import Service
+from bench.wrk import POST_SCRIPT
 
 
 @dataclass(frozen=True)
@@ -27,17 +29,23 @@ class Placement:
 
 @dataclass(frozen=True)
 class Target:
-    """One system to load: `url` is where wrk sends requests, `service` the process we cost."""
+    """One system to load: `url` is where wrk sends requests, `service` the process we cost.
+
+    wrk runs `script` with `env` added to its environment.
+    """
 
     system: str
     url: str
     service: Service
+    script: Path = POST_SCRIPT
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class Started:
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    facts: list[tuple[str, str]] = field(default_factory=list)  # for the report's header
 
 
 # Starts the scenario's processes (registering their stop on the stack) for the wanted systems.
@@ -46,14 +54,20 @@ Starter = Callable[[ExitStack, Placement, Collection[str]], Started]
 
 @dataclass(frozen=True)
 class Scenario:
+    """`load` and `upstream` describe the method in the report; each pair of
+    `comparisons` is (system, baseline) and gets a table of ratios."""
+
     name: str
     summary: str
     systems: tuple[str, ...]
     concurrencies: tuple[int, ...]
     start: Starter
+    load: str
+    upstream: str
+    comparisons: tuple[tuple[str, str], ...]
 
 
 def scenarios() -> dict[str, Scenario]:
-    from bench import scenario_http
+    from bench import scenario_http, scenario_mcp
 
-    return {s.name: s for s in (scenario_http.SCENARIO,)}
+    return {s.name: s for s in (scenario_http.SCENARIO, scenario_mcp.SCENARIO)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +42,16 @@ class Service:
             return "(no output)"
         lines = text.strip().splitlines()[-max_lines:]
         return "\n".join(lines) if lines else "(no output)"
+
+    def first_exception(self) -> str | None:
+        """The first `SomethingError: ...` line of its output: in a Trio exception
+        group's long traceback, usually the cause."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return None
+        found = re.search(r"^[\s|+]*((?:\w+\.)*\w*(?:Error|Exception)\b.*)$", text, re.M)
+        return found.group(1).strip() if found else None
 
     def cpu_seconds(self) -> float:
         """utime + stime of the process, all its threads included."""

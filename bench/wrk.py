@@ -7,6 +7,7 @@ import re
 import resource
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,13 @@ class WrkResult:
     p99_s: float
     socket_errors: int
     non_2xx: int
+    # Counted by the Lua script, where it checks more than wrk does (bench/mcp_call.lua).
+    unexpected: int
     cpu_s: float  # wrk's own CPU time: shows whether the load generator was the limit
 
     @property
     def errors(self) -> int:
-        return self.socket_errors + self.non_2xx
+        return self.socket_errors + self.non_2xx + self.unexpected
 
     @property
     def error_rate(self) -> float:
@@ -74,7 +77,14 @@ def _run_quiet(argv: list[str], env: dict[str, str]) -> int:
 
 
 def wrk_command(
-    wrk: str, url: str, *, connections: int, threads: int, duration_s: int, cpu: int | None
+    wrk: str,
+    url: str,
+    *,
+    connections: int,
+    threads: int,
+    duration_s: int,
+    cpu: int | None,
+    script: Path = POST_SCRIPT,
 ) -> list[str]:
     argv = [
         wrk,
@@ -85,7 +95,7 @@ def wrk_command(
         "2s",
         "--latency",
         "-s",
-        str(POST_SCRIPT),
+        str(script),
         url,
     ]
     if cpu is not None:
@@ -93,11 +103,17 @@ def wrk_command(
     return argv
 
 
-def run_wrk(argv: list[str], *, duration_s: int) -> WrkResult:
+def run_wrk(argv: list[str], *, duration_s: int, env: Mapping[str, str] | None = None) -> WrkResult:
+    """Run wrk, with `env` added to the environment (its Lua script reads it)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration_s + 30, check=False
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 30,
+            check=False,
+            env={**os.environ, **(env or {})},
         )
     except subprocess.TimeoutExpired:
         raise WrkError(f"wrk did not finish within {duration_s + 30} s")
@@ -123,6 +139,7 @@ def parse_wrk(text: str, *, cpu_s: float = 0.0) -> WrkResult:
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
     )
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    unexpected = re.search(r"^Unexpected responses: (\d+)", text, re.M)
     return WrkResult(
         requests=int(total.group(1)),
         duration_s=_seconds(total.group(2), total.group(3)),
@@ -131,6 +148,7 @@ def parse_wrk(text: str, *, cpu_s: float = 0.0) -> WrkResult:
         p99_s=_parse_time(latency["99"]),
         socket_errors=sum(int(n) for n in socket.groups()) if socket else 0,
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        unexpected=int(unexpected.group(1)) if unexpected else 0,
         cpu_s=cpu_s,
     )
 

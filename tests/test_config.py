@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import json
 import pathlib
 import re
@@ -81,10 +83,13 @@ def test_default_config() -> None:
     (bind,) = effective_binds(config)
     assert (bind.address, bind.port) == ("127.0.0.1", 3000)
     route = bind.listeners[0].routes[0]
-    assert route.name == "default"
-    assert route.policies is not None and route.policies.direct_response is not None
-    assert route.policies.direct_response.status == 200
-    assert route.policies.direct_response.body == "agentgw is running\n"
+    assert route.name == "mcp"
+    (backend,) = route.backends
+    assert backend.mcp is not None
+    (target,) = backend.mcp.targets
+    assert target.name == "demo" and target.stdio is not None
+    assert target.stdio.cmd == sys.executable  # the Python that runs agentgw
+    assert target.stdio.args == ("-m", "agentgw.demo")
 
 
 def test_minimal_bind_gets_defaults() -> None:
@@ -726,8 +731,8 @@ def test_mcp_shorthand_becomes_a_bind() -> None:
     (route,) = listener.routes
     assert (listener.name, route.name) == ("mcp", "mcp")
     assert [m.path for m in route.matches] == [
-        PathMatch(exact="/mcp"),
-        PathMatch(exact="/sse"),
+        PathMatch(path_prefix="/mcp"),
+        PathMatch(path_prefix="/sse"),
         PathMatch(path_prefix="/.well-known"),
     ]
     assert config.mcp is not None and route.policies == config.mcp.policies

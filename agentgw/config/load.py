@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import importlib.resources
+import sys
 import json
 import os
 from typing import Any
 
+import attrs
 import yaml
 
 from agentgw.config import model as m
@@ -98,14 +100,24 @@ def config_from_dict(data: object) -> m.Config:
 def default_config() -> m.Config:
     """The configuration ``agentgw`` runs with when given none."""
     text = importlib.resources.files("agentgw.config").joinpath("default.yaml").read_text("utf-8")
-    return parse_config(text, source="default.yaml")
+    config = parse_config(text, source="default.yaml")
+    if config.mcp is None:  # pragma: no cover - the shipped file has one
+        return config
+    # The demo target runs with the interpreter that runs agentgw.
+    targets = tuple(
+        attrs.evolve(t, stdio=attrs.evolve(t.stdio, cmd=sys.executable))
+        if t.stdio is not None and t.stdio.cmd == "python"
+        else t
+        for t in config.mcp.targets
+    )
+    return attrs.evolve(config, mcp=attrs.evolve(config.mcp, targets=targets))
 
 
 # The paths the ``mcp:`` shorthand serves. agentgateway's legacy SSE transport
 # posts back to ``/sse?sessionId=...``, so there is no separate message path.
 MCP_MATCHES = (
-    m.RouteMatch(path=m.PathMatch(exact="/mcp")),
-    m.RouteMatch(path=m.PathMatch(exact="/sse")),
+    m.RouteMatch(path=m.PathMatch(path_prefix="/mcp")),
+    m.RouteMatch(path=m.PathMatch(path_prefix="/sse")),
     m.RouteMatch(path=m.PathMatch(path_prefix="/.well-known")),
 )
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -27,12 +26,15 @@ from agentgw.errors import UpstreamError
 from agentgw.mcp import merge, names
 from agentgw.mcp.session_token import InvalidSession, SessionCodec, SessionState
 from agentgw.proxy import run_watching_client
-from agentgw.relay.session import Message, RelaySession, SessionManager
+from agentgw.relay.session import CHANNEL_SIZE, Message, RelaySession, SessionManager
 from agentgw.server.connection import ServerRequest
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire import jsonrpc
-from agentgw.wire.http import Headers, header_value, strip_hop_by_hop
+from agentgw.wire.http import Headers, header_value, is_websocket_upgrade, strip_hop_by_hop
 from agentgw.wire.sse import encode_comment, encode_event
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Ping, TextMessage
+from wsproto.events import Request as WsRequest
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,65 @@ class McpError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
+class Outbox:
+    """Where the answers to one client message go."""
+
+    async def send(self, message: Message, *, final: bool) -> None:
+        """Deliver one message; the base class drops it (notifications and
+        answers have nothing to send back)."""
+
+    async def ping(self) -> None:
+        """Keep an idle stream alive (no-op where there is none)."""
+
+
+@attrs.define(eq=False)
+class PostOutbox(Outbox):
+    """A Streamable HTTP POST: a lone final answer goes out as JSON; anything
+    before it (progress, logging, sampling) turns the response into SSE."""
+
+    req: ServerRequest
+    headers: Headers = ()
+    is_stream: bool = False
+
+    async def _start_stream(self) -> None:
+        if not self.is_stream:
+            self.is_stream = True
+            await self.req.send_head(
+                200,
+                [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    *self.headers,
+                ],
+            )
+
+    async def send(self, message: Message, *, final: bool) -> None:
+        if final and not self.is_stream:
+            await _respond_json(self.req, message, self.headers)
+            return
+        await self._start_stream()
+        await self.req.send_data(encode_event(json.dumps(message)))
+        if final:
+            await self.req.end()
+
+    async def ping(self) -> None:
+        await self._start_stream()
+        await self.req.send_data(encode_comment("ping"))
+
+
+@attrs.define(eq=False)
+class ChannelOutbox(Outbox):
+    """Legacy SSE and WebSocket: answers go to the connection's one stream."""
+
+    send_channel: trio.MemorySendChannel[Message]
+
+    async def send(self, message: Message, *, final: bool) -> None:
+        try:
+            await self.send_channel.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
 @attrs.define(eq=False)
 class McpEndpoint:
     manager: SessionManager
@@ -83,11 +144,20 @@ class McpEndpoint:
     pool: ConnectionPool
     keepalive: float = 15.0
     ttl: float = 1800.0
+    _legacy: dict[str, tuple[RelaySession, trio.MemorySendChannel[Message]]] = attrs.field(
+        factory=dict
+    )
 
     async def handle(self, req: ServerRequest, route: McpRoute) -> None:
         try:
-            if req.method == "POST":
+            if is_websocket_upgrade(req.headers):
+                await self._websocket(req, route)
+            elif req.method == "POST" and "sessionId=" in req.query:
+                await self._legacy_post(req, route)
+            elif req.method == "POST":
                 await self._post(req, route)
+            elif req.method == "GET" and req.path.endswith("/sse"):
+                await self._legacy_stream(req, route)
             elif req.method == "GET":
                 await self._get(req, route)
             elif req.method == "DELETE":
@@ -100,25 +170,34 @@ class McpEndpoint:
             extra = [(b"allow", b"GET, POST, DELETE")] if exc.status == 405 else []
             await req.respond(exc.status, body, extra, content_type=JSON)
 
-    # ------------------------------------------------------------ POST
-
-    async def _post(self, req: ServerRequest, route: McpRoute) -> None:
-        accept = (header_value(req.headers, b"accept") or b"").lower()
-        if b"application/json" not in accept or b"text/event-stream" not in accept:
-            raise McpError(406, "Accept must include application/json and text/event-stream")
+    async def _read_message(self, req: ServerRequest) -> Message:
         ctype = (header_value(req.headers, b"content-type") or b"").lower()
         if not ctype.startswith(JSON):
             raise McpError(415, "Content-Type must be application/json")
         if (req.head.content_length or 0) > MAX_BODY:
             raise McpError(413, "message too large")
-        body = await req.read_body()
+        return _parse_one(await req.read_body())
+
+    async def _new_session(self, route: McpRoute, ttl: float | None = None) -> RelaySession:
+        session = RelaySession(
+            sid=secrets.token_urlsafe(16),
+            targets=route.targets,
+            pool=self.pool,
+            ttl=ttl or self.ttl,
+        )
         try:
-            messages, batch = jsonrpc.parse_messages(body)
-        except jsonrpc.JsonRpcError as exc:
-            raise McpError(400, exc.message, exc.code) from exc
-        if batch or len(messages) != 1:
-            raise McpError(400, "batched messages are not supported")
-        message = messages[0]
+            await self.manager.start(session)
+        except UpstreamError as exc:
+            raise McpError(503, exc.reason, -32603) from exc
+        return session
+
+    # ------------------------------------------------------------ Streamable HTTP
+
+    async def _post(self, req: ServerRequest, route: McpRoute) -> None:
+        accept = (header_value(req.headers, b"accept") or b"").lower()
+        if b"application/json" not in accept or b"text/event-stream" not in accept:
+            raise McpError(406, "Accept must include application/json and text/event-stream")
+        message = await self._read_message(req)
         method = message.get("method")
         req.record.extra["mcp.method"] = str(method or "response")
         headers = _forward_headers(req.headers)
@@ -126,10 +205,28 @@ class McpEndpoint:
         token = header_value(req.headers, b"mcp-session-id")
         if token is None:
             if method == "initialize":
-                await self._initialize(req, route, message, headers)
+                session = await self._new_session(route)
+                answer = await self._initialize(session, route, message, headers)
+                extra: Headers = []
+                if "result" in answer:
+                    token_text = self.codec.encode(
+                        SessionState.new(
+                            sid=session.sid,
+                            targets={t: tr.session_id for t, tr in session.transports.items()},
+                            protocol_version=str(session.protocol_version or ""),
+                        )
+                    )
+                    extra = [(b"mcp-session-id", token_text.encode())]
+                    req.record.extra["mcp.session"] = session.sid[:8]
+                else:
+                    session.close()
+                await _respond_json(req, answer, extra)
                 return
             if method == "server/discover":
-                await _respond_json(req, jsonrpc.make_error(message.get("id"), -32601, "server/discover is not supported; use initialize"))
+                error = jsonrpc.make_error(
+                    message.get("id"), -32601, "server/discover is not supported; use initialize"
+                )
+                await _respond_json(req, error)
                 return
             if route.stateful:
                 raise McpError(400, "Mcp-Session-Id header is required")
@@ -137,7 +234,26 @@ class McpEndpoint:
             return
         session = await self._find_session(token.decode("latin-1"), route)
         req.record.extra["mcp.session"] = session.sid[:8]
-        await self._dispatch(req, route, session, message, headers)
+        await self._post_to_session(req, route, session, message, headers)
+
+    async def _post_to_session(
+        self,
+        req: ServerRequest,
+        route: McpRoute,
+        session: RelaySession,
+        message: Message,
+        headers: Headers,
+    ) -> None:
+        if "id" not in message or "method" not in message:
+            await self._dispatch(route, session, message, headers, Outbox(), req.record.extra)
+            await req.respond(202, b"")
+            return
+        outbox = PostOutbox(req)
+
+        async def work() -> None:
+            await self._dispatch(route, session, message, headers, outbox, req.record.extra)
+
+        await run_watching_client(req, work)
 
     async def _find_session(self, token: str, route: McpRoute) -> RelaySession:
         try:
@@ -158,7 +274,7 @@ class McpEndpoint:
             pool=self.pool,
             ttl=self.ttl,
             upstream_sessions=dict(state.targets),
-            protocol_version=state.protocol_version,
+            protocol_version=state.protocol_version or None,
         )
         try:
             await self.manager.start(session)
@@ -166,45 +282,10 @@ class McpEndpoint:
             raise McpError(503, exc.reason, -32603) from exc
         return session
 
-    async def _initialize(
-        self, req: ServerRequest, route: McpRoute, message: Message, headers: Headers
-    ) -> None:
-        session = RelaySession(
-            sid=secrets.token_urlsafe(16), targets=route.targets, pool=self.pool, ttl=self.ttl
-        )
-        try:
-            await self.manager.start(session)
-        except UpstreamError as exc:
-            raise McpError(503, exc.reason, -32603) from exc
-        results, errors = await _fan_out(session, route.target_names, message, headers)
-        if errors and (not route.fail_open or not results):
-            session.close()
-            text = "; ".join(f"target {t}: {e}" for t, e in errors.items())
-            await _respond_json(req, jsonrpc.make_error(message.get("id"), -32603, text))
-            return
-        client_version = (message.get("params") or {}).get("protocolVersion")
-        merged = merge.merge_initialize(results, client_version=client_version)
-        session.protocol_version = merged.get("protocolVersion")
-        state = SessionState.new(
-            sid=session.sid,
-            targets={t: tr.session_id for t, tr in session.transports.items()},
-            protocol_version=str(session.protocol_version or ""),
-        )
-        token = self.codec.encode(state)
-        req.record.extra["mcp.session"] = session.sid[:8]
-        await _respond_json(
-            req,
-            jsonrpc.make_result(message.get("id"), merged),
-            [(b"mcp-session-id", token.encode())],
-        )
-
     async def _stateless(
         self, req: ServerRequest, route: McpRoute, message: Message, headers: Headers
     ) -> None:
-        session = RelaySession(
-            sid=secrets.token_urlsafe(16), targets=route.targets, pool=self.pool, ttl=60
-        )
-        await self.manager.start(session)
+        session = await self._new_session(route, ttl=60)
         try:
             init = {
                 "jsonrpc": "2.0",
@@ -216,53 +297,247 @@ class McpEndpoint:
                     "clientInfo": {"name": "agentgw", "version": "stateless"},
                 },
             }
-            await _fan_out(session, list(session.transports), init, headers)
-            for target in list(session.transports):
-                await session.notify(target, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-            await self._dispatch(req, route, session, message, headers)
+            await self._initialize(session, route, init, headers)
+            await self._post_to_session(req, route, session, message, headers)
         finally:
             session.close()
 
-    async def _dispatch(
+    async def _get(self, req: ServerRequest, route: McpRoute) -> None:
+        accept = (header_value(req.headers, b"accept") or b"").lower()
+        if b"text/event-stream" not in accept:
+            raise McpError(406, "Accept must include text/event-stream")
+        token = header_value(req.headers, b"mcp-session-id")
+        if token is None:
+            raise McpError(400, "Mcp-Session-Id header is required")
+        session = await self._find_session(token.decode("latin-1"), route)
+        async with session.get_stream() as messages:
+            await self._serve_sse(req, messages)
+
+    async def _serve_sse(
         self,
         req: ServerRequest,
+        messages: trio.MemoryReceiveChannel[Message],
+        first: bytes = b"",
+    ) -> None:
+        await req.send_head(
+            200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        )
+        if first:
+            await req.send_data(first)
+
+        async def pump() -> None:
+            while True:
+                with trio.move_on_after(self.keepalive) as idle:
+                    try:
+                        message = await messages.receive()
+                    except trio.EndOfChannel:
+                        return
+                if idle.cancelled_caught:
+                    await req.send_data(encode_comment("ping"))
+                    continue
+                await req.send_data(encode_event(json.dumps(message)))
+
+        await run_watching_client(req, pump)
+        await req.end()
+
+    async def _delete(self, req: ServerRequest, route: McpRoute) -> None:
+        token = header_value(req.headers, b"mcp-session-id")
+        if token is None:
+            raise McpError(400, "Mcp-Session-Id header is required")
+        session = await self._find_session(token.decode("latin-1"), route)
+        session.close()
+        await req.respond(200, b"")
+
+    # ------------------------------------------------------------ legacy HTTP+SSE
+
+    async def _legacy_stream(self, req: ServerRequest, route: McpRoute) -> None:
+        """GET .../sse: the session lives as long as this stream. POSTs to the
+        endpoint it announces hand their messages to this stream's nursery."""
+        session = await self._new_session(route)
+        send, receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
+        work_send, work_receive = trio.open_memory_channel[tuple[Message, Headers]](CHANNEL_SIZE)
+        self._legacy[session.sid] = (session, work_send)
+        endpoint = f"{req.path}?sessionId={session.sid}"
+        req.record.extra["mcp.session"] = session.sid[:8]
+        try:
+            async with trio.open_nursery() as nursery, session.get_stream() as server_messages:
+
+                async def forward_server_messages() -> None:
+                    async for message in server_messages:
+                        await send.send(message)
+
+                async def run_work() -> None:
+                    async for message, headers in work_receive:
+                        outbox = ChannelOutbox(send)
+                        nursery.start_soon(
+                            self._dispatch, route, session, message, headers, outbox, {}
+                        )
+
+                nursery.start_soon(forward_server_messages)
+                nursery.start_soon(run_work)
+                first = encode_event(endpoint, event="endpoint")
+                await self._serve_sse(req, receive, first)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._legacy.pop(session.sid, None)
+            session.close()
+
+    async def _legacy_post(self, req: ServerRequest, route: McpRoute) -> None:
+        sid = dict(
+            part.split("=", 1) for part in req.query.split("&") if "=" in part
+        ).get("sessionId", "")
+        found = self._legacy.get(sid)
+        if found is None:
+            raise McpError(404, "session not found", -32001)
+        session, work = found
+        message = await self._read_message(req)
+        req.record.extra["mcp.method"] = str(message.get("method") or "response")
+        req.record.extra["mcp.session"] = sid[:8]
+        try:
+            work.send_nowait((message, _forward_headers(req.headers)))
+        except trio.WouldBlock:
+            raise McpError(503, "too many messages in flight", -32603) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise McpError(404, "session not found", -32001) from None
+        await req.respond(202, b"Accepted")
+
+    # ------------------------------------------------------------ WebSocket
+
+    async def _websocket(self, req: ServerRequest, route: McpRoute) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        ws.initiate_upgrade_connection(req.headers, req.target)
+        request = next(iter(ws.events()), None)
+        if not isinstance(request, WsRequest):
+            raise McpError(400, "bad WebSocket upgrade")
+        subprotocol = "mcp" if "mcp" in request.subprotocols else None
+        accept = ws.send(AcceptConnection(subprotocol=subprotocol))
+        req.record.status = 101
+        stream, extra = req.take_stream()
+        await stream.send_all(accept)
+        session = await self._new_session(route)
+        send, receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
+        headers = _forward_headers(req.headers)
+        try:
+            async with trio.open_nursery() as nursery, session.get_stream() as server_messages:
+
+                async def writer() -> None:
+                    async for message in receive:
+                        await stream.send_all(ws.send(TextMessage(json.dumps(message))))
+
+                async def forward_server_messages() -> None:
+                    async for message in server_messages:
+                        await send.send(message)
+
+                nursery.start_soon(writer)
+                nursery.start_soon(forward_server_messages)
+                await self._websocket_reader(ws, stream, extra, route, session, headers, send, nursery)
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            session.close()
+
+    async def _websocket_reader(
+        self,
+        ws: WSConnection,
+        stream: trio.abc.Stream,
+        data: bytes,
+        route: McpRoute,
+        session: RelaySession,
+        headers: Headers,
+        send: trio.MemorySendChannel[Message],
+        nursery: trio.Nursery,
+    ) -> None:
+        parts: list[str] = []
+        size = 0
+        while True:
+            if data:
+                ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, TextMessage):
+                    parts.append(event.data)
+                    size += len(event.data)
+                    if size > MAX_BODY:
+                        await stream.send_all(ws.send(CloseConnection(code=1009)))
+                        return
+                    if event.message_finished:
+                        text, parts, size = "".join(parts), [], 0
+                        try:
+                            message = _parse_one(text.encode())
+                        except McpError as exc:
+                            await send.send(jsonrpc.make_error(None, exc.code, exc.message))
+                            continue
+                        outbox = ChannelOutbox(send)
+                        nursery.start_soon(
+                            self._dispatch, route, session, message, headers, outbox, {}
+                        )
+                elif isinstance(event, Ping):
+                    await stream.send_all(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    await stream.send_all(ws.send(event.response()))
+                    return
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+
+    # ------------------------------------------------------------ one message
+
+    async def _initialize(
+        self, session: RelaySession, route: McpRoute, message: Message, headers: Headers
+    ) -> Message:
+        results, errors = await _fan_out(session, route.target_names, message, headers)
+        if errors and (not route.fail_open or not results):
+            text = "; ".join(f"target {t}: {e}" for t, e in errors.items())
+            return jsonrpc.make_error(message.get("id"), -32603, text)
+        client_version = (message.get("params") or {}).get("protocolVersion")
+        merged = merge.merge_initialize(results, client_version=client_version)
+        session.protocol_version = merged.get("protocolVersion")
+        return jsonrpc.make_result(message.get("id"), merged)
+
+    async def _dispatch(
+        self,
         route: McpRoute,
         session: RelaySession,
         message: Message,
         headers: Headers,
+        outbox: Outbox,
+        log: dict[str, str],
     ) -> None:
+        """Handle one client message; answers go to ``outbox``."""
         method = message.get("method")
         if method is None:  # the client's answer to a server-to-client request
             await session.answer(message, headers)
-            await req.respond(202, b"")
             return
         if "id" not in message:
             await self._notification(session, message, headers)
-            await req.respond(202, b"")
             return
         msg_id = message["id"]
-        if method == "ping":
-            await _respond_json(req, jsonrpc.make_result(msg_id, {}))
-            return
-        if method == "initialize":
-            raise McpError(400, "session already initialized")
-        if method in LIST_METHODS:
-            await self._list(req, route, session, message, headers)
-            return
-        if method == "logging/setLevel":
-            await _fan_out(session, list(session.transports), message, headers)
-            await _respond_json(req, jsonrpc.make_result(msg_id, {}))
-            return
         try:
-            target, rewritten = _route_call(route, message)
+            if method == "initialize":
+                if session.protocol_version is not None:
+                    raise ValueError("session already initialized")
+                answer = await self._initialize(session, route, message, headers)
+                await outbox.send(answer, final=True)
+            elif method == "ping":
+                await outbox.send(jsonrpc.make_result(msg_id, {}), final=True)
+            elif method in LIST_METHODS:
+                await outbox.send(await self._list(route, session, message, headers), final=True)
+            elif method == "logging/setLevel":
+                await _fan_out(session, list(session.transports), message, headers)
+                await outbox.send(jsonrpc.make_result(msg_id, {}), final=True)
+            else:
+                target, rewritten = _route_call(route, message)
+                log["mcp.target"] = target
+                name = _call_name(message)
+                if name is not None:
+                    kind = "mcp.resource" if "uri" in (message.get("params") or {}) else "mcp.tool"
+                    log[kind] = name
+                await self._forward(route, session, target, rewritten, headers, outbox)
         except ValueError as exc:
-            await _respond_json(req, jsonrpc.make_error(msg_id, -32602, str(exc)))
-            return
-        req.record.extra["mcp.target"] = target
-        name = _call_name(message)
-        if name is not None:
-            req.record.extra["mcp.resource" if "uri" in (message.get("params") or {}) else "mcp.tool"] = name
-        await self._stream_call(req, route, session, target, rewritten, headers)
+            await outbox.send(jsonrpc.make_error(msg_id, -32602, str(exc)), final=True)
+        except UpstreamError as exc:
+            log["error"] = exc.reason
+            await outbox.send(jsonrpc.make_error(msg_id, -32603, exc.reason), final=True)
 
     async def _notification(self, session: RelaySession, message: Message, headers: Headers) -> None:
         method = message.get("method")
@@ -282,21 +557,15 @@ class McpEndpoint:
                 logger.info("notification to %s failed: %s", target, exc.reason)
 
     async def _list(
-        self,
-        req: ServerRequest,
-        route: McpRoute,
-        session: RelaySession,
-        message: Message,
-        headers: Headers,
-    ) -> None:
+        self, route: McpRoute, session: RelaySession, message: Message, headers: Headers
+    ) -> Message:
         method = str(message["method"])
         params = message.get("params") or {}
         cursor = params.get("cursor") if isinstance(params, dict) else None
         try:
-            state = merge.decode_cursor(cursor) if cursor else {t: "" for t in route.target_names}
+            state = merge.decode_cursor(cursor) if cursor else dict.fromkeys(route.target_names, "")
         except ValueError:
-            await _respond_json(req, jsonrpc.make_error(message["id"], -32602, "invalid cursor"))
-            return
+            return jsonrpc.make_error(message["id"], -32602, "invalid cursor")
         pages: dict[str, dict[str, Any]] = {}
         errors: dict[str, str] = {}
 
@@ -327,91 +596,45 @@ class McpEndpoint:
                 method, pages, prefix=route.prefix, errors=errors, fail_open=route.fail_open
             )
         except merge.MergeError as exc:
-            await _respond_json(req, jsonrpc.make_error(message["id"], -32603, str(exc)))
-            return
-        await _respond_json(req, jsonrpc.make_result(message["id"], result))
+            return jsonrpc.make_error(message["id"], -32603, str(exc))
+        return jsonrpc.make_result(message["id"], result)
 
-    async def _stream_call(
+    async def _forward(
         self,
-        req: ServerRequest,
         route: McpRoute,
         session: RelaySession,
         target: str,
         message: Message,
         headers: Headers,
+        outbox: Outbox,
     ) -> None:
-        """Forward one request and stream everything that belongs to it."""
-        try:
-            async with session.request(target, message, headers) as messages:
-                await req.send_head(
-                    200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-                )
+        """Forward one request; everything that belongs to it goes to
+        ``outbox``, its response last."""
+        method = str(message.get("method"))
+        async with session.request(target, message, headers) as messages:
+            while True:
+                with trio.move_on_after(self.keepalive) as idle:
+                    try:
+                        reply = await messages.receive()
+                    except trio.EndOfChannel:
+                        raise UpstreamError(f"target {target}: no response") from None
+                if idle.cancelled_caught:
+                    await outbox.ping()
+                    continue
+                final = "method" not in reply
+                await outbox.send(_outbound(route, target, reply, method), final=final)
+                if final:
+                    return
 
-                async def pump() -> None:
-                    while True:
-                        with trio.move_on_after(self.keepalive) as idle:
-                            try:
-                                reply = await messages.receive()
-                            except trio.EndOfChannel:
-                                error = jsonrpc.make_error(message.get("id"), -32603, f"target {target}: no response")
-                                await req.send_data(encode_event(json.dumps(error)))
-                                return
-                        if idle.cancelled_caught:
-                            await req.send_data(encode_comment("ping"))
-                            continue
-                        reply = _outbound(route, target, reply, str(message.get("method")))
-                        await req.send_data(encode_event(json.dumps(reply)))
-                        if "method" not in reply:
-                            return
 
-                await run_watching_client(req, pump)
-                await req.end()
-        except UpstreamError as exc:
-            req.record.error = exc.reason
-            error = jsonrpc.make_error(message.get("id"), -32603, exc.reason)
-            if req.is_response_started:
-                await req.send_data(encode_event(json.dumps(error)))
-                await req.end()
-            else:
-                await _respond_json(req, error)
-
-    # ------------------------------------------------------------ GET and DELETE
-
-    async def _get(self, req: ServerRequest, route: McpRoute) -> None:
-        accept = (header_value(req.headers, b"accept") or b"").lower()
-        if b"text/event-stream" not in accept:
-            raise McpError(406, "Accept must include text/event-stream")
-        token = header_value(req.headers, b"mcp-session-id")
-        if token is None:
-            raise McpError(400, "Mcp-Session-Id header is required")
-        session = await self._find_session(token.decode("latin-1"), route)
-        async with session.get_stream() as messages:
-            await req.send_head(
-                200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-            )
-
-            async def pump() -> None:
-                while True:
-                    with trio.move_on_after(self.keepalive) as idle:
-                        try:
-                            message = await messages.receive()
-                        except trio.EndOfChannel:
-                            return
-                    if idle.cancelled_caught:
-                        await req.send_data(encode_comment("ping"))
-                        continue
-                    await req.send_data(encode_event(json.dumps(message)))
-
-            await run_watching_client(req, pump)
-            await req.end()
-
-    async def _delete(self, req: ServerRequest, route: McpRoute) -> None:
-        token = header_value(req.headers, b"mcp-session-id")
-        if token is None:
-            raise McpError(400, "Mcp-Session-Id header is required")
-        session = await self._find_session(token.decode("latin-1"), route)
-        session.close()
-        await req.respond(200, b"")
+def _parse_one(body: bytes) -> Message:
+    try:
+        messages, batch = jsonrpc.parse_messages(body)
+    except jsonrpc.JsonRpcError as exc:
+        raise McpError(400, exc.message, exc.code) from exc
+    if batch or len(messages) != 1:
+        raise McpError(400, "batched messages are not supported")
+    return messages[0]
 
 
 # ---------------------------------------------------------------- helpers
@@ -523,6 +746,3 @@ def _outbound(route: McpRoute, target: str, message: Message, method: str) -> Me
             ]
         return {**message, "result": result}
     return message
-
-
-Responder = Callable[[ServerRequest], Awaitable[None]]

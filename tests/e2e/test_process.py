@@ -210,9 +210,23 @@ async def test_default_config_serves() -> None:
         pytest.skip("port 3000 is in use on this machine")
     async with gateway_subprocess() as (proc, ports):
         assert ports == [3000]
+        body = (
+            b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
+            b'"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}'
+        )
         async with open_client(3000) as client:
-            resp = await client.request("GET", "/")
-        assert resp.status == 200
+            resp = await client.request(
+                "POST",
+                "/mcp",
+                headers=[
+                    (b"accept", b"application/json, text/event-stream"),
+                    (b"content-type", b"application/json"),
+                ],
+                body=body,
+            )
+        assert resp.status == 200, resp.body
+        assert resp.header(b"mcp-session-id")
+        assert b'"serverInfo"' in resp.body
         proc.send_signal(signal.SIGINT)
-        with trio.fail_after(5):
+        with trio.fail_after(10):
             assert await proc.wait() == 0

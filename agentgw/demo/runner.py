@@ -1,0 +1,136 @@
+"""Runs the core's calls as Trio tasks; shared by the stdio and HTTP transports.
+
+How this works: ``CallRunner.start`` spawns one task per running call in the
+transport's nursery. The task performs each effect (send, sleep, ask and
+wait for the reply, hang up) and advances the call. Replies and
+cancellations from the client reach the task through ``apply``: a reply
+wakes the task waiting on it, a cancellation cancels the task's scope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import attrs
+import trio
+
+from agentgw.demo.server import (
+    Ask,
+    Call,
+    Cancel,
+    Done,
+    Effect,
+    Emit,
+    HangUp,
+    Outcome,
+    Resume,
+    Sleep,
+)
+from agentgw.demo.wire import JSON
+
+logger = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where one call's messages go."""
+
+    async def send(self, message: JSON) -> None:
+        """Send a message about the call; the last one is its response."""
+
+    def hang_up(self) -> None:
+        """End the call's response stream; later messages wait for the client
+        to resume it (HTTP only)."""
+
+    def end(self) -> None:
+        """The call is over: finished, cancelled or abandoned."""
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    event: trio.Event = attrs.field(factory=trio.Event)
+    reply: JSON | None = None
+
+    def set(self, reply: JSON) -> None:
+        self.reply = reply
+        self.event.set()
+
+
+@attrs.define(eq=False)
+class CallRunner:
+    """Drives calls of one session. ``broadcast`` sends messages that are not
+    about any call (``Emit(is_related=False)``)."""
+
+    nursery: trio.Nursery
+    broadcast: Callable[[JSON], Awaitable[None]]
+    _scopes: dict[Call, trio.CancelScope] = attrs.field(factory=dict)
+    _waiters: dict[Call, _Waiter] = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<CallRunner running={len(self._scopes)}>"
+
+    @property
+    def running(self) -> int:
+        return len(self._scopes)
+
+    def start(self, call: Call, effect: Effect, sink: Sink) -> None:
+        # The scope exists before the task runs, so a cancellation that
+        # arrives first still stops it.
+        scope = self._scopes[call] = trio.CancelScope()
+        self.nursery.start_soon(self._drive, call, effect, sink, scope)
+
+    def apply(self, outcome: Outcome) -> None:
+        """Deliver a ``Resume`` or ``Cancel`` from the core; ignore others."""
+        if isinstance(outcome, Resume):
+            waiter = self._waiters.get(outcome.call)
+            if waiter is not None:
+                waiter.set(outcome.reply)
+        elif isinstance(outcome, Cancel):
+            scope = self._scopes.get(outcome.call)
+            if scope is not None:
+                scope.cancel()
+
+    def cancel_all(self) -> None:
+        for scope in self._scopes.values():
+            scope.cancel()
+
+    async def _drive(self, call: Call, effect: Effect, sink: Sink, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                while not isinstance(effect, Done):
+                    effect = await self._perform(call, effect, sink)
+                await sink.send(effect.message)
+        finally:
+            self._scopes.pop(call, None)
+            self._waiters.pop(call, None)
+            call.close()
+            sink.end()
+
+    async def _perform(self, call: Call, effect: Effect, sink: Sink) -> Effect:
+        if isinstance(effect, Emit):
+            if effect.is_related:
+                await sink.send(effect.message)
+            else:
+                await self.broadcast(effect.message)
+            return call.advance()
+        if isinstance(effect, Sleep):
+            await trio.sleep(effect.seconds)
+            return call.advance()
+        if isinstance(effect, Ask):
+            waiter = self._waiters[call] = _Waiter()
+            await sink.send(effect.message)
+            with trio.move_on_after(effect.timeout):
+                await waiter.event.wait()
+            del self._waiters[call]
+            if waiter.reply is None:
+                method = effect.message["method"]
+                logger.info(
+                    "%s %r: the client did not answer %s", call.method, call.request_id, method
+                )
+                return call.time_out()
+            return call.advance(waiter.reply)
+        if isinstance(effect, HangUp):
+            sink.hang_up()
+            return call.advance()
+        raise AssertionError(f"unexpected effect {effect!r}")

@@ -1,0 +1,1 @@
+"""MCP federation logic with no I/O: names, merging, ids, session tokens, versions."""

@@ -1,0 +1,194 @@
+"""What every MCP upstream transport shares: the inbox, errors, headers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from agentgw.errors import UpstreamError
+from agentgw.wire.http import Headers, strip_hop_by_hop
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+INBOX_SIZE = 1000
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+LOG_LINE_LIMIT = 1000
+
+# Headers the transports set themselves, or that describe the client's own
+# hop to us rather than the message: never forwarded from the client.
+# Accept-Encoding is dropped because we do not decompress responses; the
+# Mcp-Method/Mcp-Name pair is dropped because it describes the client's
+# body, and the relay may rewrite the body (prefixed names).
+NOT_FORWARDED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"content-type",
+        b"content-encoding",
+        b"accept",
+        b"accept-encoding",
+        b"mcp-session-id",
+        b"mcp-protocol-version",
+        b"mcp-method",
+        b"mcp-name",
+        b"last-event-id",
+    }
+)
+
+
+class TransportClosed(UpstreamError):
+    """The upstream is gone: its process exited, its stream ended, its
+    session expired, or the transport was closed."""
+
+
+def named(target: str, exc: UpstreamError) -> UpstreamError:
+    """The same kind of error, its message naming the target."""
+    prefix = f"target {target}: "
+    if exc.reason.startswith(prefix):
+        return exc
+    return type(exc)(prefix + exc.reason, status=exc.status)
+
+
+def forward_headers(
+    headers: Sequence[tuple[bytes, bytes]], *, drop: Iterable[bytes] = ()
+) -> Headers:
+    """The client's headers an HTTP-based upstream gets: all but hop-by-hop
+    headers, framing, Host, the client's session id and ``drop``."""
+    dropped = NOT_FORWARDED | frozenset(drop)
+    out: Headers = []
+    for name, value in strip_hop_by_hop([(n.lower(), v) for n, v in headers]):
+        if name not in dropped and not name.startswith(b"sec-websocket-"):
+            out.append((name, value))
+    return out
+
+
+def encode(message: Message) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(data: bytes | str) -> list[Message]:
+    """The JSON-RPC messages in one JSON text (an object or a batch).
+
+    Raises:
+        ValueError: not JSON, or not an object or an array of objects.
+    """
+    value = json.loads(data)
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(item, dict) for item in items):
+        raise ValueError("not a JSON-RPC message")
+    return items
+
+
+def is_request(message: Message) -> bool:
+    return "method" in message and message.get("id") is not None
+
+
+def is_response_to(message: Message, request_id: object) -> bool:
+    return (
+        "method" not in message
+        and ("result" in message or "error" in message)
+        and message.get("id") == request_id
+    )
+
+
+def error_response(request_id: object, text: str) -> Message:
+    """A JSON-RPC error answering ``request_id`` on the upstream's behalf."""
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": text}}
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(data: bytes | str, limit: int = LOG_LINE_LIMIT) -> str:
+    """``data`` made safe for one log line: control characters escaped,
+    truncated to ``limit`` characters."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters)"
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
+@attrs.define(eq=False)
+class Inbox:
+    """The bounded, ordered channel of messages from one upstream.
+
+    Producers block when it is full. ``close(reason)`` lets the consumer
+    drain what was queued, then ``get`` raises ``TransportClosed(reason)``;
+    producers blocked in ``put`` are released and their messages dropped.
+    """
+
+    _send: trio.MemorySendChannel[Message]
+    _receive: trio.MemoryReceiveChannel[Message]
+    reason: str | None = None
+
+    @classmethod
+    def create(cls, size: int = INBOX_SIZE) -> Inbox:
+        send, receive = trio.open_memory_channel[Message](size)
+        return cls(send, receive)
+
+    def __repr__(self) -> str:
+        stats = self._receive.statistics()
+        state = "open" if self.reason is None else f"closed ({self.reason})"
+        return f"<Inbox {state} queued={stats.current_buffer_used}>"
+
+    @property
+    def is_closed(self) -> bool:
+        return self.reason is not None
+
+    def check_open(self) -> None:
+        """Raises TransportClosed if the upstream is gone."""
+        if self.reason is not None:
+            raise TransportClosed(self.reason)
+
+    async def put(self, message: Message) -> bool:
+        """Queue ``message``, waiting for room. False if closed."""
+        try:
+            await self._send.send(message)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    def close(self, reason: str) -> None:
+        """The first reason given wins."""
+        if self.reason is None:
+            self.reason = reason
+            self._send.close()
+
+    async def get(self) -> Message:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise TransportClosed(self.reason or "transport closed") from None
+
+
+@asynccontextmanager
+async def open_task_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for a transport's background tasks.
+
+    The body is the transport's user, so its exception passes through as
+    itself rather than wrapped in an ExceptionGroup; background tasks
+    handle their expected failures, so only bugs join it.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        exc = group.exceptions[0]
+        context = exc.__context__
+        try:
+            raise exc
+        finally:
+            # Keep the group (which holds exc) out of exc's context.
+            exc.__context__ = context
+            del exc, context

@@ -1,0 +1,137 @@
+"""The one small interface every MCP upstream transport offers.
+
+How this works: ``open_transport`` opens the transport a target's config
+names, as an async context manager owning a nursery for the transport's
+background tasks (a child's stdout reader, SSE stream readers, one task per
+HTTP request in flight). Those tasks put every message the upstream sends
+into one bounded channel that ``receive`` reads in order; when it is full
+they wait, so a slow consumer slows the upstream down rather than growing a
+queue. Leaving the context closes everything: no task, socket or process
+outlives it.
+
+A request whose answer cannot come (the upstream failed after taking it) is
+answered on the upstream's behalf with a JSON-RPC error for its id, whose
+message names the target; a failure to hand the upstream a message at all
+is raised by ``send``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
+
+from agentgw.config.model import McpTarget
+from agentgw.errors import ConfigError
+from agentgw.upstream.mcp._common import TransportClosed
+from agentgw.upstream.mcp.sse import open_sse_transport
+from agentgw.upstream.mcp.stdio import open_stdio_transport
+from agentgw.upstream.mcp.streamable import open_streamable_transport
+from agentgw.upstream.mcp.websocket import open_websocket_transport
+from agentgw.upstream.pool import ConnectionPool
+
+__all__ = ["McpTransport", "TransportClosed", "open_transport"]
+
+
+class McpTransport(Protocol):
+    target: str
+    """The target's name."""
+    session_id: str | None
+    """The upstream's ``Mcp-Session-Id`` once known (Streamable HTTP only)."""
+
+    async def send(
+        self, message: dict[str, Any], *, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        """Send one JSON-RPC message.
+
+        Args:
+            message: the message, sent as is.
+            headers: the client's request headers, forwarded to HTTP and
+                WebSocket upstreams except hop-by-hop ones, framing, Host and
+                the session id. Ignored by stdio.
+
+        Raises:
+            TransportClosed: the upstream is gone.
+            UpstreamError: the upstream could not be reached or refused the
+                message.
+        """
+        ...
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message from the upstream, in order.
+
+        Raises:
+            TransportClosed: the upstream is gone, and every message it sent
+                before was received.
+        """
+        ...
+
+
+def open_transport(
+    target: McpTarget,
+    *,
+    pool: ConnectionPool,
+    session_id: str | None = None,
+    protocol_version: str | None = None,
+    log_prefix: str = "",
+) -> AbstractAsyncContextManager[McpTransport]:
+    """Open the transport to ``target``.
+
+    Args:
+        target: the configured target.
+        pool: the HTTP connection pool (Streamable HTTP and SSE).
+        session_id: resume this upstream session without initializing
+            again (Streamable HTTP).
+        protocol_version: the protocol version already negotiated, sent as
+            ``MCP-Protocol-Version`` until an initialize result says
+            otherwise (Streamable HTTP).
+        log_prefix: put before every log line, to tell sessions apart.
+
+    Returns:
+        An async context manager yielding the transport. Stdio starts the
+        child on entering; the network transports connect on the first
+        ``send``, whose headers they need.
+
+    Raises:
+        UpstreamError: on entering: the child cannot be started, or the URL
+            is one agentgw cannot reach (https through the pool).
+        ConfigError: the target names no transport.
+    """
+    return _open_transport(
+        target,
+        pool=pool,
+        session_id=session_id,
+        protocol_version=protocol_version,
+        log_prefix=log_prefix,
+    )
+
+
+@asynccontextmanager
+async def _open_transport(
+    target: McpTarget,
+    *,
+    pool: ConnectionPool,
+    session_id: str | None,
+    protocol_version: str | None,
+    log_prefix: str,
+) -> AsyncIterator[McpTransport]:
+    transport: AbstractAsyncContextManager[McpTransport]
+    if target.stdio is not None:
+        transport = open_stdio_transport(target.name, target.stdio, log_prefix=log_prefix)
+    elif target.mcp is not None:
+        transport = open_streamable_transport(
+            target.name,
+            target.mcp,
+            pool=pool,
+            session_id=session_id,
+            protocol_version=protocol_version,
+            log_prefix=log_prefix,
+        )
+    elif target.sse is not None:
+        transport = open_sse_transport(target.name, target.sse, pool=pool, log_prefix=log_prefix)
+    elif target.websocket is not None:
+        transport = open_websocket_transport(target.name, target.websocket, log_prefix=log_prefix)
+    else:
+        raise ConfigError([f"target {target.name}: expected one of mcp, sse, stdio, websocket"])
+    async with transport as opened:
+        yield opened

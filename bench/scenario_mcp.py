@@ -1,0 +1,187 @@
+"""Scenario `mcp`: MCP `tools/call` of an echo tool, agentgw against a direct session.
+
+Three instances of bench/mcp_upstream.js (a, b, c) start, each on its own
+port; `direct` loads a, `gateway-1` is agentgw with a as its one target, and
+`gateway-3` is agentgw federating a, b and c (the tool is then `a_echo`). For
+each system the harness opens one MCP session, finds the tool, checks that a
+few calls echo their message, and hands the session to wrk
+(bench/mcp_call.lua). The sessions are deleted before the processes stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Collection
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.mcp_session import (
+    McpError,
+    McpSession,
+    check_echo,
+    close_session,
+    list_tools,
+    open_session,
+)
+from bench.scenario_http import gateway_python
+from bench.scenarios import Placement, Scenario, Started, Target
+from bench.systems import Service, StartError, free_port, start_service
+
+REPO = Path(__file__).resolve().parent.parent
+UPSTREAM_JS = Path(__file__).with_name("mcp_upstream.js")
+CALL_SCRIPT = Path(__file__).with_name("mcp_call.lua")
+
+MESSAGE = "bench-echo"  # JSON-safe as it is: mcp_call.lua puts it in the body verbatim
+CHECK_CALLS = 5
+UPSTREAMS = ("a", "b", "c")
+
+# Per system: the upstreams agentgw federates (none: wrk goes to the first one),
+# and the tool names it may call there, the first one listed wins.
+SYSTEMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "direct": ((), ("echo",)),
+    # One target needs no prefix, but a gateway may prefix anyway.
+    "gateway-1": (("a",), ("echo", "a_echo")),
+    "gateway-3": (("a", "b", "c"), ("a_echo",)),
+}
+
+GATEWAY_CONFIG = """\
+binds:
+- port: {port}
+  address: 127.0.0.1
+  listeners:
+  - name: bench
+    routes:
+    - name: mcp
+      backends:
+      - mcp:
+          targets:
+{targets}
+"""
+GATEWAY_TARGET = """\
+          - name: {name}
+            mcp:
+              host: http://127.0.0.1:{port}/mcp
+"""
+
+
+def start_mcp(stack: ExitStack, placement: Placement, wanted: Collection[str]) -> Started:
+    upstreams: dict[str, Service] = {}
+    for name in UPSTREAMS:
+        upstreams[name] = _start_upstream(name, placement.server_cpu)
+        stack.callback(upstreams[name].stop)
+    started = Started()
+    for system, (federated, tools) in SYSTEMS.items():
+        if system not in wanted:
+            continue
+        try:
+            if federated:
+                service = _start_gateway(system, [upstreams[n] for n in federated], placement)
+                stack.callback(service.stop)
+            else:
+                service = upstreams[UPSTREAMS[0]]
+            url = f"http://127.0.0.1:{service.port}/mcp"
+            target, fact = _open_target(stack, system, url, service, tools)
+        except StartError as exc:
+            started.failures.append(str(exc))
+            continue
+        print(f"{system}: {fact}", flush=True)
+        started.targets.append(target)
+        started.facts.append((f"session on {system}", fact))
+    return started
+
+
+def _start_upstream(name: str, cpu: int | None) -> Service:
+    node = shutil.which("node")
+    if node is None:
+        raise StartError("upstream failed to start: node is not on PATH")
+    port = free_port()
+    argv = [node, str(UPSTREAM_JS), str(port)]
+    return start_service(f"upstream-{name}", argv, port=port, cpu=cpu)
+
+
+def _start_gateway(system: str, upstreams: list[Service], placement: Placement) -> Service:
+    port = free_port()
+    targets = "".join(
+        GATEWAY_TARGET.format(name=u.name.removeprefix("upstream-"), port=u.port) for u in upstreams
+    )
+    config = GATEWAY_CONFIG.format(port=port, targets=targets.rstrip("\n"))
+    argv = [gateway_python(), "-m", "agentgw", "-c", config]
+    name = f"agentgw-{system.removeprefix('gateway-')}"
+    return start_service(name, argv, port=port, cpu=placement.server_cpu, cwd=REPO)
+
+
+def _open_target(
+    stack: ExitStack, system: str, url: str, service: Service, tools: tuple[str, ...]
+) -> tuple[Target, str]:
+    """Open the session wrk will use, and check on it that the tool echoes.
+
+    Raises:
+        StartError: the system did not answer as an MCP server with the tool.
+    """
+    try:
+        session = open_session(url)
+    except McpError as exc:
+        message = f"{system}: MCP session failed to open at {url}: {exc}"
+        raise StartError(_with_exit(message, service)) from None
+    stack.callback(_close_quietly, session)
+    try:
+        listed = list_tools(session)
+        tool = next((t for t in tools if t in listed), None)
+        if tool is None:
+            raise StartError(
+                f"{system}: tools/list has none of {', '.join(tools)}: {', '.join(listed)}"
+            )
+        check_echo(session, tool, MESSAGE, calls=CHECK_CALLS)
+    except McpError as exc:
+        raise StartError(_with_exit(f"{system}: {exc}", service)) from None
+    env = {
+        "MCP_SESSION_ID": session.session_id,
+        "MCP_PROTOCOL_VERSION": session.protocol_version,
+        "MCP_TOOL": tool,
+        "MCP_MESSAGE": MESSAGE,
+    }
+    fact = (
+        f"protocol {session.protocol_version}, calls `{tool}` of {len(listed)} tool(s) "
+        f"listed; {CHECK_CALLS} calls echoed before the load"
+    )
+    return Target(system, url, service, script=CALL_SCRIPT, env=env), fact
+
+
+def _with_exit(message: str, service: Service) -> str:
+    # A request that crashed the process takes a moment to end it.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        service.proc.wait(timeout=1)
+    if service.is_running():
+        return message
+    cause = service.first_exception()
+    return (
+        f"{message}; {service.name} exited"
+        + (f" ({cause})" if cause else "")
+        + f": {service.output_tail()}"
+    )
+
+
+def _close_quietly(session: McpSession) -> None:
+    with contextlib.suppress(McpError):
+        close_session(session)
+
+
+SCENARIO = Scenario(
+    name="mcp",
+    summary=(
+        "MCP tools/call of an echo tool at c=1 and c=64: agentgw with 1 and with 3 "
+        "federated targets vs direct to a Node MCP server"
+    ),
+    systems=tuple(SYSTEMS),
+    concurrencies=(1, 64),
+    start=start_mcp,
+    load=(
+        "POST of an MCP tools/call (~130-byte body) on one session per system, unique "
+        "JSON-RPC ids, every response checked for a 200 with the echo (bench/mcp_call.lua)"
+    ),
+    upstream="bench/mcp_upstream.js (3 instances: a for direct and gateway-1; a, b, c for "
+    "gateway-3)",
+    comparisons=(("gateway-1", "direct"), ("gateway-3", "direct"), ("gateway-3", "gateway-1")),
+)

@@ -1,0 +1,291 @@
+"""The gateway as an MCP server: the official MCP SDK as the client, real
+upstreams (the demo server, server-everything, a paginated test peer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import mcp.types as types
+import pytest
+import trio
+from mcp import Client
+
+from tests.support import gateway_subprocess, open_client, request, run_gateway
+
+ROOT = Path(__file__).parents[2]
+EVERYTHING = str(ROOT / "node_modules" / ".bin" / "mcp-server-everything")
+PEER = [sys.executable, str(ROOT / "tests" / "peers" / "paged_server.py")]
+DEMO = [sys.executable, "-m", "agentgw.demo"]
+ACCEPT = (b"accept", b"application/json, text/event-stream")
+JSON_CT = (b"content-type", b"application/json")
+
+
+def stdio(name: str, argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "stdio": {"cmd": argv[0], "args": argv[1:], "env": env or {}}}
+
+
+def mcp_config(*targets: dict[str, Any], **backend: Any) -> dict[str, Any]:
+    return {
+        "binds": [
+            {
+                "port": 0,
+                "address": "127.0.0.1",
+                "listeners": [
+                    {
+                        "name": "mcp",
+                        "routes": [
+                            {
+                                "name": "mcp",
+                                "matches": [{"path": {"pathPrefix": "/mcp"}}],
+                                "backends": [{"mcp": {"targets": list(targets), **backend}}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+        "config": {"session": {"key": "11" * 32}},
+    }
+
+
+async def test_demo_stdio_through_gateway_with_the_sdk() -> None:
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text="sampled by the test"),
+            model="test-model",
+        )
+
+    async with run_gateway(mcp_config(stdio("demo", DEMO))) as (gw, port):
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with Client(url, sampling_callback=sampling) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"echo", "add", "slow", "test_sampling"} <= tools  # one target: no prefix
+            result = await client.call_tool("echo", {"message": "hi"})
+            assert "hi" in result.content[0].text
+            await client.call_tool(
+                "slow", {"seconds": 0.3, "steps": 3}, progress_callback=on_progress
+            )
+            assert len(progress) >= 2
+            sampled = await client.call_tool("test_sampling", {"prompt": "say something"})
+            assert "sampled by the test" in json.dumps(sampled.model_dump())
+            prompts = {p.name for p in (await client.list_prompts()).prompts}
+            assert "greeting" in prompts
+            resources = {str(r.uri) for r in (await client.list_resources()).resources}
+            assert "demo://readme" in resources
+            read = await client.read_resource("demo://readme")
+            assert read.contents
+        assert gw.sessions.statistics()["sessions"] <= 1
+
+
+async def test_federation_prefixes_and_routes() -> None:
+    config = mcp_config(stdio("demo", DEMO), stdio("everything", [EVERYTHING, "stdio"]))
+    async with run_gateway(config) as (_, port):
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert "demo_echo" in tools and "everything_echo" in tools
+            assert not any(t == "echo" for t in tools)
+            a = await client.call_tool("demo_echo", {"message": "one"})
+            b = await client.call_tool("everything_echo", {"message": "two"})
+            assert "one" in a.content[0].text
+            assert b.content[0].text == "Echo: two"
+            resources = [str(r.uri) for r in (await client.list_resources()).resources]
+            assert any(u.startswith("demo+") for u in resources)
+
+
+async def test_pagination_keeps_every_tool() -> None:
+    config = mcp_config(stdio("paged", PEER))
+    async with run_gateway(config) as (_, port):
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            names: list[str] = []
+            cursor = None
+            pages = 0
+            while True:
+                page = await client.list_tools(cursor=cursor)
+                names.extend(t.name for t in page.tools)
+                pages += 1
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert pages == 3
+            assert len(names) == 250 and len(set(names)) == 250
+
+
+async def test_pagination_across_federated_targets() -> None:
+    config = mcp_config(stdio("paged", PEER), stdio("demo", DEMO))
+    async with run_gateway(config) as (_, port):
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            names: list[str] = []
+            cursor = None
+            while True:
+                page = await client.list_tools(cursor=cursor)
+                names.extend(t.name for t in page.tools)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            paged = [n for n in names if n.startswith("paged_")]
+            assert len(paged) == 250 and len(set(names)) == len(names)
+            assert "demo_echo" in names
+
+
+async def _initialize(port: int) -> str:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+    resp = await request(
+        port, "POST", "/mcp", headers=[ACCEPT, JSON_CT], body=json.dumps(body).encode()
+    )
+    assert resp.status == 200, resp.body
+    token = resp.header(b"mcp-session-id")
+    assert token
+    return token.decode()
+
+
+async def _call(port: int, token: str, name: str, args: dict[str, Any]) -> tuple[int, bytes]:
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": name, "arguments": args}}
+    resp = await request(
+        port,
+        "POST",
+        "/mcp",
+        headers=[ACCEPT, JSON_CT, (b"mcp-session-id", token.encode())],
+        body=json.dumps(body).encode(),
+    )
+    return resp.status, resp.body
+
+
+async def test_forged_and_tampered_session_ids_are_404() -> None:
+    async with run_gateway(mcp_config(stdio("paged", PEER))) as (_, port):
+        token = await _initialize(port)
+        status, body = await _call(port, token, "echo", {"message": "x"})
+        assert status == 200 and b"paged echo: x" in body
+        tampered = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+        for bad in (tampered, "forged", token[:20], token + "x"):
+            status, _ = await _call(port, bad, "echo", {"message": "x"})
+            assert status == 404
+        missing = await request(
+            port,
+            "POST",
+            "/mcp",
+            headers=[ACCEPT, JSON_CT],
+            body=b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}',
+        )
+        assert missing.status == 400
+
+
+async def test_wrong_accept_and_content_type() -> None:
+    async with run_gateway(mcp_config(stdio("paged", PEER))) as (_, port):
+        body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+        resp = await request(port, "POST", "/mcp", headers=[JSON_CT], body=body)
+        assert resp.status == 406
+        resp = await request(
+            port, "POST", "/mcp", headers=[ACCEPT, (b"content-type", b"text/plain")], body=body
+        )
+        assert resp.status == 415
+        resp = await request(port, "PUT", "/mcp", body=body)
+        assert resp.status == 405
+
+
+async def _free_port() -> int:
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+async def test_session_resumes_on_a_second_gateway_with_the_same_key() -> None:
+    demo_port = await _free_port()
+    demo = await trio.lowlevel.open_process(
+        [*DEMO, "--http", str(demo_port)], stdout=trio.lowlevel.subprocess.DEVNULL
+    )
+    try:
+        with trio.fail_after(15):
+            while True:
+                try:
+                    (await trio.open_tcp_stream("127.0.0.1", demo_port)).socket.close()
+                    break
+                except OSError:
+                    await trio.sleep(0.1)
+        target = {"name": "demo", "mcp": {"host": f"http://127.0.0.1:{demo_port}/mcp"}}
+        async with run_gateway(mcp_config(target)) as (_, port1):
+            token = await _initialize(port1)
+            status, body = await _call(port1, token, "echo", {"message": "first"})
+            assert status == 200 and b"first" in body
+        async with run_gateway(mcp_config(target)) as (_, port2):
+            status, body = await _call(port2, token, "echo", {"message": "second"})
+            assert status == 200 and b"second" in body
+    finally:
+        demo.kill()
+        await demo.wait()
+
+
+async def test_client_disconnect_cancels_the_upstream_call(tmp_path: Path) -> None:
+    log = tmp_path / "peer.log"
+    config = mcp_config(stdio("paged", PEER, env={"PEER_LOG": str(log)}))
+    async with run_gateway(config) as (_, port):
+        token = await _initialize(port)
+        async with open_client(port) as client:
+            body = b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"slow"}}'
+            await client.stream.send_all(
+                b"POST /mcp HTTP/1.1\r\nHost: a\r\nAccept: application/json, text/event-stream\r\n"
+                b"Content-Type: application/json\r\nMcp-Session-Id: " + token.encode()
+                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            with trio.fail_after(5):
+                while "slow started" not in (log.read_text() if log.exists() else ""):
+                    await trio.sleep(0.02)
+        with trio.fail_after(5):
+            while "cancelled" not in log.read_text():
+                await trio.sleep(0.02)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+async def test_stopping_the_gateway_leaves_no_child_process(tmp_path: Path) -> None:
+    log = tmp_path / "peer.log"
+    config = mcp_config(stdio("paged", PEER, env={"PEER_LOG": str(log)}))
+    async with gateway_subprocess("-c", json.dumps(config)) as (proc, ports):
+        await _initialize(ports[0])
+        children = _children(proc.pid)
+        assert children, "the stdio target did not start"
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await proc.wait() == 0
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+@pytest.mark.parametrize("mode", ["stateless"])
+async def test_stateless_mode(mode: str) -> None:
+    async with run_gateway(mcp_config(stdio("paged", PEER), statefulMode=mode)) as (_, port):
+        body = b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"message":"s"}}}'
+        resp = await request(port, "POST", "/mcp", headers=[ACCEPT, JSON_CT], body=body)
+        assert resp.status == 200 and b"paged echo: s" in resp.body
