@@ -26,6 +26,7 @@ import trio
 from agentgw.config.load import effective_binds
 from agentgw.config.model import Backend, Bind, Config, Listener, Route
 from agentgw.errors import ConfigError
+from agentgw.mcp.session_token import SessionCodec
 from agentgw.policy.pipeline import (
     RequestView,
     Respond,
@@ -33,7 +34,6 @@ from agentgw.policy.pipeline import (
     response_headers,
     run_request,
 )
-from agentgw.mcp.session_token import SessionCodec
 from agentgw.proxy import proxy_request
 from agentgw.relay.endpoint import McpEndpoint, McpRoute
 from agentgw.relay.session import SessionManager

@@ -50,7 +50,8 @@ def open_session(url: str) -> McpSession:
             or a reply without a result.
     """
     params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
-    status, headers, body = _post(url, _BASE_HEADERS, _request("init", "initialize", params))
+    request = _request("init", "initialize", params)
+    status, headers, body = _post(url, _BASE_HEADERS, request, "initialize")
     if status != 200:
         raise McpError(f"initialize: HTTP {status}: {_excerpt(body)}")
     result = _result(headers, body, "init", "initialize")
@@ -62,7 +63,7 @@ def open_session(url: str) -> McpSession:
         raise McpError(f"initialize: no protocolVersion in the result: {_excerpt(body)}")
     session = McpSession(url, session_id, version)
     notification = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    status, _, body = _post(url, session.headers(), notification)
+    status, _, body = _post(url, session.headers(), notification, "notifications/initialized")
     if status != 202:
         raise McpError(f"notifications/initialized: HTTP {status} (not 202): {_excerpt(body)}")
     return session
@@ -70,9 +71,8 @@ def open_session(url: str) -> McpSession:
 
 def list_tools(session: McpSession) -> list[str]:
     """The names `tools/list` gives (one page: the benchmark's servers have few tools)."""
-    status, headers, body = _post(
-        session.url, session.headers(), _request("list", "tools/list", {})
-    )
+    request = _request("list", "tools/list", {})
+    status, headers, body = _post(session.url, session.headers(), request, "tools/list")
     if status != 200:
         raise McpError(f"tools/list: HTTP {status}: {_excerpt(body)}")
     tools = _result(headers, body, "list", "tools/list").get("tools")
@@ -91,8 +91,8 @@ def check_echo(session: McpSession, tool: str, message: str, *, calls: int) -> N
         rpc_id = f"check-{n}"
         params = {"name": tool, "arguments": {"message": message}}
         request = _request(rpc_id, "tools/call", params)
-        status, headers, body = _post(session.url, session.headers(), request)
         what = f"tools/call {tool} ({n} of {calls})"
+        status, headers, body = _post(session.url, session.headers(), request, what)
         if status != 200:
             raise McpError(f"{what}: HTTP {status}: {_excerpt(body)}")
         result = _result(headers, body, rpc_id, what)
@@ -103,7 +103,7 @@ def check_echo(session: McpSession, tool: str, message: str, *, calls: int) -> N
 
 def close_session(session: McpSession) -> None:
     """DELETE the session; the answer does not matter."""
-    _send(session.url, "DELETE", session.headers(), None)
+    _send(session.url, "DELETE", session.headers(), None, "DELETE")
 
 
 def _request(rpc_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -111,13 +111,13 @@ def _request(rpc_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]
 
 
 def _post(
-    url: str, headers: dict[str, str], message: dict[str, Any]
+    url: str, headers: dict[str, str], message: dict[str, Any], what: str
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
-    return _send(url, "POST", headers, json.dumps(message).encode())
+    return _send(url, "POST", headers, json.dumps(message).encode(), what)
 
 
 def _send(
-    url: str, method: str, headers: dict[str, str], body: bytes | None
+    url: str, method: str, headers: dict[str, str], body: bytes | None, what: str
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=TIMEOUT_S)
@@ -126,7 +126,7 @@ def _send(
         response = conn.getresponse()
         return response.status, response.headers, response.read()
     except (OSError, http.client.HTTPException) as exc:
-        raise McpError(f"{method} {url}: {exc!r}") from None
+        raise McpError(f"{what}: {method} {url}: {exc!r}") from None
     finally:
         conn.close()
 

@@ -1,6 +1,6 @@
 """Scenario `mcp`: MCP `tools/call` of an echo tool, agentgw against a direct session.
 
-Three instances of bench/mcp_upstream.js (a, b, c) start, each on its own
+Up to three instances of bench/mcp_upstream.js (a, b, c) start, each on its own
 port; `direct` loads a, `gateway-1` is agentgw with a as its one target, and
 `gateway-3` is agentgw federating a, b and c (the tool is then `a_echo`). For
 each system the harness opens one MCP session, finds the tool, checks that a
@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Collection
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.mcp_session import (
@@ -35,15 +36,19 @@ CALL_SCRIPT = Path(__file__).with_name("mcp_call.lua")
 
 MESSAGE = "bench-echo"  # JSON-safe as it is: mcp_call.lua puts it in the body verbatim
 CHECK_CALLS = 5
-UPSTREAMS = ("a", "b", "c")
 
-# Per system: the upstreams agentgw federates (none: wrk goes to the first one),
-# and the tool names it may call there, the first one listed wins.
-SYSTEMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "direct": ((), ("echo",)),
+
+@dataclass(frozen=True)
+class _System:
+    federates: tuple[str, ...]  # the upstreams agentgw federates; none: wrk goes to `a`
+    tools: tuple[str, ...]  # the names the tool may have there, the first one listed wins
+
+
+SYSTEMS = {
+    "direct": _System((), ("echo",)),
     # One target needs no prefix, but a gateway may prefix anyway.
-    "gateway-1": (("a",), ("echo", "a_echo")),
-    "gateway-3": (("a", "b", "c"), ("a_echo",)),
+    "gateway-1": _System(("a",), ("echo", "a_echo")),
+    "gateway-3": _System(("a", "b", "c"), ("a_echo",)),
 }
 
 GATEWAY_CONFIG = """\
@@ -67,28 +72,29 @@ GATEWAY_TARGET = """\
 
 
 def start_mcp(stack: ExitStack, placement: Placement, wanted: Collection[str]) -> Started:
+    systems = {name: s for name, s in SYSTEMS.items() if name in wanted}
+    needed = {"a"}.union(*(s.federates for s in systems.values()))
     upstreams: dict[str, Service] = {}
-    for name in UPSTREAMS:
+    for name in sorted(needed):
         upstreams[name] = _start_upstream(name, placement.server_cpu)
         stack.callback(upstreams[name].stop)
     started = Started()
-    for system, (federated, tools) in SYSTEMS.items():
-        if system not in wanted:
-            continue
+    for name, system in systems.items():
         try:
-            if federated:
-                service = _start_gateway(system, [upstreams[n] for n in federated], placement)
+            if system.federates:
+                federated = [upstreams[u] for u in system.federates]
+                service = _start_gateway(name, federated, placement)
                 stack.callback(service.stop)
             else:
-                service = upstreams[UPSTREAMS[0]]
+                service = upstreams["a"]
             url = f"http://127.0.0.1:{service.port}/mcp"
-            target, fact = _open_target(stack, system, url, service, tools)
+            target, fact = _open_target(stack, name, url, service, system.tools)
         except StartError as exc:
             started.failures.append(str(exc))
             continue
-        print(f"{system}: {fact}", flush=True)
+        print(f"{name}: {fact}", flush=True)
         started.targets.append(target)
-        started.facts.append((f"session on {system}", fact))
+        started.facts.append((f"session on {name}", fact))
     return started
 
 
@@ -156,11 +162,8 @@ def _with_exit(message: str, service: Service) -> str:
     if service.is_running():
         return message
     cause = service.first_exception()
-    return (
-        f"{message}; {service.name} exited"
-        + (f" ({cause})" if cause else "")
-        + f": {service.output_tail()}"
-    )
+    exited = f"{service.name} exited" + (f" with {cause}" if cause else "")
+    return f"{message}; {exited}; its output ends:\n{service.output_tail()}"
 
 
 def _close_quietly(session: McpSession) -> None:
@@ -178,7 +181,7 @@ SCENARIO = Scenario(
     concurrencies=(1, 64),
     start=start_mcp,
     load=(
-        "POST of an MCP tools/call (~130-byte body) on one session per system, unique "
+        "POST of an MCP tools/call (~115-byte body) on one session per system, unique "
         "JSON-RPC ids, every response checked for a 200 with the echo (bench/mcp_call.lua)"
     ),
     upstream="bench/mcp_upstream.js (3 instances: a for direct and gateway-1; a, b, c for "

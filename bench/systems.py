@@ -50,7 +50,7 @@ class Service:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return None
-        found = re.search(r"^[\s|+]*((?:\w+\.)*\w*(?:Error|Exception)\b.*)$", text, re.M)
+        found = re.search(r"^[\s|+]*((?:\w+\.)*\w*(?:Error|Exception): .*)$", text, re.M)
         return found.group(1).strip() if found else None
 
     def cpu_seconds(self) -> float:

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-import sys
-
 import json
 import pathlib
 import re
+import sys
 import textwrap
 
 import pytest

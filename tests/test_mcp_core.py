@@ -122,9 +122,12 @@ def test_encode_event() -> None:
     assert encode_event("") == b"data:\n\n"
     assert encode_comment() == b": ping\n\n"
     assert encode_comment("a\nb") == b": a\n: b\n\n"
-    for bad in ({"event": "a\nb"}, {"id": "a\rb"}, {"id": "a\0"}):
+    assert encode_event("x", event="\0") == b"event: \0\ndata: x\n\n"
+    for event, id in (("a\nb", None), (None, "a\rb"), (None, "a\0")):
         with pytest.raises(ValueError):
-            encode_event("x", **bad)
+            encode_event("x", event=event, id=id)
+    with pytest.raises(ValueError):
+        encode_event("x", retry=-1)
 
 
 _line_text = st.text(st.characters(blacklist_characters="\r\n", codec="utf-8"), max_size=12)
@@ -258,7 +261,10 @@ def test_jsonrpc_builders() -> None:
         "error": {"code": -32600, "message": "bad"},
     }
     assert jsonrpc.make_error("x", 1, "m", {"d": 1})["error"]["data"] == {"d": 1}
-    assert jsonrpc.dumps(jsonrpc.make_result(1, "é")) == '{"jsonrpc":"2.0","id":1,"result":"é"}'.encode()
+    assert (
+        jsonrpc.dumps(jsonrpc.make_result(1, "é"))
+        == '{"jsonrpc":"2.0","id":1,"result":"é"}'.encode()
+    )
 
 
 # ---------------------------------------------------------------- names
@@ -326,7 +332,10 @@ def test_uris_like_agentgateway() -> None:
 
 
 def test_rewrite_list_result() -> None:
-    tools = {"tools": [{"name": "echo", "inputSchema": {}}, "junk"], "_meta": {"k": 1}}
+    tools: dict[str, Any] = {
+        "tools": [{"name": "echo", "inputSchema": {}}, "junk"],
+        "_meta": {"k": 1},
+    }
     out = names.rewrite_list_result("tools/list", tools, "alpha", True)
     assert out == {"tools": [{"name": "alpha_echo", "inputSchema": {}}, "junk"], "_meta": {"k": 1}}
     assert tools["tools"][0] == {"name": "echo", "inputSchema": {}}  # not modified

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import importlib.resources
-import sys
 import json
 import os
+import sys
 from typing import Any
 
 import attrs

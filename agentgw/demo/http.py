@@ -32,7 +32,7 @@ import trio
 
 from agentgw.config.model import HttpLimits
 from agentgw.demo.runner import CallRunner
-from agentgw.demo.server import Answer, DemoSession, Start
+from agentgw.demo.server import Answer, DemoSession, Done, Effect, Emit, Start
 from agentgw.demo.wire import (
     INVALID_REQUEST,
     JSON,
@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 RETRY_MS = 1000
 KEEPALIVE_SECONDS = 15.0
 MAX_BODY_BYTES = 4 << 20
-MAX_KEPT_STREAMS = 32  # finished streams kept per session for a late resume
+MAX_KEPT_STREAMS = 32  # finished streams not read to the end, kept for a late resume
 MAX_STANDALONE_EVENTS = 256
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -157,7 +157,7 @@ class HttpSession:
 
     def new_stream(self) -> EventStream:
         complete = [key for key, s in self.streams.items() if s.is_complete]
-        for key in complete[: max(0, len(complete) - MAX_KEPT_STREAMS + 1)]:
+        for key in complete[: max(0, len(complete) - MAX_KEPT_STREAMS)]:
             del self.streams[key]
         stream = EventStream(str(self._next_key), can_hang_up=self.can_resume)
         self._next_key += 1
@@ -222,7 +222,7 @@ class DemoHttpApp:
             now = trio.current_time()
             for session in list(self.sessions.values()):
                 if session.is_idle(now, self.session_ttl):
-                    logger.info("session %s expired", session.id)
+                    logger.info("session %s... expired", session.id[:8])
                     self._end_session(session)
 
     async def handle(self, req: ServerRequest) -> None:
@@ -268,6 +268,8 @@ class DemoHttpApp:
             await _refuse(req, 400, INVALID_REQUEST, text, id_of(message))
             return
         method = message.get("method")
+        if method is not None:
+            req.record.extra["mcp.method"] = method
         if kind == "request" and method == "initialize":
             await self._initialize(req, message)
             return
@@ -285,13 +287,24 @@ class DemoHttpApp:
         if kind != "request":
             session.runner.apply(outcome)
             await req.respond(202, b"")
-        elif isinstance(outcome, Start):
-            stream = session.new_stream()
-            session.runner.start(outcome.call, outcome.effect, stream)
-            await self._pump(req, session, stream, 0, is_new=True)
-        else:
-            assert isinstance(outcome, Answer)
+            return
+        if isinstance(outcome, Answer):
             await _json(req, 200, outcome.message)
+            return
+        assert isinstance(outcome, Start)
+        # Messages about no request go to the standalone stream at once; only
+        # a call with messages of its own needs an SSE response.
+        call = outcome.call
+        effect: Effect = outcome.effect
+        while isinstance(effect, Emit) and not effect.is_related:
+            session.standalone.append(effect.message)
+            effect = call.advance()
+        if isinstance(effect, Done):
+            await _json(req, 200, effect.message)
+            return
+        stream = session.new_stream()
+        session.runner.start(call, effect, stream)
+        await self._pump(req, session, stream, 0, is_new=True)
 
     async def _initialize(self, req: ServerRequest, message: JSON) -> None:
         if _header(req, b"mcp-session-id") is not None:
@@ -307,7 +320,6 @@ class DemoHttpApp:
             await _json(req, 400, outcome.message)
             return
         session = self._new_session(core)
-        req.record.extra["mcp.session"] = session.id
         await _json(req, 200, outcome.message, [(b"mcp-session-id", session.id.encode())])
 
     def _new_session(self, core: DemoSession) -> HttpSession:
@@ -341,7 +353,6 @@ class DemoHttpApp:
             text = f"unsupported MCP-Protocol-Version {version!r}"
             await _refuse(req, 400, INVALID_REQUEST, text, request_id)
             return None
-        req.record.extra["mcp.session"] = session.id
         session.touch()
         return session
 
@@ -436,12 +447,14 @@ class DemoHttpApp:
         token: object,
     ) -> int:
         while True:
+            if session.is_closed or stream.writer is not token:
+                return cursor
             batch = stream.events_after(cursor)
             if batch:
                 cursor = batch[-1][0]
                 await req.send_data(b"".join(data for _, data in batch))
                 continue
-            if stream.is_complete or session.is_closed or stream.writer is not token:
+            if stream.is_complete:
                 return cursor
             if stream.is_hung_up:
                 stream.is_hung_up = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, assert_never
 
 import attrs
 import trio
@@ -27,6 +27,7 @@ from agentgw.demo.server import (
     Outcome,
     Resume,
     Sleep,
+    Step,
 )
 from agentgw.demo.wire import JSON
 
@@ -45,6 +46,9 @@ class Sink(Protocol):
 
     def end(self) -> None:
         """The call is over: finished, cancelled or abandoned."""
+
+
+_TIMED_OUT = object()
 
 
 @attrs.define(eq=False)
@@ -99,7 +103,10 @@ class CallRunner:
         try:
             with scope:
                 while not isinstance(effect, Done):
-                    effect = await self._perform(call, effect, sink)
+                    value = await self._perform(call, effect, sink)
+                    if call.is_finished:
+                        return  # cancelled by the client before this task woke up
+                    effect = call.time_out() if value is _TIMED_OUT else call.advance(value)
                 await sink.send(effect.message)
         finally:
             self._scopes.pop(call, None)
@@ -107,17 +114,18 @@ class CallRunner:
             call.close()
             sink.end()
 
-    async def _perform(self, call: Call, effect: Effect, sink: Sink) -> Effect:
+    async def _perform(self, call: Call, effect: Step, sink: Sink) -> object:
+        """Perform one effect; return what to advance the call with."""
         if isinstance(effect, Emit):
             if effect.is_related:
                 await sink.send(effect.message)
             else:
                 await self.broadcast(effect.message)
-            return call.advance()
-        if isinstance(effect, Sleep):
+        elif isinstance(effect, Sleep):
             await trio.sleep(effect.seconds)
-            return call.advance()
-        if isinstance(effect, Ask):
+        elif isinstance(effect, HangUp):
+            sink.hang_up()
+        elif isinstance(effect, Ask):
             waiter = self._waiters[call] = _Waiter()
             await sink.send(effect.message)
             with trio.move_on_after(effect.timeout):
@@ -128,9 +136,8 @@ class CallRunner:
                 logger.info(
                     "%s %r: the client did not answer %s", call.method, call.request_id, method
                 )
-                return call.time_out()
-            return call.advance(waiter.reply)
-        if isinstance(effect, HangUp):
-            sink.hang_up()
-            return call.advance()
-        raise AssertionError(f"unexpected effect {effect!r}")
+                return _TIMED_OUT
+            return waiter.reply
+        else:
+            assert_never(effect)
+        return None

@@ -224,7 +224,6 @@ class DemoSession:
 
     ask_timeout: float = 300.0
     protocol_version: str | None = None
-    is_initialized: bool = False
     client_info: JSON = attrs.field(factory=dict)
     client_capabilities: JSON = attrs.field(factory=dict)
     log_level: str = "debug"
@@ -272,9 +271,7 @@ class DemoSession:
     # -- notifications
 
     def _on_notification(self, method: str, params: JSON) -> Outcome:
-        if method == "notifications/initialized":
-            self.is_initialized = True
-        elif method == "notifications/cancelled":
+        if method == "notifications/cancelled":
             request_id = params.get("requestId")
             call = None
             if isinstance(request_id, str | int) and not isinstance(request_id, bool):

@@ -16,10 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Ping, TextMessage
+from wsproto.events import Request as WsRequest
 
 from agentgw.config.model import McpBackend, McpTarget
 from agentgw.errors import UpstreamError
@@ -30,13 +34,12 @@ from agentgw.relay.session import CHANNEL_SIZE, Message, RelaySession, SessionMa
 from agentgw.server.connection import ServerRequest
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire import jsonrpc
-from agentgw.wire.http import Headers, header_value, is_websocket_upgrade, strip_hop_by_hop
+from agentgw.wire.http import header_value, is_websocket_upgrade, strip_hop_by_hop
 from agentgw.wire.sse import encode_comment, encode_event
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Ping, TextMessage
-from wsproto.events import Request as WsRequest
 
 logger = logging.getLogger(__name__)
+
+Headers = Sequence[tuple[bytes, bytes]]
 
 JSON = b"application/json"
 LIST_METHODS = frozenset(
@@ -52,15 +55,18 @@ class McpRoute:
 
     targets: tuple[McpTarget, ...]
     prefix: bool
+    prefix_uris: bool
     fail_open: bool
     stateful: bool
 
     @classmethod
     def compile(cls, backend: McpBackend) -> McpRoute:
         mode = backend.prefix_mode or "conditional"
+        n = len(backend.targets)
         return cls(
             targets=backend.targets,
-            prefix=names.should_prefix(mode, len(backend.targets)),
+            prefix=names.should_prefix(mode, n),
+            prefix_uris=names.should_prefix(mode, n, uris=True),
             fail_open=backend.failure_mode == "failOpen",
             stateful=backend.stateful_mode != "stateless",
         )
@@ -144,8 +150,8 @@ class McpEndpoint:
     pool: ConnectionPool
     keepalive: float = 15.0
     ttl: float = 1800.0
-    _legacy: dict[str, tuple[RelaySession, trio.MemorySendChannel[Message]]] = attrs.field(
-        factory=dict
+    _legacy: dict[str, tuple[RelaySession, trio.MemorySendChannel[tuple[Message, Headers]]]] = (
+        attrs.field(factory=dict)
     )
 
     async def handle(self, req: ServerRequest, route: McpRoute) -> None:
@@ -383,13 +389,13 @@ class McpEndpoint:
             session.close()
 
     async def _legacy_post(self, req: ServerRequest, route: McpRoute) -> None:
-        sid = dict(
-            part.split("=", 1) for part in req.query.split("&") if "=" in part
-        ).get("sessionId", "")
+        sid = dict(part.split("=", 1) for part in req.query.split("&") if "=" in part).get(
+            "sessionId", ""
+        )
         found = self._legacy.get(sid)
         if found is None:
             raise McpError(404, "session not found", -32001)
-        session, work = found
+        _, work = found
         message = await self._read_message(req)
         req.record.extra["mcp.method"] = str(message.get("method") or "response")
         req.record.extra["mcp.session"] = sid[:8]
@@ -430,7 +436,9 @@ class McpEndpoint:
 
                 nursery.start_soon(writer)
                 nursery.start_soon(forward_server_messages)
-                await self._websocket_reader(ws, stream, extra, route, session, headers, send, nursery)
+                await self._websocket_reader(
+                    ws, stream, extra, route, session, headers, send, nursery
+                )
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -476,7 +484,7 @@ class McpEndpoint:
                 elif isinstance(event, CloseConnection):
                     await stream.send_all(ws.send(event.response()))
                     return
-            data = await stream.receive_some(65536)
+            data = bytes(await stream.receive_some(65536))
             if not data:
                 return
 
@@ -492,7 +500,7 @@ class McpEndpoint:
         client_version = (message.get("params") or {}).get("protocolVersion")
         merged = merge.merge_initialize(results, client_version=client_version)
         session.protocol_version = merged.get("protocolVersion")
-        return jsonrpc.make_result(message.get("id"), merged)
+        return jsonrpc.make_result(message["id"], merged)
 
     async def _dispatch(
         self,
@@ -511,7 +519,7 @@ class McpEndpoint:
         if "id" not in message:
             await self._notification(session, message, headers)
             return
-        msg_id = message["id"]
+        msg_id: str | int = message["id"]
         try:
             if method == "initialize":
                 if session.protocol_version is not None:
@@ -539,7 +547,9 @@ class McpEndpoint:
             log["error"] = exc.reason
             await outbox.send(jsonrpc.make_error(msg_id, -32603, exc.reason), final=True)
 
-    async def _notification(self, session: RelaySession, message: Message, headers: Headers) -> None:
+    async def _notification(
+        self, session: RelaySession, message: Message, headers: Headers
+    ) -> None:
         method = message.get("method")
         params = message.get("params") or {}
         if method == "notifications/cancelled" and isinstance(params, dict):
@@ -563,14 +573,18 @@ class McpEndpoint:
         params = message.get("params") or {}
         cursor = params.get("cursor") if isinstance(params, dict) else None
         try:
-            state = merge.decode_cursor(cursor) if cursor else dict.fromkeys(route.target_names, "")
+            state = merge.targets_to_query(cursor or None, route.target_names)
         except ValueError:
             return jsonrpc.make_error(message["id"], -32602, "invalid cursor")
         pages: dict[str, dict[str, Any]] = {}
         errors: dict[str, str] = {}
 
-        async def one(target: str, target_cursor: str) -> None:
-            p = {k: v for k, v in params.items() if k != "cursor"} if isinstance(params, dict) else {}
+        async def one(target: str, target_cursor: str | None) -> None:
+            p = (
+                {k: v for k, v in params.items() if k != "cursor"}
+                if isinstance(params, dict)
+                else {}
+            )
             if target_cursor:
                 p["cursor"] = target_cursor
             try:
@@ -585,15 +599,18 @@ class McpEndpoint:
 
         async with trio.open_nursery() as nursery:
             for target, target_cursor in state.items():
-                if target_cursor is None:
-                    continue  # this target is done
                 if target not in session.transports:
                     errors[target] = session.dead.get(target, "not connected")
                     continue
                 nursery.start_soon(one, target, target_cursor)
         try:
+            prefix = route.prefix_uris if method.startswith("resources/") else route.prefix
             result = merge.merge_list(
-                method, pages, prefix=route.prefix, errors=errors, fail_open=route.fail_open
+                method,
+                pages,
+                prefix,
+                errors=errors,
+                failure_mode="failOpen" if route.fail_open else "failClosed",
             )
         except merge.MergeError as exc:
             return jsonrpc.make_error(message["id"], -32603, str(exc))
@@ -702,7 +719,7 @@ def _route_call(route: McpRoute, message: Message) -> tuple[str, Message]:
             raise ValueError(f"unknown name {params.get('name')!r}")
         target, params["name"] = split
     elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
-        split = names.split_uri(str(params.get("uri", "")), names_, route.prefix)
+        split = names.split_uri(str(params.get("uri", "")), names_, route.prefix_uris)
         if split is None:
             raise ValueError(f"unknown resource {params.get('uri')!r}")
         target, params["uri"] = split
@@ -712,7 +729,7 @@ def _route_call(route: McpRoute, message: Message) -> tuple[str, Message]:
             split = names.split_name(str(ref["name"]), names_, route.prefix)
             key = "name"
         else:
-            split = names.split_uri(str(ref.get("uri", "")), names_, route.prefix)
+            split = names.split_uri(str(ref.get("uri", "")), names_, route.prefix_uris)
             key = "uri"
         if split is None:
             raise ValueError("unknown completion reference")
@@ -727,7 +744,7 @@ def _route_call(route: McpRoute, message: Message) -> tuple[str, Message]:
 
 def _outbound(route: McpRoute, target: str, message: Message, method: str) -> Message:
     """Prefix what an upstream says about its resources, when prefixing."""
-    if not route.prefix:
+    if not route.prefix_uris:
         return message
     if message.get("method") == "notifications/resources/updated":
         params = dict(message.get("params") or {})

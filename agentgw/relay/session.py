@@ -70,7 +70,8 @@ class RelaySession:
     _get_streams: list[trio.MemorySendChannel[Message]] = attrs.field(factory=list)
 
     def __repr__(self) -> str:
-        return f"<RelaySession {self.sid[:8]} targets={list(self.transports)} pending={len(self._pending)}>"
+        targets = list(self.transports)
+        return f"<RelaySession {self.sid[:8]} targets={targets} pending={len(self._pending)}>"
 
     @property
     def is_idle(self) -> bool:
@@ -153,7 +154,9 @@ class RelaySession:
             if not await self._route(target, message):
                 self._server_requests.pop(gateway_id, None)
                 if message["method"] == "ping":
-                    await self._send_upstream(target, {"jsonrpc": "2.0", "id": msg_id, "result": {}})
+                    await self._send_upstream(
+                        target, {"jsonrpc": "2.0", "id": msg_id, "result": {}}
+                    )
                 else:
                     await self._answer_upstream_error(target, msg_id, "no client stream is open")
             return

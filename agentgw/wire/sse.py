@@ -6,8 +6,10 @@ at CRLF, LF or CR; a CR that ends a chunk ends its line at once and a LF that
 starts the next chunk is then skipped, so any split of the stream gives the
 same events. Lines are decoded as UTF-8 (with replacement) one at a time,
 which is safe because CR and LF never occur inside a multi-byte sequence.
-Every byte since the last dispatched event, including a partial line, counts
-against ``max_event_bytes``; that bounds the buffer as well as the event.
+The bytes of every line since the last blank line (comments too), plus the
+partial line, count against ``max_event_bytes``; that bounds the buffer as
+well as the event. A partial line is scanned for a line end only once, so a
+large event arriving in small chunks costs linear time.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class SSEDecoder:
     _skip_lf: bool = attrs.field(init=False, default=False)
     _failed: bool = attrs.field(init=False, default=False)
     _event_bytes: int = attrs.field(init=False, default=0)
+    _scanned: int = attrs.field(init=False, default=0)
     _data: list[str] = attrs.field(init=False, factory=list)
     _type: str = attrs.field(init=False, default="")
     _id: str | None = attrs.field(init=False, default=None)
@@ -99,7 +102,9 @@ class SSEDecoder:
                 pos += 1
         events: list[SSEEvent] = []
         limit = self.max_event_bytes
-        while (match := _EOL.search(buf, pos)) is not None:
+        # The partial line kept from the last call holds no line end.
+        search = max(pos, self._scanned)
+        while (match := _EOL.search(buf, search)) is not None:
             start, end = match.span()
             if start == pos:
                 event = self._dispatch()
@@ -109,11 +114,12 @@ class SSEDecoder:
                 self._event_bytes += start - pos
                 if self._event_bytes > limit:
                     self._fail(events)
-                self._line(bytes(buf[pos:start]).decode("utf-8", "replace"))
-            pos = end
+                self._line(buf[pos:start].decode("utf-8", "replace"))
+            pos = search = end
             if end == len(buf) and end - start == 1 and buf[start] == 0x0D:
                 self._skip_lf = True
         del buf[:pos]
+        self._scanned = len(buf)
         if self._event_bytes + len(buf) > limit:
             self._fail(events)
         return events
@@ -158,9 +164,9 @@ class SSEDecoder:
         return event
 
 
-def _check_field(name: str, value: str) -> None:
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise ValueError(f"SSE {name} must not contain CR, LF or NUL")
+def _check_field(name: str, value: str, forbidden: str = "\r\n") -> None:
+    if any(c in value for c in forbidden):
+        raise ValueError(f"SSE {name} must not contain {forbidden!r}")
 
 
 def encode_event(
@@ -176,15 +182,15 @@ def encode_event(
     split lines (the format cannot carry a bare CR).
 
     Raises:
-        ValueError: ``event`` or ``id`` contains CR, LF or NUL, or ``retry``
-            is negative.
+        ValueError: ``event`` or ``id`` contains CR or LF, ``id`` contains
+            NUL, or ``retry`` is negative.
     """
     parts: list[str] = []
     if event is not None:
         _check_field("event", event)
         parts.append(f"event: {event}\n")
     if id is not None:
-        _check_field("id", id)
+        _check_field("id", id, "\r\n\0")  # a decoder ignores an id with NUL
         parts.append(f"id: {id}\n")
     if retry is not None:
         if retry < 0:

@@ -109,7 +109,7 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def everything(mode: str) -> AsyncIterator[int]:
+async def everything(mode: str) -> AsyncIterator[tuple[int, trio.Process]]:
     """server-everything in ``mode`` on a free port, once it accepts."""
     port = free_port()
     proc = await trio.lowlevel.open_process(
@@ -129,7 +129,7 @@ async def everything(mode: str) -> AsyncIterator[int]:
                     continue
                 await stream.aclose()
                 break
-        yield port
+        yield port, proc
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -156,7 +156,9 @@ def is_running(pid: int) -> bool:
 # ---------------------------------------------------------------- stdio
 
 
-async def test_stdio_against_server_everything(caplog: pytest.LogCaptureFixture, pool: ConnectionPool) -> None:
+async def test_stdio_against_server_everything(
+    caplog: pytest.LogCaptureFixture, pool: ConnectionPool
+) -> None:
     caplog.set_level(logging.INFO, logger="agentgw.upstream.stdio")
     async with open_transport(stdio_everything(), pool=pool) as transport:
         assert transport.session_id is None
@@ -208,7 +210,9 @@ async def test_stdio_command_that_does_not_exist(pool: ConnectionPool) -> None:
     assert isinstance(info.value, UpstreamUnavailable)
 
 
-async def test_stdio_child_that_exits(caplog: pytest.LogCaptureFixture, pool: ConnectionPool) -> None:
+async def test_stdio_child_that_exits(
+    caplog: pytest.LogCaptureFixture, pool: ConnectionPool
+) -> None:
     caplog.set_level(logging.INFO, logger="agentgw.upstream.stdio")
     code = (
         "import sys\n"
@@ -230,7 +234,9 @@ async def test_stdio_child_that_exits(caplog: pytest.LogCaptureFixture, pool: Co
     assert any("not JSON-RPC" in m for m in caplog.messages)
 
 
-async def test_stdio_refuses_lines_over_4_mib(caplog: pytest.LogCaptureFixture, pool: ConnectionPool) -> None:
+async def test_stdio_refuses_lines_over_4_mib(
+    caplog: pytest.LogCaptureFixture, pool: ConnectionPool
+) -> None:
     code = (
         "import sys\n"
         "sys.stdout.write('x' * (5 * 1024 * 1024) + '\\n')\n"
@@ -243,6 +249,34 @@ async def test_stdio_refuses_lines_over_4_mib(caplog: pytest.LogCaptureFixture, 
     assert any("longer than 4194304 bytes" in m for m in caplog.messages)
 
 
+async def test_stdio_backpressure_pauses_the_child(
+    caplog: pytest.LogCaptureFixture, pool: ConnectionPool
+) -> None:
+    caplog.set_level(logging.INFO, logger="agentgw.upstream.stdio")
+    code = (
+        "import sys\n"
+        "for i in range(20000):\n"
+        '    sys.stdout.write(\'{"jsonrpc": "2.0", "method": "n", "params": {"i": %d}}\\n\' % i)\n'
+        "sys.stdout.flush(); sys.stderr.write('all written\\n'); sys.stderr.flush()\n"
+        "sys.stdin.read()\n"
+    )
+    async with open_transport(python_child("firehose", code), pool=pool) as transport:
+        await trio.sleep(0.5)
+        assert "[firehose] all written" not in caplog.messages  # blocked on a full pipe
+        with trio.fail_after(10):
+            for i in range(20000):
+                assert (await transport.receive())["params"]["i"] == i
+            while "[firehose] all written" not in caplog.messages:
+                await trio.sleep(0.01)
+
+
+async def test_an_error_in_the_body_passes_through_unwrapped(pool: ConnectionPool) -> None:
+    target = python_child("quiet", "import sys; sys.stdin.read()")
+    with pytest.raises(KeyError):
+        async with open_transport(target, pool=pool):
+            raise KeyError("mine")
+
+
 # ---------------------------------------------------------------- Streamable HTTP
 
 
@@ -251,7 +285,7 @@ def http_target(name: str, port: int, path: str) -> McpTarget:
 
 
 async def test_streamable_http_against_server_everything(pool: ConnectionPool) -> None:
-    async with everything("streamableHttp") as port:
+    async with everything("streamableHttp") as (port, _):
         target = http_target("everything", port, "/mcp")
         async with open_transport(target, pool=pool) as transport:
             await exercise(transport)
@@ -335,11 +369,13 @@ async def test_streamable_http_expired_session(pool: ConnectionPool) -> None:
 async def test_streamable_http_upstream_that_is_down(pool: ConnectionPool) -> None:
     target = http_target("everything", free_port(), "/mcp")
     async with open_transport(target, pool=pool) as transport:
-        with pytest.raises(UpstreamUnavailable, match="^target everything: .*refused"):
+        with pytest.raises(UpstreamUnavailable, match=r"^target everything: .*refused"):
             await transport.send(initialize())
 
 
-async def test_streamable_http_failure_after_the_post_is_an_error_response(pool: ConnectionPool) -> None:
+async def test_streamable_http_failure_after_the_post_is_an_error_response(
+    pool: ConnectionPool,
+) -> None:
     async def handler(request: h11.Request, body: bytes, up: Upstream) -> Any:
         return 500, [(b"content-type", b"text/plain")], b"boom"
 
@@ -354,7 +390,7 @@ async def test_streamable_http_failure_after_the_post_is_an_error_response(pool:
 
 
 async def test_sse_against_server_everything(pool: ConnectionPool) -> None:
-    async with everything("sse") as port:
+    async with everything("sse") as (port, _):
         target = McpTarget(name="everything", sse=HttpTarget(host=f"http://127.0.0.1:{port}/sse"))
         async with open_transport(target, pool=pool) as transport:
             await exercise(transport, version="2024-11-05")
@@ -376,19 +412,21 @@ async def test_sse_endpoint_on_another_origin_is_refused(pool: ConnectionPool) -
     async with serve_raw(handler) as port:
         target = McpTarget(name="sly", sse=HttpTarget(host=f"http://127.0.0.1:{port}/sse"))
         async with open_transport(target, pool=pool) as transport:
-            with pytest.raises(UpstreamError, match="target sly: endpoint .* origin"):
+            with pytest.raises(UpstreamError, match=r"target sly: endpoint .* origin"):
                 await transport.send(initialize())
 
 
 async def test_sse_stream_that_ends_closes_the_transport(pool: ConnectionPool) -> None:
-    async with everything("sse") as port:
+    async with everything("sse") as (port, proc):
         target = McpTarget(name="everything", sse=HttpTarget(host=f"http://127.0.0.1:{port}/sse"))
         async with open_transport(target, pool=pool) as transport:
             await transport.send(initialize("2024-11-05"))
             await response_to(transport, 1)
-        # server-everything stops here: the stream ends under the transport
-    with pytest.raises(TransportClosed):
-        await transport.receive()
+            proc.kill()
+            with trio.fail_after(5), pytest.raises(TransportClosed, match=r"^target everything: "):
+                await transport.receive()
+            with pytest.raises(TransportClosed):
+                await transport.send(INITIALIZED)
 
 
 # ---------------------------------------------------------------- WebSocket
@@ -448,7 +486,9 @@ async def test_websocket_against_a_small_mcp_server(pool: ConnectionPool) -> Non
 
 
 async def test_websocket_upstream_that_is_down(pool: ConnectionPool) -> None:
-    target = McpTarget(name="ws", websocket=HttpTarget(host="127.0.0.1", port=free_port(), path="/"))
+    target = McpTarget(
+        name="ws", websocket=HttpTarget(host="127.0.0.1", port=free_port(), path="/")
+    )
     async with open_transport(target, pool=pool) as transport:
-        with pytest.raises(UpstreamUnavailable, match="^target ws: cannot connect"):
+        with pytest.raises(UpstreamUnavailable, match=r"^target ws: cannot connect"):
             await transport.send(initialize())

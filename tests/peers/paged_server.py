@@ -44,7 +44,9 @@ def slow(msg_id: object, params: dict) -> None:
         if msg_id in cancelled:
             log(f"cancelled {msg_id}")
             return
-    send({"jsonrpc": "2.0", "id": msg_id, "result": {"content": [{"type": "text", "text": "done"}]}})
+    send(
+        {"jsonrpc": "2.0", "id": msg_id, "result": {"content": [{"type": "text", "text": "done"}]}}
+    )
 
 
 def handle(message: dict) -> None:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
 
-from agentgw.errors import UpstreamError
+from agentgw.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from agentgw.wire import jsonrpc
 from agentgw.wire.http import Headers, strip_hop_by_hop
-
-logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 
@@ -50,59 +47,53 @@ class TransportClosed(UpstreamError):
     session expired, or the transport was closed."""
 
 
+_PLAIN_ERRORS = (UpstreamError, UpstreamUnavailable, UpstreamTimeout, TransportClosed)
+
+
 def named(target: str, exc: UpstreamError) -> UpstreamError:
     """The same kind of error, its message naming the target."""
     prefix = f"target {target}: "
     if exc.reason.startswith(prefix):
         return exc
-    return type(exc)(prefix + exc.reason, status=exc.status)
+    # Subclasses with other constructors (SSEError) become plain UpstreamErrors.
+    kind = type(exc) if type(exc) in _PLAIN_ERRORS else UpstreamError
+    return kind(prefix + exc.reason, status=exc.status)
 
 
-def forward_headers(
-    headers: Sequence[tuple[bytes, bytes]], *, drop: Iterable[bytes] = ()
-) -> Headers:
-    """The client's headers an HTTP-based upstream gets: all but hop-by-hop
-    headers, framing, Host, the client's session id and ``drop``."""
-    dropped = NOT_FORWARDED | frozenset(drop)
+def forward_headers(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
+    """The client's headers an HTTP or WebSocket upstream gets: all but
+    hop-by-hop headers, ``NOT_FORWARDED`` and the WebSocket handshake's."""
     out: Headers = []
     for name, value in strip_hop_by_hop([(n.lower(), v) for n, v in headers]):
-        if name not in dropped and not name.startswith(b"sec-websocket-"):
+        if name not in NOT_FORWARDED and not name.startswith(b"sec-websocket-"):
             out.append((name, value))
     return out
 
 
 def encode(message: Message) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    return jsonrpc.dumps(message)
 
 
 def decode(data: bytes | str) -> list[Message]:
-    """The JSON-RPC messages in one JSON text (an object or a batch).
+    """The JSON-RPC messages in one JSON text (a message or a batch).
 
     Raises:
-        ValueError: not JSON, or not an object or an array of objects.
+        ValueError: not JSON-RPC.
     """
-    value = json.loads(data)
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(item, dict) for item in items):
-        raise ValueError("not a JSON-RPC message")
-    return items
-
-
-def is_request(message: Message) -> bool:
-    return "method" in message and message.get("id") is not None
+    try:
+        messages, _ = jsonrpc.parse_messages(data.encode() if isinstance(data, str) else data)
+    except jsonrpc.JsonRpcError as exc:
+        raise ValueError(exc.reason) from None
+    return messages
 
 
 def is_response_to(message: Message, request_id: object) -> bool:
-    return (
-        "method" not in message
-        and ("result" in message or "error" in message)
-        and message.get("id") == request_id
-    )
+    return jsonrpc.is_response(message) and message.get("id") == request_id
 
 
-def error_response(request_id: object, text: str) -> Message:
+def error_response(request_id: Any, text: str) -> Message:
     """A JSON-RPC error answering ``request_id`` on the upstream's behalf."""
-    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": text}}
+    return jsonrpc.make_error(request_id, jsonrpc.INTERNAL_ERROR, text)
 
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")

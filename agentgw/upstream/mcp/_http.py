@@ -12,9 +12,9 @@ import attrs
 from agentgw.config.model import HttpTarget
 from agentgw.errors import UpstreamError
 from agentgw.upstream.mcp._common import MAX_MESSAGE_SIZE, named
-from agentgw.upstream.mcp._sse import SSEDecoder, SSEEvent
 from agentgw.upstream.pool import ConnectionPool, Exchange, UpstreamResponse
 from agentgw.wire.http import Headers, header_value
+from agentgw.wire.sse import SSEDecoder, SSEEvent
 
 # Waiting for a response head that comes only with the result (a JSON
 # response to a long tool call), or for the next event of an idle stream.
@@ -165,23 +165,25 @@ async def drain(target: str, ex: Exchange) -> None:
 
 
 async def iter_events(
-    target: str, ex: Exchange, idle_timeout: float = STREAM_IDLE_TIMEOUT
+    target: str,
+    ex: Exchange,
+    decoder: SSEDecoder,
+    idle_timeout: float = STREAM_IDLE_TIMEOUT,
 ) -> AsyncGenerator[SSEEvent, None]:
-    """The events of an SSE response body, as they arrive. Use with
-    ``aclosing``.
+    """The events of an SSE response body, as they arrive; ``decoder``
+    keeps the last event id and retry. Use with ``aclosing``.
 
     Raises:
         UpstreamError: the upstream failed, or sent an oversized event.
     """
-    decoder = SSEDecoder(MAX_MESSAGE_SIZE)
     try:
         async with aclosing(ex.body(idle_timeout)) as body:
             async for chunk in body:
-                try:
-                    events = decoder.feed(chunk)
-                except ValueError as exc:
-                    raise UpstreamError(f"target {target}: {exc}") from exc
-                for event in events:
+                for event in decoder.feed(chunk):
                     yield event
     except UpstreamError as exc:
         raise named(target, exc) from exc
+
+
+def new_decoder() -> SSEDecoder:
+    return SSEDecoder(max_event_bytes=MAX_MESSAGE_SIZE)

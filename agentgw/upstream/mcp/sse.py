@@ -39,12 +39,13 @@ from agentgw.upstream.mcp._http import (
     is_event_stream,
     is_success,
     iter_events,
+    new_decoder,
     receive_head,
     start_request,
 )
-from agentgw.upstream.mcp._sse import SSEEvent
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire.http import Headers
+from agentgw.wire.sse import SSEEvent
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class SseTransport:
                 )
             if not is_event_stream(response):
                 raise UpstreamError(f"target {self.target}: SSE GET answered no event stream")
-            async with aclosing(iter_events(self.target, ex)) as events:
+            async with aclosing(iter_events(self.target, ex, new_decoder())) as events:
                 endpoint = None
                 with trio.move_on_after(ENDPOINT_TIMEOUT):
                     async for event in events:
@@ -151,15 +152,16 @@ class SseTransport:
 
     async def _read_messages(self, events: AsyncIterator[SSEEvent]) -> None:
         async for event in events:
-            if event.event not in (None, "", "message") or not event.data.strip():
+            if event.event != "message" or not event.data.strip():
                 continue
             try:
                 messages = decode(event.data)
-            except ValueError:
+            except ValueError as exc:
                 logger.warning(
-                    "%starget %s sent an event that is not JSON-RPC: %s",
+                    "%starget %s sent an event that is not JSON-RPC (%s): %s",
                     self.log_prefix,
                     self.target,
+                    exc,
                     printable(event.data, 200),
                 )
                 continue

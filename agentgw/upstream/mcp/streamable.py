@@ -21,6 +21,7 @@ transport DELETEs the session, best effort and bounded.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 
@@ -37,7 +38,6 @@ from agentgw.upstream.mcp._common import (
     encode,
     error_response,
     forward_headers,
-    is_request,
     is_response_to,
     open_task_nursery,
     printable,
@@ -52,12 +52,15 @@ from agentgw.upstream.mcp._http import (
     is_success,
     iter_events,
     media_type,
+    new_decoder,
     read_body,
     receive_head,
     start_request,
 )
 from agentgw.upstream.pool import ConnectionPool, Exchange
 from agentgw.wire.http import Headers, header_value
+from agentgw.wire.jsonrpc import is_request
+from agentgw.wire.sse import SSEDecoder, SSEEvent
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ DELETE_TIMEOUT = 2.0
 DEFAULT_RETRY = 1.0
 MAX_RETRY = 30.0
 MAX_RECONNECTS = 3
+AFTER_RESPONSE_GRACE = 5.0
 
 
 @attrs.define(eq=False)
@@ -112,16 +116,17 @@ class StreamableTransport:
             self._client_headers = forward_headers(headers)
         request = is_request(message)
         request_id = message.get("id")
-        if request and message.get("method") == "initialize":
+        initialize = request and message.get("method") == "initialize"
+        if initialize:
             self._initializing.add(request_id)
-        ex = await start_request(
-            self.pool,
-            self.target,
-            self.url,
-            b"POST",
-            self._headers(ACCEPT_BOTH, JSON),
-            encode(message),
-        )
+        post_headers = self._headers(ACCEPT_BOTH, JSON, with_version=not initialize)
+        try:
+            ex = await start_request(
+                self.pool, self.target, self.url, b"POST", post_headers, encode(message)
+            )
+        except BaseException:
+            self._initializing.discard(request_id)
+            raise
         if request:
             self.nursery.start_soon(self._read_answer, ex, request_id)
         else:
@@ -147,11 +152,11 @@ class StreamableTransport:
 
     # ------------------------------------------------------------ requests
 
-    def _headers(self, *own: tuple[bytes, bytes]) -> Headers:
+    def _headers(self, *own: tuple[bytes, bytes], with_version: bool = True) -> Headers:
         headers: Headers = list(own)
         if self.session_id is not None:
             headers.append((b"mcp-session-id", self.session_id.encode()))
-        if self.protocol_version is not None:
+        if self.protocol_version is not None and with_version:
             headers.append((b"mcp-protocol-version", self.protocol_version.encode()))
         headers.extend(self._client_headers)
         return headers
@@ -241,28 +246,44 @@ class StreamableTransport:
             await self._push(message)
 
     async def _read_stream(self, ex: Exchange, stream: _Stream) -> None:
-        async with aclosing(iter_events(self.target, ex)) as events:
-            async for event in events:
-                if event.id is not None:
-                    stream.last_event_id = event.id or None
-                if event.retry is not None:
-                    stream.retry = min(event.retry / 1000, MAX_RETRY)
-                if event.event not in (None, "", "message") or not event.data.strip():
+        decoder = new_decoder()
+        try:
+            await self._read_events(ex, stream, decoder)
+        finally:
+            if decoder.last_event_id:
+                stream.last_event_id = decoder.last_event_id
+            if decoder.retry is not None:
+                stream.retry = min(decoder.retry / 1000, MAX_RETRY)
+
+    async def _read_events(self, ex: Exchange, stream: _Stream, decoder: SSEDecoder) -> None:
+        deadline = math.inf
+        async with aclosing(iter_events(self.target, ex, decoder)) as events:
+            while True:
+                event: SSEEvent | None = None
+                with trio.move_on_at(deadline):
+                    event = await anext(events, None)
+                if event is None:
+                    return
+                if event.event != "message" or not event.data.strip():
                     continue
                 stream.events += 1
                 try:
                     messages = decode(event.data)
-                except ValueError:
+                except ValueError as exc:
                     logger.warning(
-                        "%starget %s sent an event that is not JSON-RPC: %s",
+                        "%starget %s sent an event that is not JSON-RPC (%s): %s",
                         self.log_prefix,
                         self.target,
+                        exc,
                         printable(event.data, 200),
                     )
                     continue
                 for message in messages:
                     if is_response_to(message, stream.request_id):
                         stream.answered = True
+                        # The stream should end now; one that does not is
+                        # dropped (and its connection closed) soon after.
+                        deadline = trio.current_time() + AFTER_RESPONSE_GRACE
                     await self._push(message)
 
     async def _resume(self, stream: _Stream) -> bool:

@@ -122,11 +122,12 @@ class WebSocketTransport:
             if not started:
                 cause = exc.__cause__ or exc
                 raise UpstreamUnavailable(
-                    f"target {self.target}: cannot connect: {cause.__class__.__name__} {cause}"
+                    f"target {self.target}: cannot connect to {self.url}: {cause}"
                 ) from None
             logger.debug("%starget %s: %r while closing", self.log_prefix, self.target, exc)
         finally:
-            self.inbox.close(reason)
+            if started:
+                self.inbox.close(reason)
 
     async def _read(self, connection: WebSocketConnection) -> str:
         while True:
