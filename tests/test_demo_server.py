@@ -18,6 +18,7 @@ import trio.testing
 
 from agentgw.demo import server as core
 from agentgw.demo.http import MAX_KEPT_STREAMS, DemoHttpApp, EventStream
+from agentgw.demo.runner import CallRunner
 from agentgw.demo.server import (
     PROMPTS,
     RESOURCES,
@@ -414,7 +415,7 @@ def test_cancelling_a_running_call_stops_it_without_a_response() -> None:
     cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9}}
     outcome = session.handle(cancel)
     assert outcome == Cancel(call)
-    assert call.is_finished and not session.calls
+    assert call.is_finished and call.is_cancelled and not session.calls
     assert session.handle(cancel) is None
     call.close()  # the transport's cleanup is harmless after a cancel
 
@@ -854,6 +855,39 @@ async def test_stdio_ends_when_stdin_closes_cancelling_calls(autojump_clock: Any
     assert not session.calls
 
 
+@attrs.define(eq=False)
+class RecordingSink:
+    sent: list[JSON] = attrs.field(factory=list)
+    hangups: int = 0
+    is_ended: bool = False
+
+    async def send(self, message: JSON) -> None:
+        self.sent.append(message)
+
+    def hang_up(self) -> None:
+        self.hangups += 1
+
+    def end(self) -> None:
+        self.is_ended = True
+
+
+async def test_runner_drops_a_call_cancelled_while_its_task_was_waking(autojump_clock: Any) -> None:
+    session = open_session()
+    started = session.handle(_tool_request(1, "slow", {"seconds": 10, "steps": 1}))
+    assert isinstance(started, Start)
+    sink = RecordingSink()
+    async with trio.open_nursery() as nursery:
+        runner = CallRunner(nursery, sink.send)
+        runner.start(started.call, started.effect, sink)
+        await trio.sleep(5)
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}}
+        # The core has cancelled the call, but the task's scope is not
+        # cancelled (as if its sleep ended first): it must still stop.
+        assert isinstance(session.handle(cancel), Cancel)
+    assert sink.sent == [] and sink.is_ended
+    assert runner.running == 0
+
+
 # ---------------------------------------------------------------- HTTP bookkeeping
 
 
@@ -872,7 +906,7 @@ async def test_event_stream_replays_after_an_id_and_bounds_the_standalone_log() 
 async def test_sessions_keep_a_bounded_number_of_unread_finished_streams() -> None:
     async with trio.open_nursery() as nursery:
         app = DemoHttpApp(nursery)
-        session = app._new_session(DemoSession())
+        session = app.new_session(DemoSession())
         first = session.new_stream()
         first.end()
         for _ in range(MAX_KEPT_STREAMS):
@@ -889,8 +923,8 @@ async def test_idle_sessions_expire(autojump_clock: Any) -> None:
     async with trio.open_nursery() as nursery:
         app = DemoHttpApp(nursery, session_ttl=100)
         nursery.start_soon(app.expire_sessions)
-        idle = app._new_session(DemoSession())
-        busy = app._new_session(DemoSession())
+        idle = app.new_session(DemoSession())
+        busy = app.new_session(DemoSession())
         busy.writers = 1
         await trio.sleep(90)
         assert set(app.sessions) == {idle.id, busy.id}

@@ -319,10 +319,10 @@ class DemoHttpApp:
         if "error" in outcome.message:
             await _json(req, 400, outcome.message)
             return
-        session = self._new_session(core)
+        session = self.new_session(core)
         await _json(req, 200, outcome.message, [(b"mcp-session-id", session.id.encode())])
 
-    def _new_session(self, core: DemoSession) -> HttpSession:
+    def new_session(self, core: DemoSession) -> HttpSession:
         standalone = EventStream("0", can_hang_up=False, max_events=MAX_STANDALONE_EVENTS)
 
         async def broadcast(message: JSON) -> None:

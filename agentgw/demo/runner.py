@@ -104,8 +104,8 @@ class CallRunner:
             with scope:
                 while not isinstance(effect, Done):
                     value = await self._perform(call, effect, sink)
-                    if call.is_finished:
-                        return  # cancelled by the client before this task woke up
+                    if call.is_cancelled:
+                        return  # the client cancelled it before this task woke up
                     effect = call.time_out() if value is _TIMED_OUT else call.advance(value)
                 await sink.send(effect.message)
         finally:

@@ -157,6 +157,7 @@ class Call:
     _program: Program = attrs.field(repr=False)
     pending_ask: RequestId | None = None
     is_finished: bool = False
+    is_cancelled: bool = False
     _queued: Effect | None = attrs.field(default=None, repr=False)
 
     def advance(self, value: Any = None) -> Effect:
@@ -194,13 +195,14 @@ class Call:
         )
 
     def close(self) -> None:
-        """Stop the program (cancelled, or the transport is going away).
-        Idempotent; a finished call is unaffected."""
+        """Stop the program (cancelled, or the transport is going away):
+        ``is_cancelled`` unless it had finished. Idempotent."""
         if self.pending_ask is not None:
             self._session.asks.pop(self.pending_ask, None)
             self.pending_ask = None
         if not self.is_finished:
-            self.is_finished = True
+            self.is_finished = self.is_cancelled = True
+            self._queued = None
             self._program.close()
         self._session.calls.pop(self.request_id, None)
 

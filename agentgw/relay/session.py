@@ -88,7 +88,7 @@ class RelaySession:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open every target, serve until closed or idle, then close all."""
         try:
-            async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+            async with AsyncExitStack() as stack:
                 for target in self.targets:
                     try:
                         transport = await stack.enter_async_context(
@@ -104,10 +104,12 @@ class RelaySession:
                         logger.warning("target %s failed to start: %s", target.name, exc.reason)
                         continue
                     self.transports[target.name] = transport
-                    nursery.start_soon(self._read, target.name, transport)
-                task_status.started()
-                await self._wait_until_done()
-                nursery.cancel_scope.cancel()
+                async with trio.open_nursery() as nursery:
+                    for name, transport in self.transports.items():
+                        nursery.start_soon(self._read, name, transport)
+                    task_status.started()
+                    await self._wait_until_done()
+                    nursery.cancel_scope.cancel()
         finally:
             self.closed.set()
             self._fail_all("session closed")

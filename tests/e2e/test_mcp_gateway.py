@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,7 @@ async def _free_port() -> int:
 async def test_session_resumes_on_a_second_gateway_with_the_same_key() -> None:
     demo_port = await _free_port()
     demo = await trio.lowlevel.open_process(
-        [*DEMO, "--http", str(demo_port)], stdout=trio.lowlevel.subprocess.DEVNULL
+        [*DEMO, "--http", str(demo_port)], stdout=subprocess.DEVNULL
     )
     try:
         with trio.fail_after(15):
@@ -229,13 +230,24 @@ async def test_session_resumes_on_a_second_gateway_with_the_same_key() -> None:
                 except OSError:
                     await trio.sleep(0.1)
         target = {"name": "demo", "mcp": {"host": f"http://127.0.0.1:{demo_port}/mcp"}}
-        async with run_gateway(mcp_config(target)) as (_, port1):
+        # Two replicas with the same session key, as behind a load balancer.
+        async with (
+            run_gateway(mcp_config(target)) as (_, port1),
+            run_gateway(mcp_config(target)) as (gw2, port2),
+        ):
             token = await _initialize(port1)
             status, body = await _call(port1, token, "echo", {"message": "first"})
             assert status == 200 and b"first" in body
-        async with run_gateway(mcp_config(target)) as (_, port2):
+            assert not gw2.sessions.sessions
             status, body = await _call(port2, token, "echo", {"message": "second"})
             assert status == 200 and b"second" in body
+            assert len(gw2.sessions.sessions) == 1  # resumed, not re-initialized
+        # A replica with another key cannot read the token.
+        other = mcp_config(target)
+        other["config"]["session"]["key"] = "22" * 32
+        async with run_gateway(other) as (_, port3):
+            status, _ = await _call(port3, token, "echo", {"message": "third"})
+            assert status == 404
     finally:
         demo.kill()
         await demo.wait()

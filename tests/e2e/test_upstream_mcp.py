@@ -351,6 +351,30 @@ async def test_streamable_http_forwards_headers_and_keeps_the_session(pool: Conn
         assert dict(request.headers)[b"mcp-session-id"] == b"s-1"
 
 
+async def test_streamable_http_resumes_a_stream_that_ends_early(pool: ConnectionPool) -> None:
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}
+    event_stream = [(b"content-type", b"text/event-stream")]
+
+    async def handler(request: h11.Request, body: bytes, up: Upstream) -> Any:
+        resume = dict(request.headers).get(b"last-event-id")
+        if request.method == b"POST":  # a priming event, then the stream ends
+            return 200, event_stream, b"id: e1\nretry: 10\ndata:\n\n"
+        if request.method == b"GET" and resume == b"e1":
+            return 200, event_stream, b"id: e2\ndata: " + json.dumps(answer).encode() + b"\n\n"
+        return 405, [], b""
+
+    async with serve_upstream(handler) as up:
+        target = http_target("poller", up.port, "/mcp")
+        async with open_transport(
+            target, pool=pool, session_id="s-1", protocol_version="2025-11-25"
+        ) as transport:
+            await transport.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+            assert await response_to(transport, 1) == answer
+    resumed = [r for r, _ in up.seen if dict(r.headers).get(b"last-event-id") == b"e1"]
+    assert len(resumed) == 1
+    assert dict(resumed[0].headers)[b"mcp-protocol-version"] == b"2025-11-25"
+
+
 async def test_streamable_http_expired_session(pool: ConnectionPool) -> None:
     async def handler(request: h11.Request, body: bytes, up: Upstream) -> Any:
         return 404, [], b"no such session"
