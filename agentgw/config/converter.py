@@ -76,8 +76,7 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
         " csrf buffer retry delay"
     ),
     m.Backend: _keys("service backend internal dynamic ai aws routeGroup policies"),
-    m.McpBackend: _keys("dnsRebindingProtection"),
-    m.SimpleMcp: _keys("gateways dnsRebindingProtection"),
+    m.SimpleMcp: _keys("gateways"),
     m.McpTarget: _keys("openapi policies"),
     m.HttpTarget: _keys("backend"),
     m.StdioTarget: _keys("clear_env"),

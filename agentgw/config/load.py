@@ -147,6 +147,7 @@ def effective_binds(config: m.Config) -> tuple[m.Bind, ...]:
             stateful_mode=mcp.stateful_mode,
             prefix_mode=mcp.prefix_mode,
             failure_mode=mcp.failure_mode,
+            dns_rebinding_protection=mcp.dns_rebinding_protection,
         )
     )
     route = m.Route(name="mcp", matches=MCP_MATCHES, policies=mcp.policies, backends=(backend,))

@@ -142,6 +142,7 @@ class McpBackend:
     stateful_mode: Literal["stateful", "stateless"] = "stateful"
     prefix_mode: Literal["conditional", "always", "never"] | None = None
     failure_mode: Literal["failClosed", "failOpen"] | None = None
+    dns_rebinding_protection: bool = False
 
 
 @attrs.frozen
@@ -195,6 +196,7 @@ class SimpleMcp:
     stateful_mode: Literal["stateful", "stateless"] = "stateful"
     prefix_mode: Literal["conditional", "always", "never"] | None = None
     failure_mode: Literal["failClosed", "failOpen"] | None = None
+    dns_rebinding_protection: bool = False
     policies: Policies | None = None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Ping, TextMessage
 from wsproto.events import Request as WsRequest
 
 from agentgw.config.model import McpBackend, McpTarget
-from agentgw.errors import UpstreamError
+from agentgw.errors import ClientGone, UpstreamError
 from agentgw.mcp import merge, names
 from agentgw.mcp.session_token import InvalidSession, SessionCodec, SessionState
 from agentgw.proxy import run_watching_client
@@ -58,6 +59,7 @@ class McpRoute:
     prefix_uris: bool
     fail_open: bool
     stateful: bool
+    dns_rebinding_protection: bool = False
 
     @classmethod
     def compile(cls, backend: McpBackend) -> McpRoute:
@@ -69,6 +71,7 @@ class McpRoute:
             prefix_uris=names.should_prefix(mode, n, uris=True),
             fail_open=backend.failure_mode == "failOpen",
             stateful=backend.stateful_mode != "stateless",
+            dns_rebinding_protection=backend.dns_rebinding_protection,
         )
 
     @property
@@ -155,6 +158,13 @@ class McpEndpoint:
     )
 
     async def handle(self, req: ServerRequest, route: McpRoute) -> None:
+        if route.dns_rebinding_protection and not is_localhost_request(req.headers):
+            req.record.error = "dns rebinding protection"
+            await req.respond(
+                403,
+                "MCP DNS rebinding protection: Host/Origin must be localhost, 127.0.0.1 or [::1]\n",
+            )
+            return
         try:
             if is_websocket_upgrade(req.headers):
                 await self._websocket(req, route)
@@ -365,8 +375,9 @@ class McpEndpoint:
         self._legacy[session.sid] = (session, work_send)
         endpoint = f"{req.path}?sessionId={session.sid}"
         req.record.extra["mcp.session"] = session.sid[:8]
+        gone = False
         try:
-            async with trio.open_nursery() as nursery, session.get_stream() as server_messages:
+            async with session.get_stream() as server_messages, trio.open_nursery() as nursery:
 
                 async def forward_server_messages() -> None:
                     async for message in server_messages:
@@ -382,11 +393,16 @@ class McpEndpoint:
                 nursery.start_soon(forward_server_messages)
                 nursery.start_soon(run_work)
                 first = encode_event(endpoint, event="endpoint")
-                await self._serve_sse(req, receive, first)
+                try:
+                    await self._serve_sse(req, receive, first)
+                except ClientGone:  # re-raised outside the nursery, unwrapped
+                    gone = True
                 nursery.cancel_scope.cancel()
         finally:
             self._legacy.pop(session.sid, None)
             session.close()
+        if gone:
+            raise ClientGone("client disconnected")
 
     async def _legacy_post(self, req: ServerRequest, route: McpRoute) -> None:
         sid = dict(part.split("=", 1) for part in req.query.split("&") if "=" in part).get(
@@ -424,11 +440,14 @@ class McpEndpoint:
         send, receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
         headers = _forward_headers(req.headers)
         try:
-            async with trio.open_nursery() as nursery, session.get_stream() as server_messages:
+            async with session.get_stream() as server_messages, trio.open_nursery() as nursery:
 
                 async def writer() -> None:
-                    async for message in receive:
-                        await stream.send_all(ws.send(TextMessage(json.dumps(message))))
+                    try:
+                        async for message in receive:
+                            await stream.send_all(ws.send(TextMessage(json.dumps(message))))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        nursery.cancel_scope.cancel()
 
                 async def forward_server_messages() -> None:
                     async for message in server_messages:
@@ -436,9 +455,12 @@ class McpEndpoint:
 
                 nursery.start_soon(writer)
                 nursery.start_soon(forward_server_messages)
-                await self._websocket_reader(
-                    ws, stream, extra, route, session, headers, send, nursery
-                )
+                try:
+                    await self._websocket_reader(
+                        ws, stream, extra, route, session, headers, send, nursery
+                    )
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -642,6 +664,37 @@ class McpEndpoint:
                 await outbox.send(_outbound(route, target, reply, method), final=final)
                 if final:
                     return
+
+
+def _is_localhost(host: str) -> bool:
+    host = host.lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+def is_localhost_request(headers: Headers) -> bool:
+    """The MCP spec's DNS-rebinding rule for localhost servers: Host must be
+    a loopback name, and Origin, if sent (once), a loopback http(s) origin."""
+    hosts = [v for n, v in headers if n == b"host"]
+    if len(hosts) != 1 or not _is_localhost(hosts[0].decode("latin-1").strip()):
+        return False
+    origins = [v for n, v in headers if n == b"origin"]
+    if not origins:
+        return True
+    if len(origins) > 1:
+        return False
+    origin = urllib.parse.urlsplit(origins[0].decode("latin-1").strip())
+    return (
+        origin.scheme in ("http", "https")
+        and origin.username is None
+        and origin.path in ("", "/")
+        and not origin.query
+        and not origin.fragment
+        and _is_localhost(origin.netloc)
+    )
 
 
 def _parse_one(body: bytes) -> Message:

@@ -373,6 +373,14 @@ class ClientConnection:
         except (ClientGone, AbortResponse) as exc:
             record.error = str(exc)
             return False
+        except Exception:
+            # A bug. It costs this connection, never the gateway.
+            logger.exception("request handler failed")
+            record.error = "internal error"
+            if not request.is_response_started:
+                record.status = 500
+                await self._refuse(ClientError("internal error", status=500), conn)
+            return False
         finally:
             if not completed and record.error is None:
                 record.error = "cancelled at drain deadline" if self.is_draining else "cancelled"
