@@ -129,10 +129,12 @@ async def run_watching_client(req: ServerRequest, work: Callable[[], Awaitable[N
     and raise ``ClientGone``. Call only once the request body is done."""
     failures: list[Exception] = []
     gone: list[bool] = []
+    done: list[bool] = []
 
     async def run(scope: trio.CancelScope) -> None:
         try:
             await work()
+            done.append(True)
         except Exception as exc:  # re-raised below, outside the nursery
             failures.append(exc)
         finally:
@@ -148,7 +150,7 @@ async def run_watching_client(req: ServerRequest, work: Callable[[], Awaitable[N
         nursery.start_soon(watch, nursery.cancel_scope)
     if failures:
         raise failures[0]
-    if gone:
+    if gone and not done:  # a client that leaves after the answer lost nothing
         raise ClientGone("client disconnected")
 
 

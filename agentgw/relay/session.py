@@ -63,6 +63,7 @@ class RelaySession:
     protocol_version: str | None = None
     last_active: float = attrs.field(factory=time.monotonic)
     closed: trio.Event = attrs.field(factory=trio.Event)
+    has_ended: bool = False
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _pending: dict[tuple[str, int], Pending] = attrs.field(factory=dict)
     _progress: dict[tuple[str, Any], Pending] = attrs.field(factory=dict)
@@ -104,15 +105,26 @@ class RelaySession:
                         logger.warning("target %s failed to start: %s", target.name, exc.reason)
                         continue
                     self.transports[target.name] = transport
+                # Runs before the transports close: a session that did not
+                # end (the gateway is stopping) keeps its upstream sessions,
+                # so another replica with the same key can resume them.
+                stack.callback(self._keep_upstream_sessions_unless_ended)
                 async with trio.open_nursery() as nursery:
                     for name, transport in self.transports.items():
                         nursery.start_soon(self._read, name, transport)
                     task_status.started()
                     await self._wait_until_done()
+                    self.has_ended = True
                     nursery.cancel_scope.cancel()
         finally:
             self.closed.set()
             self._fail_all("session closed")
+
+    def _keep_upstream_sessions_unless_ended(self) -> None:
+        if not self.has_ended:
+            for transport in self.transports.values():
+                if hasattr(transport, "keep_upstream_session"):
+                    transport.keep_upstream_session = True
 
     async def _wait_until_done(self) -> None:
         while not self.closed.is_set():

@@ -242,6 +242,10 @@ async def test_session_resumes_on_a_second_gateway_with_the_same_key() -> None:
             status, body = await _call(port2, token, "echo", {"message": "second"})
             assert status == 200 and b"second" in body
             assert len(gw2.sessions.sessions) == 1  # resumed, not re-initialized
+        # Both replicas are gone (a rolling restart): a new one resumes.
+        async with run_gateway(mcp_config(target)) as (_, port4):
+            status, body = await _call(port4, token, "echo", {"message": "after restart"})
+            assert status == 200 and b"after restart" in body
         # A replica with another key cannot read the token.
         other = mcp_config(target)
         other["config"]["session"]["key"] = "22" * 32

@@ -128,12 +128,31 @@ async def test_legacy_sse_downstream() -> None:
             await _exercise_everything(client)
 
 
-async def _ws_call(ws: trio_websocket.WebSocketConnection, message: dict[str, Any]) -> Any:
+async def _ws_call(
+    ws: trio_websocket.WebSocketConnection,
+    message: dict[str, Any],
+    seen: list[dict[str, Any]] | None = None,
+) -> Any:
+    """Send a request; answer sampling requests on the way; return the
+    response. Everything else that arrives meanwhile goes to ``seen``."""
     await ws.send_message(json.dumps(message))
     while True:
         reply = json.loads(await ws.get_message())
-        if reply.get("id") == message["id"] and "method" not in reply:
+        if reply.get("method") == "sampling/createMessage":
+            answer = {
+                "jsonrpc": "2.0",
+                "id": reply["id"],
+                "result": {
+                    "role": "assistant",
+                    "content": {"type": "text", "text": "sampled over ws"},
+                    "model": "test-model",
+                },
+            }
+            await ws.send_message(json.dumps(answer))
+        elif reply.get("id") == message["id"] and "method" not in reply:
             return reply
+        elif seen is not None:
+            seen.append(reply)
 
 
 @pytest.mark.parametrize("subprotocol", ["mcp"])
@@ -151,7 +170,7 @@ async def test_websocket_downstream(subprotocol: str) -> None:
                     "method": "initialize",
                     "params": {
                         "protocolVersion": "2025-06-18",
-                        "capabilities": {},
+                        "capabilities": {"sampling": {}},
                         "clientInfo": {"name": "ws", "version": "1"},
                     },
                 },
@@ -172,3 +191,44 @@ async def test_websocket_downstream(subprotocol: str) -> None:
                 },
             )
             assert echo["result"]["content"][0]["text"] == "Echo: over ws"
+            seen: list[dict[str, Any]] = []
+            await _ws_call(
+                ws,
+                {
+                    "jsonrpc": "2.0",
+                    "id": 4,
+                    "method": "tools/call",
+                    "params": {
+                        "name": "trigger-long-running-operation",
+                        "arguments": {"duration": 1, "steps": 4},
+                        "_meta": {"progressToken": "p1"},
+                    },
+                },
+                seen,
+            )
+            progress = [m for m in seen if m.get("method") == "notifications/progress"]
+            assert len(progress) >= 3 and progress[0]["params"]["progressToken"] == "p1"
+            sampled = await _ws_call(
+                ws,
+                {
+                    "jsonrpc": "2.0",
+                    "id": 5,
+                    "method": "tools/call",
+                    "params": {"name": "trigger-sampling-request", "arguments": {"prompt": "hi"}},
+                },
+            )
+            assert "sampled over ws" in json.dumps(sampled)
+            prompts = await _ws_call(ws, {"jsonrpc": "2.0", "id": 6, "method": "prompts/list"})
+            name = prompts["result"]["prompts"][0]["name"]
+            got = await _ws_call(
+                ws,
+                {"jsonrpc": "2.0", "id": 7, "method": "prompts/get", "params": {"name": name}},
+            )
+            assert got["result"]["messages"]
+            listed = await _ws_call(ws, {"jsonrpc": "2.0", "id": 8, "method": "resources/list"})
+            uri = listed["result"]["resources"][0]["uri"]
+            read = await _ws_call(
+                ws,
+                {"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": uri}},
+            )
+            assert read["result"]["contents"]

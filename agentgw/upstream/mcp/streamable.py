@@ -96,6 +96,9 @@ class StreamableTransport:
     session_id: str | None = None
     protocol_version: str | None = None
     log_prefix: str = ""
+    # Set when the gateway stops rather than the session ending, so that
+    # another replica can resume the upstream session.
+    keep_upstream_session: bool = False
     _client_headers: Headers = attrs.field(factory=list)
     _initializing: set[object] = attrs.field(factory=set)
     _get_started: bool = False
@@ -360,7 +363,7 @@ class StreamableTransport:
     async def aclose(self) -> None:
         """DELETE the session, bounded and best effort."""
         self.inbox.close(f"target {self.target}: transport closed")
-        if self.session_id is None:
+        if self.session_id is None or self.keep_upstream_session:
             return
         with trio.move_on_after(DELETE_TIMEOUT):
             try:
