@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 KNOWN_VERSIONS: tuple[str, ...] = (
     "2024-11-05",
@@ -68,3 +69,38 @@ def lowest(versions: Iterable[str]) -> str:
         ValueError: ``versions`` is empty.
     """
     return min(versions)
+
+
+# ---------------------------------------------------------------- 2026-07-28 results
+
+META_PREFIX = "io.modelcontextprotocol/"
+SERVER_INFO_META_KEY = META_PREFIX + "serverInfo"
+PROTOCOL_VERSION_META_KEY = META_PREFIX + "protocolVersion"
+_CACHEABLE = frozenset(
+    {"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
+)
+
+
+def to_stateless_result(method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """An older upstream's result in the 2026-07-28 shape: ``resultType``,
+    and for lists and reads ``ttlMs`` and ``cacheScope`` (private: answers
+    may depend on who asks, so no shared cache may reuse them)."""
+    out = dict(result)
+    out.setdefault("resultType", "complete")
+    if method in _CACHEABLE:
+        out.setdefault("ttlMs", 0)
+        out.setdefault("cacheScope", "private")
+    return out
+
+
+def strip_protocol_meta(params: dict[str, Any]) -> dict[str, Any]:
+    """Drop the 2026-07-28 envelope (``io.modelcontextprotocol/*`` keys of
+    ``_meta``) before a request goes to an upstream on an older revision."""
+    meta = params.get("_meta")
+    if not isinstance(meta, dict):
+        return params
+    kept = {k: v for k, v in meta.items() if not str(k).startswith(META_PREFIX)}
+    out = {k: v for k, v in params.items() if k != "_meta"}
+    if kept:
+        out["_meta"] = kept
+    return out

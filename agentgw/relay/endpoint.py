@@ -26,9 +26,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, TextMessage
 from wsproto.events import Request as WsRequest
 
+from agentgw._version import __version__
 from agentgw.config.model import McpBackend, McpTarget
 from agentgw.errors import ClientGone, UpstreamError
-from agentgw.mcp import merge, names
+from agentgw.mcp import merge, names, versions
 from agentgw.mcp.session_token import InvalidSession, SessionCodec, SessionState
 from agentgw.proxy import run_watching_client
 from agentgw.relay.session import CHANNEL_SIZE, Message, RelaySession, SessionManager
@@ -147,12 +148,31 @@ class ChannelOutbox(Outbox):
 
 
 @attrs.define(eq=False)
+class StatelessRevisionOutbox(Outbox):
+    """Gives an older upstream's final result the 2026-07-28 shape."""
+
+    inner: Outbox
+    method: str
+
+    async def send(self, message: Message, *, final: bool) -> None:
+        if final and isinstance(message.get("result"), dict):
+            result = versions.to_stateless_result(self.method, message["result"])
+            message = {**message, "result": result}
+        await self.inner.send(message, final=final)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+
+@attrs.define(eq=False)
 class McpEndpoint:
     manager: SessionManager
     codec: SessionCodec
     pool: ConnectionPool
     keepalive: float = 15.0
     ttl: float = 1800.0
+    _shared: dict[int, RelaySession] = attrs.field(factory=dict)
+    _shared_lock: trio.Lock = attrs.field(factory=trio.Lock)
     _legacy: dict[str, tuple[RelaySession, trio.MemorySendChannel[tuple[Message, Headers]]]] = (
         attrs.field(factory=dict)
     )
@@ -219,6 +239,9 @@ class McpEndpoint:
         headers = _forward_headers(req.headers)
 
         token = header_value(req.headers, b"mcp-session-id")
+        if token is None and (method == "server/discover" or _stateless_version(req, message)):
+            await self._stateless_revision(req, route, message, headers)
+            return
         if token is None:
             if method == "initialize":
                 session = await self._new_session(route)
@@ -237,12 +260,6 @@ class McpEndpoint:
                 else:
                     session.close()
                 await _respond_json(req, answer, extra)
-                return
-            if method == "server/discover":
-                error = jsonrpc.make_error(
-                    message.get("id"), -32601, "server/discover is not supported; use initialize"
-                )
-                await _respond_json(req, error)
                 return
             if route.stateful:
                 raise McpError(400, "Mcp-Session-Id header is required")
@@ -270,6 +287,112 @@ class McpEndpoint:
             await self._dispatch(route, session, message, headers, outbox, req.record.extra)
 
         await run_watching_client(req, work)
+
+    # ------------------------------------------------------------ 2026-07-28
+
+    async def _stateless_revision(
+        self, req: ServerRequest, route: McpRoute, message: Message, headers: Headers
+    ) -> None:
+        """A request of the 2026-07-28 revision: no session; the upstreams,
+        which may speak only older revisions, are reached through one shared
+        session per route, and results are given the new shape."""
+        method = str(message.get("method") or "")
+        msg_id = message.get("id")
+        version = _stateless_version(req, message)
+        if method == "server/discover" and version != versions.STATELESS_REVISION:
+            data = {"supported": [versions.STATELESS_REVISION], "requested": version}
+            error = jsonrpc.make_error(msg_id, -32022, "unsupported protocol version", data)
+            await _respond_json(req, error)
+            return
+        declared = header_value(req.headers, b"mcp-method")
+        if declared is not None and declared.decode("latin-1") != method:
+            raise McpError(400, "Mcp-Method header does not match the body", -32020)
+        name = _call_name(message)
+        named = header_value(req.headers, b"mcp-name")
+        if named is not None and name is not None and named.isascii():
+            text = named.decode("ascii")
+            if not text.startswith("=?") and text != name:
+                raise McpError(400, "Mcp-Name header does not match the body", -32020)
+        if method == "server/discover" and _wants_server_requests(message):
+            # Server-to-client requests reach a 2026-07-28 client only as
+            # input-required rounds, which agentgw does not relay yet: such a
+            # client gets everything on the initialize handshake instead.
+            error = jsonrpc.make_error(
+                msg_id,
+                -32601,
+                "agentgw serves clients that take sampling, elicitation or roots requests"
+                " on the initialize handshake",
+            )
+            await _respond_json(req, error)
+            return
+        if msg_id is None or method in versions.REMOVED_IN_STATELESS:
+            error = jsonrpc.make_error(msg_id, -32601, f"method {method!r} is not in 2026-07-28")
+            await _respond_json(req, error)
+            return
+        session = await self._shared_session(route, headers)
+        if method == "server/discover":
+            init = session.init_result or {}
+            result: dict[str, Any] = {
+                "supportedVersions": [versions.STATELESS_REVISION],
+                "capabilities": init.get("capabilities", {}),
+                "cacheScope": "private",
+                "ttlMs": 0,
+                "resultType": "complete",
+            }
+            if init.get("instructions"):
+                result["instructions"] = init["instructions"]
+            if isinstance(init.get("serverInfo"), dict):
+                result["_meta"] = {versions.SERVER_INFO_META_KEY: init["serverInfo"]}
+            await _respond_json(req, jsonrpc.make_result(msg_id, result))
+            return
+        params = message.get("params")
+        if isinstance(params, dict):
+            message = {**message, "params": versions.strip_protocol_meta(params)}
+        outbox = StatelessRevisionOutbox(PostOutbox(req), method)
+        log = req.record.extra
+
+        async def work() -> None:
+            await self._dispatch(route, session, message, headers, outbox, log)
+
+        await run_watching_client(req, work)
+
+    async def _shared_session(self, route: McpRoute, headers: Headers) -> RelaySession:
+        async with self._shared_lock:
+            session = self._shared.get(id(route))
+            if session is not None and not session.closed.is_set():
+                return session
+            session = RelaySession(
+                sid=secrets.token_urlsafe(16),
+                targets=route.targets,
+                pool=self.pool,
+                ttl=self.ttl,
+                is_shared=True,
+            )
+            try:
+                await self.manager.start(session)
+            except UpstreamError as exc:
+                raise McpError(503, exc.reason, -32603) from exc
+            init = {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": versions.INITIALIZE_VERSIONS[-1],
+                    "capabilities": {},
+                    "clientInfo": {"name": "agentgw", "version": __version__},
+                },
+            }
+            answer = await self._initialize(session, route, init, headers)
+            if "result" not in answer:
+                session.close()
+                raise McpError(502, str(answer["error"]["message"]), -32603)
+            session.init_result = answer["result"]
+            for target in list(session.transports):
+                await session.notify(
+                    target, {"jsonrpc": "2.0", "method": "notifications/initialized"}
+                )
+            self._shared[id(route)] = session
+            return session
 
     async def _find_session(self, token: str, route: McpRoute) -> RelaySession:
         try:
@@ -695,6 +818,27 @@ def is_localhost_request(headers: Headers) -> bool:
         and not origin.fragment
         and _is_localhost(origin.netloc)
     )
+
+
+def _wants_server_requests(message: Message) -> bool:
+    """Whether a 2026-07-28 client declared it takes server-to-client requests."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    caps = meta.get(versions.META_PREFIX + "clientCapabilities") if isinstance(meta, dict) else None
+    return isinstance(caps, dict) and any(k in caps for k in ("sampling", "elicitation", "roots"))
+
+
+def _stateless_version(req: ServerRequest, message: Message) -> str | None:
+    """The 2026-07-28 (or later) revision a request declares, else None."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(versions.PROTOCOL_VERSION_META_KEY) if isinstance(meta, dict) else None
+    if not isinstance(version, str):
+        header = header_value(req.headers, b"mcp-protocol-version")
+        version = header.decode("latin-1") if header is not None else None
+    if version is not None and versions.is_stateless_revision(version):
+        return version
+    return None
 
 
 def _parse_one(body: bytes) -> Message:

@@ -49,6 +49,7 @@ class Pending:
     target: str
     client_id: Any
     send: trio.MemorySendChannel[Message]
+    progress_token: Any = None
 
 
 @attrs.define(eq=False)
@@ -64,6 +65,10 @@ class RelaySession:
     last_active: float = attrs.field(factory=time.monotonic)
     closed: trio.Event = attrs.field(factory=trio.Event)
     has_ended: bool = False
+    # A session shared by many clients (2026-07-28 requests): nothing that
+    # is not tied to one request (by id or progress token) is relayed.
+    is_shared: bool = False
+    init_result: dict[str, Any] | None = None
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _pending: dict[tuple[str, int], Pending] = attrs.field(factory=dict)
     _progress: dict[tuple[str, Any], Pending] = attrs.field(factory=dict)
@@ -165,7 +170,7 @@ class RelaySession:
                 return
             self._server_requests[gateway_id] = (target, msg_id)
             message = {**message, "id": gateway_id}
-            if not await self._route(target, message):
+            if self.is_shared or not await self._route(target, message):
                 self._server_requests.pop(gateway_id, None)
                 if message["method"] == "ping":
                     await self._send_upstream(
@@ -179,9 +184,11 @@ class RelaySession:
         if message["method"] == "notifications/progress" and isinstance(params, dict):
             pending = self._progress.get((target, _hashable(params.get("progressToken"))))
             if pending is not None:
-                await self._deliver(pending.send, message)
+                params = {**params, "progressToken": pending.progress_token}
+                await self._deliver(pending.send, {**message, "params": params})
                 return
-        await self._route(target, message)
+        if not self.is_shared:
+            await self._route(target, message)
 
     async def _route(self, target: str, message: Message) -> bool:
         """Deliver to the newest request in flight to ``target``, else to the
@@ -247,9 +254,14 @@ class RelaySession:
         params = message.get("params")
         token = None
         if isinstance(params, dict) and isinstance(params.get("_meta"), dict):
-            token = params["_meta"].get("progressToken")
-            if token is not None:
-                self._progress[(target, _hashable(token))] = pending
+            if params["_meta"].get("progressToken") is not None:
+                # Each upstream request gets its own token, so that tokens that
+                # two clients (or two targets) chose alike cannot collide.
+                pending.progress_token = params["_meta"]["progressToken"]
+                token = f"agw-p{upstream_id}"
+                meta = {**params["_meta"], "progressToken": token}
+                message = {**message, "params": {**params, "_meta": meta}}
+                self._progress[(target, token)] = pending
         self.touch()
         answered = False
         try:
@@ -260,7 +272,7 @@ class RelaySession:
         finally:
             self._pending.pop(key, None)
             if token is not None:
-                self._progress.pop((target, _hashable(token)), None)
+                self._progress.pop((target, token), None)
             send.close()
             self.touch()
             if not answered and target in self.transports:

@@ -70,6 +70,8 @@ async def test_demo_stdio_through_gateway_with_the_sdk() -> None:
     async with run_gateway(mcp_config(stdio("demo", DEMO))) as (gw, port):
         url = f"http://127.0.0.1:{port}/mcp"
         async with Client(url, sampling_callback=sampling) as client:
+            # A client that takes sampling requests is served on the handshake.
+            assert client.protocol_version == "2025-11-25"
             tools = {t.name for t in (await client.list_tools()).tools}
             assert {"echo", "add", "slow", "test_sampling"} <= tools  # one target: no prefix
             result = await client.call_tool("echo", {"message": "hi"})
@@ -337,3 +339,61 @@ async def test_stateless_mode(mode: str) -> None:
         ).encode()
         resp = await request(port, "POST", "/mcp", headers=[ACCEPT, JSON_CT], body=body)
         assert resp.status == 200 and b"paged echo: s" in resp.body
+
+
+async def test_2026_client_in_front_of_older_upstreams() -> None:
+    """The SDK 2.3 client speaks 2026-07-28 (``server/discover``, no session)
+    when the gateway offers it; the targets speak only older revisions."""
+    config = mcp_config(stdio("demo", DEMO), stdio("paged", PEER))
+    async with run_gateway(config) as (gw, port):
+        url = f"http://127.0.0.1:{port}/mcp"
+        progress: list[float] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append(value)
+
+        async with Client(url) as client:
+            assert client.protocol_version == "2026-07-28"
+            tools: set[str] = set()
+            cursor = None
+            while True:
+                page = await client.list_tools(cursor=cursor)
+                tools.update(t.name for t in page.tools)
+                if (cursor := page.next_cursor) is None:
+                    break
+            assert "demo_echo" in tools and "paged_tool249" in tools
+            echo = await client.call_tool("demo_echo", {"message": "modern"})
+            assert "modern" in echo.content[0].text
+            await client.call_tool(
+                "demo_slow", {"seconds": 0.3, "steps": 3}, progress_callback=on_progress
+            )
+            assert len(progress) >= 2
+            prompt = await client.get_prompt("demo_greeting", {"name": "x"})
+            assert prompt.messages
+        # two clients share one upstream session per route; no per-client ones
+        async with Client(url) as other:
+            assert (await other.call_tool("paged_echo", {"message": "b"})).content
+        assert len(gw.sessions.sessions) == 1
+
+        # The headers must match the body.
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {
+                    "name": "demo_echo",
+                    "arguments": {"message": "x"},
+                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"},
+                },
+            }
+        ).encode()
+        modern = [ACCEPT, JSON_CT, (b"mcp-protocol-version", b"2026-07-28")]
+        resp = await request(
+            port, "POST", "/mcp", headers=[*modern, (b"mcp-method", b"tools/list")], body=body
+        )
+        assert resp.status == 400 and b"-32020" in resp.body
+        resp = await request(
+            port, "POST", "/mcp", headers=[*modern, (b"mcp-method", b"tools/call")], body=body
+        )
+        assert resp.status == 200 and b'"resultType": "complete"' in resp.body
