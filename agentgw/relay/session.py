@@ -253,15 +253,19 @@ class RelaySession:
         self._pending[key] = pending
         params = message.get("params")
         token = None
-        if isinstance(params, dict) and isinstance(params.get("_meta"), dict):
-            if params["_meta"].get("progressToken") is not None:
-                # Each upstream request gets its own token, so that tokens that
-                # two clients (or two targets) chose alike cannot collide.
-                pending.progress_token = params["_meta"]["progressToken"]
-                token = f"agw-p{upstream_id}"
-                meta = {**params["_meta"], "progressToken": token}
-                message = {**message, "params": {**params, "_meta": meta}}
-                self._progress[(target, token)] = pending
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if (
+            isinstance(params, dict)
+            and isinstance(meta, dict)
+            and meta.get("progressToken") is not None
+        ):
+            # Each upstream request gets its own token, so that tokens that
+            # two clients (or two targets) chose alike cannot collide.
+            pending.progress_token = meta["progressToken"]
+            token = f"agw-p{upstream_id}"
+            meta = {**meta, "progressToken": token}
+            message = {**message, "params": {**params, "_meta": meta}}
+            self._progress[(target, token)] = pending
         self.touch()
         answered = False
         try:
