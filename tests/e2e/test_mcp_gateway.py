@@ -16,7 +16,7 @@ import pytest
 import trio
 from mcp import Client
 
-from tests.support import gateway_subprocess, open_client, request, run_gateway
+from tests.support import gateway_subprocess, open_client, request, run_gateway, serve_upstream
 
 ROOT = Path(__file__).parents[2]
 EVERYTHING = str(ROOT / "node_modules" / ".bin" / "mcp-server-everything")
@@ -397,3 +397,53 @@ async def test_2026_client_in_front_of_older_upstreams() -> None:
             port, "POST", "/mcp", headers=[*modern, (b"mcp-method", b"tools/call")], body=body
         )
         assert resp.status == 200 and b'"resultType": "complete"' in resp.body
+
+
+async def test_client_headers_reach_http_targets() -> None:
+    """Authorization and custom headers reach a Streamable HTTP target
+    unchanged; hop-by-hop headers and the client's session id do not."""
+    seen: list[dict[bytes, bytes]] = []
+
+    async def mcp_upstream(req: Any, body: bytes, up: Any) -> Any:
+        seen.append(dict(req.headers))
+        message = json.loads(body) if body else {}
+        headers = [(b"content-type", b"application/json"), (b"mcp-session-id", b"upstream-1")]
+        if "id" not in message:
+            return 202, [], b""
+        if message.get("method") == "initialize":
+            result: dict[str, Any] = {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "recorder", "version": "1"},
+            }
+        else:
+            result = {"content": [{"type": "text", "text": "recorded"}]}
+        reply = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        return 200, headers, json.dumps(reply).encode()
+
+    async with serve_upstream(mcp_upstream) as up:
+        target = {"name": "rec", "mcp": {"host": f"http://127.0.0.1:{up.port}/mcp"}}
+        async with run_gateway(mcp_config(target)) as (_, port):
+            token = await _initialize(port)
+            extra = [
+                (b"authorization", b"Bearer client-token"),
+                (b"x-tenant", b"blue"),
+                (b"connection", b"keep-alive, x-hop"),
+                (b"x-hop", b"1"),
+            ]
+            body = json.dumps(
+                {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "x"}}
+            ).encode()
+            resp = await request(
+                port,
+                "POST",
+                "/mcp",
+                headers=[ACCEPT, JSON_CT, (b"mcp-session-id", token.encode()), *extra],
+                body=body,
+            )
+            assert resp.status == 200 and b"recorded" in resp.body
+    call = seen[-1]
+    assert call[b"authorization"] == b"Bearer client-token"
+    assert call[b"x-tenant"] == b"blue"
+    assert b"x-hop" not in call
+    assert call[b"mcp-session-id"] == b"upstream-1"  # the upstream's own session id
