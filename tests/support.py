@@ -367,3 +367,12 @@ async def gateway_subprocess(
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     await pipe.aclose()
+
+
+async def free_port() -> int:
+    """A port that was free a moment ago (for peers that need one given)."""
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port

@@ -13,6 +13,13 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from agentgw.wire.jsonrpc import INTERNAL_ERROR as INTERNAL_ERROR
+from agentgw.wire.jsonrpc import INVALID_PARAMS as INVALID_PARAMS
+from agentgw.wire.jsonrpc import INVALID_REQUEST as INVALID_REQUEST
+from agentgw.wire.jsonrpc import METHOD_NOT_FOUND as METHOD_NOT_FOUND
+from agentgw.wire.jsonrpc import PARSE_ERROR as PARSE_ERROR
+from agentgw.wire.jsonrpc import RESOURCE_NOT_FOUND as RESOURCE_NOT_FOUND
+
 JSON = dict[str, Any]
 RequestId = str | int
 
@@ -22,14 +29,8 @@ LATEST_VERSION = SUPPORTED_VERSIONS[-1]
 # Streamable HTTP requests without an MCP-Protocol-Version header are 2025-03-26.
 DEFAULT_HTTP_VERSION = "2025-03-26"
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
 SESSION_NOT_FOUND = -32001
 REQUEST_TIMEOUT = -32001
-RESOURCE_NOT_FOUND = -32002
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 

@@ -638,7 +638,9 @@ class McpEndpoint:
     async def _initialize(
         self, session: RelaySession, route: McpRoute, message: Message, headers: Headers
     ) -> Message:
-        results, errors = await _fan_out(session, route.target_names, message, headers)
+        results, errors = await _fan_out(
+            session, dict.fromkeys(route.target_names, message), headers
+        )
         if errors and (not route.fail_open or not results):
             text = "; ".join(f"target {t}: {e}" for t, e in errors.items())
             return jsonrpc.make_error(message.get("id"), -32603, text)
@@ -676,7 +678,7 @@ class McpEndpoint:
             elif method in LIST_METHODS:
                 await outbox.send(await self._list(route, session, message, headers), final=True)
             elif method == "logging/setLevel":
-                await _fan_out(session, list(session.transports), message, headers)
+                await _fan_out(session, dict.fromkeys(session.transports, message), headers)
                 await outbox.send(jsonrpc.make_result(msg_id, {}), final=True)
             else:
                 target, rewritten = _route_call(route, message)
@@ -721,33 +723,14 @@ class McpEndpoint:
             state = merge.targets_to_query(cursor or None, route.target_names)
         except ValueError:
             return jsonrpc.make_error(message["id"], -32602, "invalid cursor")
-        pages: dict[str, dict[str, Any]] = {}
-        errors: dict[str, str] = {}
-
-        async def one(target: str, target_cursor: str | None) -> None:
-            p = (
-                {k: v for k, v in params.items() if k != "cursor"}
-                if isinstance(params, dict)
-                else {}
-            )
-            if target_cursor:
-                p["cursor"] = target_cursor
-            try:
-                reply = await session.call(target, {**message, "params": p}, headers)
-            except UpstreamError as exc:
-                errors[target] = exc.reason
-                return
-            if "error" in reply:
-                errors[target] = str(reply["error"].get("message"))
-            else:
-                pages[target] = reply.get("result") or {}
-
-        async with trio.open_nursery() as nursery:
-            for target, target_cursor in state.items():
-                if target not in session.transports:
-                    errors[target] = session.dead.get(target, "not connected")
-                    continue
-                nursery.start_soon(one, target, target_cursor)
+        base = (
+            {k: v for k, v in params.items() if k != "cursor"} if isinstance(params, dict) else {}
+        )
+        messages = {
+            target: {**message, "params": {**base, "cursor": cursor} if cursor else base}
+            for target, cursor in state.items()
+        }
+        pages, errors = await _fan_out(session, messages, headers)
         try:
             prefix = route.prefix_uris if method.startswith("resources/") else route.prefix
             result = merge.merge_list(
@@ -865,14 +848,13 @@ def _forward_headers(headers: Headers) -> Headers:
 
 
 async def _fan_out(
-    session: RelaySession, targets: list[str], message: Message, headers: Headers
+    session: RelaySession, messages: dict[str, Message], headers: Headers
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Send each target its message at once; collect results and errors."""
     results: dict[str, dict[str, Any]] = {}
-    errors: dict[str, str] = dict.fromkeys((t for t in targets if t in session.dead), "")
-    for t in errors:
-        errors[t] = session.dead[t]
+    errors = {t: session.dead[t] for t in messages if t in session.dead}
 
-    async def one(target: str) -> None:
+    async def one(target: str, message: Message) -> None:
         try:
             reply = await session.call(target, message, headers)
         except UpstreamError as exc:
@@ -884,9 +866,11 @@ async def _fan_out(
             results[target] = reply.get("result") or {}
 
     async with trio.open_nursery() as nursery:
-        for target in targets:
+        for target, message in messages.items():
             if target in session.transports:
-                nursery.start_soon(one, target)
+                nursery.start_soon(one, target, message)
+            elif target not in errors:
+                errors[target] = "not connected"
     return results, errors
 
 

@@ -16,7 +16,14 @@ import pytest
 import trio
 from mcp import Client
 
-from tests.support import gateway_subprocess, open_client, request, run_gateway, serve_upstream
+from tests.support import (
+    free_port,
+    gateway_subprocess,
+    open_client,
+    request,
+    run_gateway,
+    serve_upstream,
+)
 
 ROOT = Path(__file__).parents[2]
 EVERYTHING = str(ROOT / "node_modules" / ".bin" / "mcp-server-everything")
@@ -210,16 +217,8 @@ async def test_wrong_accept_and_content_type() -> None:
         assert resp.status == 405
 
 
-async def _free_port() -> int:
-    sock = trio.socket.socket()
-    await sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 async def test_session_resumes_on_a_second_gateway_with_the_same_key() -> None:
-    demo_port = await _free_port()
+    demo_port = await free_port()
     demo = await trio.lowlevel.open_process(
         [*DEMO, "--http", str(demo_port)], stdout=subprocess.DEVNULL
     )

@@ -18,21 +18,13 @@ from mcp import Client
 from mcp.client.sse import sse_client
 
 from tests.e2e.test_mcp_gateway import DEMO, EVERYTHING, mcp_config, stdio
-from tests.support import run_gateway
-
-
-async def _free_port() -> int:
-    sock = trio.socket.socket()
-    await sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
+from tests.support import free_port, run_gateway
 
 
 @asynccontextmanager
 async def everything_http() -> AsyncIterator[int]:
     """server-everything in its Streamable HTTP mode on a free port."""
-    port = await _free_port()
+    port = await free_port()
     proc = await trio.lowlevel.open_process(
         [EVERYTHING, "streamableHttp"],
         env={**os.environ, "PORT": str(port)},
