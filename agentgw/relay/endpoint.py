@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +49,7 @@ LIST_METHODS = frozenset(
     {"tools/list", "prompts/list", "resources/list", "resources/templates/list"}
 )
 MAX_BODY = 4 << 20
+TOKEN_CACHE_SIZE = 10_000
 _DROP_HEADERS = frozenset({b"content-length", b"host", b"mcp-session-id", b"accept-encoding"})
 
 
@@ -172,6 +174,7 @@ class McpEndpoint:
     keepalive: float = 15.0
     ttl: float = 1800.0
     _shared: dict[int, RelaySession] = attrs.field(factory=dict)
+    _verified_tokens: OrderedDict[str, str] = attrs.field(factory=OrderedDict)
     _shared_lock: trio.Lock = attrs.field(factory=trio.Lock)
     _legacy: dict[str, tuple[RelaySession, trio.MemorySendChannel[tuple[Message, Headers]]]] = (
         attrs.field(factory=dict)
@@ -395,10 +398,21 @@ class McpEndpoint:
             return session
 
     async def _find_session(self, token: str, route: McpRoute) -> RelaySession:
+        # Tokens that decoded once are remembered (bounded), so steady traffic
+        # does not pay for AES-GCM on every request; forged ones never are.
+        sid = self._verified_tokens.get(token)
+        if sid is not None:
+            session = self.manager.sessions.get(sid)
+            if session is not None and not session.closed.is_set():
+                self._verified_tokens.move_to_end(token)
+                return session
         try:
             state = self.codec.decode(token)
         except InvalidSession as exc:
             raise McpError(404, "session not found", -32001) from exc
+        self._verified_tokens[token] = state.sid
+        if len(self._verified_tokens) > TOKEN_CACHE_SIZE:
+            self._verified_tokens.popitem(last=False)
         session = self.manager.sessions.get(state.sid)
         if session is not None and not session.closed.is_set():
             return session
