@@ -446,3 +446,25 @@ async def test_client_headers_reach_http_targets() -> None:
     assert call[b"x-tenant"] == b"blue"
     assert b"x-hop" not in call
     assert call[b"mcp-session-id"] == b"upstream-1"  # the upstream's own session id
+
+
+async def test_dead_stdio_target_is_an_error_and_the_next_session_restarts_it(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "peer.log"
+    config = mcp_config(stdio("paged", PEER, env={"PEER_LOG": str(log)}))
+    async with run_gateway(config) as (gw, port):
+        token = await _initialize(port)
+        first_pid = _read(log).split()[1]
+        status, body = await _call(port, token, "crash", {})
+        assert status == 200
+        error = json.loads(body.split(b"data: ")[-1] if body.startswith(b"event") else body)
+        assert "target paged" in error["error"]["message"]
+        with trio.fail_after(5):
+            while _is_running(int(first_pid)):
+                await trio.sleep(0.02)  # reaped, not a zombie
+        fresh = await _initialize(port)
+        status, body = await _call(port, fresh, "echo", {"message": "again"})
+        assert status == 200 and b"paged echo: again" in body
+        pids = [line.split()[1] for line in _read(log).splitlines() if line.startswith("pid")]
+        assert len(pids) == 2 and pids[0] != pids[1]

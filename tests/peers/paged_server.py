@@ -67,6 +67,9 @@ def handle(message: dict) -> None:
     elif method == "tools/call" and params.get("name") == "echo":
         text = params.get("arguments", {}).get("message", "")
         result = {"content": [{"type": "text", "text": f"paged echo: {text}"}]}
+    elif method == "tools/call" and params.get("name") == "crash":
+        log("crashing")
+        os._exit(3)
     elif method == "tools/call" and params.get("name") == "slow":
         threading.Thread(target=slow, args=(msg_id, params), daemon=True).start()
         return
