@@ -453,7 +453,7 @@ async def test_dead_stdio_target_is_an_error_and_the_next_session_restarts_it(
 ) -> None:
     log = tmp_path / "peer.log"
     config = mcp_config(stdio("paged", PEER, env={"PEER_LOG": str(log)}))
-    async with run_gateway(config) as (gw, port):
+    async with run_gateway(config) as (_, port):
         token = await _initialize(port)
         first_pid = _read(log).split()[1]
         status, body = await _call(port, token, "crash", {})
