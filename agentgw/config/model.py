@@ -93,6 +93,68 @@ class Cors:
 
 
 @attrs.frozen
+class Jwks:
+    """Where keys come from: exactly one of ``inline`` (the JSON text, written
+    as a plain string in the file), ``file`` (``{file: path}``) or ``url``
+    (``{url: ...}``, fetched and refreshed)."""
+
+    inline: str | None = None
+    file: str | None = None
+    url: str | None = None
+
+
+@attrs.frozen
+class JwtProvider:
+    issuer: str
+    jwks: Jwks
+    audiences: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class JwtAuth:
+    """``jwtAuth``: one provider inline (``issuer``, ``jwks``, ``audiences``)
+    or several under ``providers``."""
+
+    mode: Literal["strict", "optional", "permissive"] = "optional"
+    issuer: str | None = None
+    audiences: tuple[str, ...] | None = None
+    jwks: Jwks | None = None
+    providers: tuple[JwtProvider, ...] = ()
+
+    def all_providers(self) -> tuple[JwtProvider, ...]:
+        if self.providers:
+            return self.providers
+        assert self.issuer is not None and self.jwks is not None
+        return (JwtProvider(self.issuer, self.jwks, self.audiences),)
+
+
+@attrs.frozen
+class Rule:
+    """A CEL rule: a plain string in the file is an ``allow`` rule."""
+
+    kind: Literal["allow", "deny", "require"]
+    expression: str
+
+
+@attrs.frozen
+class RuleSet:
+    rules: tuple[Rule, ...]
+
+
+@attrs.frozen
+class Passthrough:
+    pass
+
+
+@attrs.frozen
+class BackendAuth:
+    """``backendAuth: {passthrough: {}}``: send the client's validated token
+    to the upstream as ``Authorization: Bearer <token>``."""
+
+    passthrough: Passthrough | None = None
+
+
+@attrs.frozen
 class Policies:
     """Route (and listener) policies. Later issues add jwtAuth,
     mcpAuthentication, mcpAuthorization, authorization and backendAuth."""
@@ -102,6 +164,10 @@ class Policies:
     direct_response: DirectResponse | None = None
     cors: Cors | None = None
     timeout: TimeoutPolicy | None = None
+    jwt_auth: JwtAuth | None = None
+    authorization: RuleSet | None = None
+    mcp_authorization: RuleSet | None = None
+    backend_auth: BackendAuth | None = None
 
 
 # ---------------------------------------------------------------- backends
