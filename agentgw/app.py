@@ -24,13 +24,17 @@ import attrs
 import trio
 
 from agentgw.config.load import effective_binds
-from agentgw.config.model import Backend, Bind, Config, Listener, Route
+from agentgw.config.model import Backend, Bind, Config, JwtAuth, Listener, Route, RuleSet
 from agentgw.errors import ConfigError
 from agentgw.mcp.session_token import SessionCodec
+from agentgw.policy import authz
+from agentgw.policy.jwt import JwksError, KeySet, Provider, Verifier
 from agentgw.policy.pipeline import (
+    JwtStep,
     RequestView,
     Respond,
     RoutePolicies,
+    merge_config,
     response_headers,
     run_request,
 )
@@ -39,6 +43,7 @@ from agentgw.relay.endpoint import McpEndpoint, McpRoute
 from agentgw.relay.session import SessionManager
 from agentgw.routing import Router, choose_backend
 from agentgw.server.connection import ClientConnection, ServerRequest
+from agentgw.upstream.jwks import JwksSource
 from agentgw.upstream.pool import ConnectionPool, Origin
 
 logger = logging.getLogger(__name__)
@@ -83,7 +88,55 @@ def parse_origin(host: str) -> Origin:
     return name.strip("[]"), int(port)
 
 
-def _compile_route(listener: Listener, route: Route, path: str, errors: list[str]) -> CompiledRoute:
+@attrs.define(eq=False)
+class Security:
+    """Compiles the security policies once per config object: a listener's
+    ``jwtAuth`` shared by its routes is one verifier with one key set."""
+
+    errors: list[str]
+    steps: dict[int, JwtStep] = attrs.field(factory=dict)
+    jwks: dict[str, JwksSource] = attrs.field(factory=dict)
+
+    def jwt_step(self, cfg: JwtAuth, path: str) -> JwtStep:
+        if id(cfg) in self.steps:
+            return self.steps[id(cfg)]
+        providers = []
+        remote: list[tuple[str, str]] = []
+        for i, provider in enumerate(cfg.all_providers()):
+            where = f"{path}.providers[{i}].jwks" if cfg.providers else f"{path}.jwks"
+            keys = KeySet()
+            try:
+                if provider.jwks.inline is not None:
+                    keys = KeySet.from_jwks(provider.jwks.inline)
+                elif provider.jwks.file is not None:
+                    with open(provider.jwks.file, "rb") as f:
+                        keys = KeySet.from_jwks(f.read(1 << 20))
+                elif provider.jwks.url is not None:
+                    remote.append((provider.jwks.url, provider.issuer))
+            except (OSError, JwksError) as exc:
+                self.errors.append(f"{where}: {exc}")
+            if provider.jwks.url is None and not len(keys) and not self.errors:
+                self.errors.append(f"{where}: no usable key (every key needs a kid)")
+            providers.append(Provider(provider.issuer, provider.audiences, keys))
+        verifier = Verifier(providers)
+        for url, issuer in remote:
+            self.jwks.setdefault(url, JwksSource(url)).users.append((verifier, issuer))
+        step = JwtStep(verifier, cfg.mode)
+        self.steps[id(cfg)] = step
+        return step
+
+    def rules(self, ruleset: RuleSet, path: str) -> authz.RuleSet | None:
+        raw = [r.expression if r.kind == "allow" else {r.kind: r.expression} for r in ruleset.rules]
+        try:
+            return authz.compile_rules(raw, path=f"{path}.rules")
+        except ConfigError as exc:
+            self.errors.extend(exc.errors)
+            return None
+
+
+def _compile_route(
+    listener: Listener, route: Route, path: str, errors: list[str], security: Security
+) -> CompiledRoute:
     origins: dict[int, Origin] = {}
     mcp: dict[int, McpRoute] = {}
     for i, backend in enumerate(route.backends):
@@ -95,18 +148,37 @@ def _compile_route(listener: Listener, route: Route, path: str, errors: list[str
             except ValueError as exc:
                 errors.append(f"{path}.backends[{i}].host: {exc}")
     policies = RoutePolicies.merge(listener.policies, route.policies)
+    merged = merge_config(listener.policies, route.policies)
+
+    def where(name: str) -> str:
+        own = route.policies is not None and getattr(route.policies, name) is not None
+        return f"{path}.policies" if own else f"{path.rsplit('.routes', 1)[0]}.policies"
+
+    if merged.jwt_auth is not None:
+        step = security.jwt_step(merged.jwt_auth, f"{where('jwt_auth')}.jwtAuth")
+        policies = attrs.evolve(policies, jwt=step)
+    if merged.authorization is not None:
+        rules = security.rules(merged.authorization, f"{where('authorization')}.authorization")
+        policies = attrs.evolve(policies, authorization=rules)
+    if merged.mcp_authorization is not None:
+        at = f"{where('mcp_authorization')}.mcpAuthorization"
+        policies = attrs.evolve(
+            policies, mcp_authorization=security.rules(merged.mcp_authorization, at)
+        )
     return CompiledRoute(policies, route.backends, origins, mcp)
 
 
-def compile_binds(config: Config) -> list[CompiledBind]:
+def compile_binds(config: Config, security: Security | None = None) -> list[CompiledBind]:
     errors: list[str] = []
+    security = security if security is not None else Security(errors)
+    security.errors = errors
     compiled = []
     for b, bind in enumerate(effective_binds(config)):
         routes: dict[int, CompiledRoute] = {}
         for li, listener in enumerate(bind.listeners):
             for ri, route in enumerate(listener.routes):
                 path = f"binds[{b}].listeners[{li}].routes[{ri}]"
-                routes[id(route)] = _compile_route(listener, route, path, errors)
+                routes[id(route)] = _compile_route(listener, route, path, errors, security)
         compiled.append(CompiledBind(bind, f"bind/{bind.port}", Router.from_bind(bind), routes))
     if errors:
         raise ConfigError(errors)
@@ -125,7 +197,11 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._binds = compile_binds(config)
+        self._security = Security([])
+        self._binds = compile_binds(config, self._security)
+        self._jwks_by_issuer = {
+            issuer: source for source in self._security.jwks.values() for _, issuer in source.users
+        }
         settings = config.config
         self.limits = settings.http
         self.log_format = settings.logging.format
@@ -176,6 +252,8 @@ class Gateway:
             addresses = [self._address(cb, opened) for cb, opened in listeners]
             async with trio.open_nursery() as root:
                 root.start_soon(self.pool.serve_evictor)
+                for source in self._security.jwks.values():
+                    root.start_soon(source.serve, self.pool)
                 await root.start(self.sessions.serve)
                 if self.config.config.readiness_addr:
                     await root.start(self._serve_readiness, self.config.config.readiness_addr)
@@ -276,20 +354,27 @@ class Gateway:
             return
         record.listener, record.route = selected.listener_name, selected.route_name
         route = cb.routes[id(selected.route)]
-        view = RequestView(req.method, req.path, req.headers)
+        view = RequestView(req.method, req.path, req.headers, req.host, req.client)
         decision = run_request(route.policies, view)
         if isinstance(decision, Respond):
             record.extra["policy"] = decision.step
+            if decision.reason is not None:
+                record.error = decision.reason
+            if decision.refresh_issuer in self._jwks_by_issuer:
+                self._jwks_by_issuer[decision.refresh_issuer].request_refresh()
             headers = response_headers(route.policies, view, decision.headers)
             await req.respond(decision.status, decision.body, headers)
             return
+        req.identity = decision.identity
+        if decision.identity is not None and decision.identity.sub is not None:
+            record.extra["jwt.sub"] = decision.identity.sub
         index = _choose(route.backends)
         if index is None:
             record.error = "no backend"
             await req.respond(503, "no backend available\n")
             return
         if index in route.mcp:
-            await self.mcp.handle(req, route.mcp[index])
+            await self.mcp.handle(req, route.mcp[index], route.policies)
             return
         await proxy_request(
             req,

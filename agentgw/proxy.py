@@ -18,7 +18,13 @@ from contextlib import aclosing
 import trio
 
 from agentgw.errors import AbortResponse, ClientGone, UpstreamError, UpstreamTimeout
-from agentgw.policy.pipeline import RequestView, RoutePolicies, forwarded_headers, modify_headers
+from agentgw.policy.pipeline import (
+    RequestView,
+    RoutePolicies,
+    forwarded_headers,
+    modify_headers,
+    upstream_credentials,
+)
 from agentgw.policy.pipeline import response_headers as route_response_headers
 from agentgw.server.connection import ServerRequest
 from agentgw.upstream.pool import ConnectionPool, Exchange, Origin
@@ -85,6 +91,7 @@ async def _exchange(
     upgrade = is_websocket_upgrade(req.headers)
     headers = strip_hop_by_hop(req.headers, keep_upgrade=upgrade)
     headers = modify_headers(policies.request_headers, headers)
+    headers = upstream_credentials(policies, req.identity, headers)
     headers = forwarded_headers(headers, req.client[0])
     if req.head.chunked:
         headers.append((b"transfer-encoding", b"chunked"))

@@ -43,9 +43,7 @@ Hook = Callable[[Any, Any], Any]
 # ---------------------------------------------------------------- keys agentgw refuses by name
 
 # Policies that agentgw will implement next; drop a name here when it lands.
-LATER_POLICIES = frozenset(
-    {"jwtAuth", "mcpAuthentication", "mcpAuthorization", "authorization", "backendAuth"}
-)
+LATER_POLICIES = frozenset({"mcpAuthentication"})
 
 
 # Keys agentgateway knows that agentgw does not implement: "not supported by

@@ -1,24 +1,35 @@
 """The policy pipeline: straight-line, pure steps over a request view.
 
 Each step returns ``Continue`` or ``Respond``; the first ``Respond`` wins and
-names its step in the access log. ``run_request`` lists every step in order.
-Later issues insert authentication and authorization between CORS and the
-direct response.
+names its step in the access log. ``run_request`` lists every step in order:
+CORS preflight, JWT authentication, authorization, direct response.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 
 from agentgw.config.model import Cors, DirectResponse, HeaderModifier, Policies, TimeoutPolicy
+from agentgw.policy import authz, jwt
 from agentgw.wire.http import Headers, header_value
 
 
 @attrs.frozen
+class Identity:
+    """Who a validated token says the caller is. ``token`` is kept only to
+    pass it on (``backendAuth: passthrough``); it is never logged."""
+
+    claims: Mapping[str, Any]
+    sub: str | None
+    token: str = attrs.field(repr=False)
+
+
+@attrs.frozen
 class Continue:
-    pass
+    identity: Identity | None = None
 
 
 CONTINUE = Continue()
@@ -30,6 +41,8 @@ class Respond:
     body: bytes
     step: str
     headers: Headers = attrs.field(factory=list)
+    reason: str | None = None  # for the access log
+    refresh_issuer: str | None = None  # an unknown key id: keys may have rotated
 
 
 @attrs.frozen
@@ -37,6 +50,14 @@ class RequestView:
     method: str
     path: str
     headers: Headers
+    host: str = ""
+    source: tuple[str, int] = ("", 0)
+
+
+@attrs.frozen
+class JwtStep:
+    verifier: jwt.Verifier
+    mode: jwt.Mode
 
 
 @attrs.frozen
@@ -48,22 +69,24 @@ class RoutePolicies:
     direct_response: DirectResponse | None = None
     cors: Cors | None = None
     timeout: TimeoutPolicy | None = None
+    jwt: JwtStep | None = None
+    authorization: authz.RuleSet | None = None
+    mcp_authorization: authz.RuleSet | None = None
+    passthrough: bool = False
 
     @classmethod
     def merge(cls, *layers: Policies | None) -> RoutePolicies:
-        """Later layers (more specific) override earlier ones per policy."""
-        out = cls()
-        for p in layers:
-            if p is None:
-                continue
-            out = cls(
-                request_headers=p.request_header_modifier or out.request_headers,
-                response_headers=p.response_header_modifier or out.response_headers,
-                direct_response=p.direct_response or out.direct_response,
-                cors=p.cors or out.cors,
-                timeout=p.timeout or out.timeout,
-            )
-        return out
+        """Later layers (more specific) override earlier ones per policy.
+        The security steps are compiled by the gateway and added after."""
+        p = merge_config(*layers)
+        return cls(
+            request_headers=p.request_header_modifier,
+            response_headers=p.response_header_modifier,
+            direct_response=p.direct_response,
+            cors=p.cors,
+            timeout=p.timeout,
+            passthrough=p.backend_auth is not None and p.backend_auth.passthrough is not None,
+        )
 
 
 def run_request(policies: RoutePolicies, req: RequestView) -> Continue | Respond:
@@ -73,11 +96,72 @@ def run_request(policies: RoutePolicies, req: RequestView) -> Continue | Respond
         result = cors_preflight(policies.cors, req)
         if isinstance(result, Respond):
             return result
-    # 2. Direct response: answers in place of the backend, after every check.
+    # 2. JWT authentication: who is calling, before anything decides on it.
+    identity = None
+    if policies.jwt is not None:
+        found = authenticate(policies.jwt, req)
+        if isinstance(found, Respond):
+            return found
+        identity = found
+    # 3. Authorization (CEL) on the request and the claims.
+    if policies.authorization is not None:
+        variables = request_variables(req, identity)
+        if isinstance(policies.authorization.evaluate(variables), authz.Deny):
+            return Respond(403, b"authorization failed", "authorization", reason="denied by rule")
+    # 4. Direct response: answers in place of the backend, after every check.
     if policies.direct_response is not None:
         d = policies.direct_response
         return Respond(d.status, d.body.encode(), "directResponse")
-    return CONTINUE
+    return Continue(identity) if identity is not None else CONTINUE
+
+
+def authenticate(step: JwtStep, req: RequestView) -> Identity | Respond | None:
+    values = [v for n, v in req.headers if n == b"authorization"]
+    result = step.verifier.verify(values)
+    decision = jwt.decide(step.mode, result)
+    if isinstance(decision, jwt.Deny):
+        refresh = result.refresh_issuer if isinstance(result, jwt.Failure) else None
+        body = f"authentication failure: {decision.reason}".encode()
+        return Respond(401, body, "jwtAuth", reason=decision.reason, refresh_issuer=refresh)
+    if decision.claims is None:
+        return None
+    token = values[0].decode("latin-1").split(None, 1)[-1].strip()
+    return Identity(decision.claims.payload, decision.claims.sub, token)
+
+
+def request_variables(req: RequestView, identity: Identity | None) -> dict[str, object]:
+    claims = identity.claims if identity is not None else None
+    return authz.http_variables(
+        req.method, req.path, req.host, req.headers, req.source[0], req.source[1], claims
+    )
+
+
+def upstream_credentials(
+    policies: RoutePolicies, identity: Identity | None, headers: Headers
+) -> Headers:
+    """Once ``jwtAuth`` validated a token, the upstream does not get it,
+    unless ``backendAuth: passthrough`` puts it back."""
+    if identity is None:
+        return headers
+    out = [(n, v) for n, v in headers if n != b"authorization"]
+    if policies.passthrough:
+        out.append((b"authorization", b"Bearer " + identity.token.encode("latin-1")))
+    return out
+
+
+def merge_config(*layers: Policies | None) -> Policies:
+    """Later layers (more specific) override earlier ones, key by key."""
+    out = Policies()
+    for layer in layers:
+        if layer is None:
+            continue
+        changes = {
+            a.name: getattr(layer, a.name)
+            for a in attrs.fields(Policies)
+            if getattr(layer, a.name) is not None
+        }
+        out = attrs.evolve(out, **changes)
+    return out
 
 
 def _origin_allowed(cors: Cors, origin: bytes) -> bool:

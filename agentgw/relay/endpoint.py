@@ -32,6 +32,14 @@ from agentgw.config.model import McpBackend, McpTarget
 from agentgw.errors import ClientGone, UpstreamError
 from agentgw.mcp import merge, names, versions
 from agentgw.mcp.session_token import InvalidSession, SessionCodec, SessionState
+from agentgw.policy import authz
+from agentgw.policy.pipeline import (
+    Identity,
+    RequestView,
+    RoutePolicies,
+    request_variables,
+    upstream_credentials,
+)
 from agentgw.proxy import run_watching_client
 from agentgw.relay.session import CHANNEL_SIZE, Message, RelaySession, SessionManager
 from agentgw.server.connection import ServerRequest
@@ -90,8 +98,65 @@ class McpError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
+@attrs.define(eq=False)
+class Caller:
+    """Who sent a message, and the route's policies that judge it."""
+
+    policies: RoutePolicies | None = None
+    identity: Identity | None = None
+    view: RequestView | None = None
+    _variables: dict[str, object] | None = None
+
+    @classmethod
+    def of(cls, req: ServerRequest, policies: RoutePolicies | None) -> Caller:
+        view = RequestView(req.method, req.path, req.headers, req.host, req.client)
+        return cls(policies, req.identity, view)
+
+    @property
+    def rules(self) -> authz.RuleSet | None:
+        return self.policies.mcp_authorization if self.policies is not None else None
+
+    def variables(self) -> dict[str, object]:
+        if self._variables is None:
+            assert self.view is not None
+            self._variables = request_variables(self.view, self.identity)
+        return self._variables
+
+    def allows(self, method: str, kind: authz.ResourceKind, name: str, target: str) -> bool:
+        rules = self.rules
+        if rules is None:
+            return True
+        variables = authz.mcp_variables(
+            self.variables(), method=method, kind=kind, name=name, target=target
+        )
+        return isinstance(rules.evaluate(variables), authz.Allow)
+
+    def upstream_headers(self, headers: Headers) -> Headers:
+        if self.policies is None:
+            return headers
+        return upstream_credentials(self.policies, self.identity, list(headers))
+
+
+NOBODY = Caller()
+_LIST_KINDS: dict[str, tuple[str, authz.ResourceKind]] = {
+    "tools/list": ("tools", "tool"),
+    "prompts/list": ("prompts", "prompt"),
+    "resources/list": ("resources", "resource"),
+    "resources/templates/list": ("resourceTemplates", "resource"),
+}
+_CALL_KINDS: dict[str, tuple[authz.ResourceKind, str]] = {
+    "tools/call": ("tool", "Unknown tool"),
+    "prompts/get": ("prompt", "Unknown prompt"),
+    "resources/read": ("resource", "Unknown resource"),
+    "resources/subscribe": ("resource", "Unknown resource"),
+    "resources/unsubscribe": ("resource", "Unknown resource"),
+}
+
+
 class Outbox:
     """Where the answers to one client message go."""
+
+    caller: Caller = NOBODY
 
     async def send(self, message: Message, *, final: bool) -> None:
         """Deliver one message; the base class drops it (notifications and
@@ -107,6 +172,7 @@ class PostOutbox(Outbox):
     before it (progress, logging, sampling) turns the response into SSE."""
 
     req: ServerRequest
+    caller: Caller = NOBODY
     headers: Headers = ()
     is_stream: bool = False
 
@@ -141,6 +207,7 @@ class ChannelOutbox(Outbox):
     """Legacy SSE and WebSocket: answers go to the connection's one stream."""
 
     send_channel: trio.MemorySendChannel[Message]
+    caller: Caller = NOBODY
 
     async def send(self, message: Message, *, final: bool) -> None:
         try:
@@ -155,6 +222,10 @@ class StatelessRevisionOutbox(Outbox):
 
     inner: Outbox
     method: str
+
+    @property
+    def caller(self) -> Caller:  # type: ignore[override]
+        return self.inner.caller
 
     async def send(self, message: Message, *, final: bool) -> None:
         if final and isinstance(message.get("result"), dict):
@@ -180,7 +251,13 @@ class McpEndpoint:
         attrs.field(factory=dict)
     )
 
-    async def handle(self, req: ServerRequest, route: McpRoute) -> None:
+    async def handle(
+        self, req: ServerRequest, route: McpRoute, policies: RoutePolicies | None = None
+    ) -> None:
+        req.mcp_caller = Caller.of(req, policies)
+        await self._handle(req, route)
+
+    async def _handle(self, req: ServerRequest, route: McpRoute) -> None:
         if route.dns_rebinding_protection and not is_localhost_request(req.headers):
             req.record.error = "dns rebinding protection"
             await req.respond(
@@ -239,7 +316,7 @@ class McpEndpoint:
         message = await self._read_message(req)
         method = message.get("method")
         req.record.extra["mcp.method"] = str(method or "response")
-        headers = _forward_headers(req.headers)
+        headers = req.mcp_caller.upstream_headers(_forward_headers(req.headers))
 
         token = header_value(req.headers, b"mcp-session-id")
         if token is None and (method == "server/discover" or _stateless_version(req, message)):
@@ -284,7 +361,7 @@ class McpEndpoint:
             await self._dispatch(route, session, message, headers, Outbox(), req.record.extra)
             await req.respond(202, b"")
             return
-        outbox = PostOutbox(req)
+        outbox = PostOutbox(req, req.mcp_caller)
 
         async def work() -> None:
             await self._dispatch(route, session, message, headers, outbox, req.record.extra)
@@ -351,7 +428,7 @@ class McpEndpoint:
         params = message.get("params")
         if isinstance(params, dict):
             message = {**message, "params": versions.strip_protocol_meta(params)}
-        outbox = StatelessRevisionOutbox(PostOutbox(req), method)
+        outbox = StatelessRevisionOutbox(PostOutbox(req, req.mcp_caller), method)
         log = req.record.extra
 
         async def work() -> None:
@@ -506,6 +583,7 @@ class McpEndpoint:
     async def _legacy_stream(self, req: ServerRequest, route: McpRoute) -> None:
         """GET .../sse: the session lives as long as this stream. POSTs to the
         endpoint it announces hand their messages to this stream's nursery."""
+        caller = req.mcp_caller
         session = await self._new_session(route)
         send, receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
         work_send, work_receive = trio.open_memory_channel[tuple[Message, Headers]](CHANNEL_SIZE)
@@ -522,7 +600,7 @@ class McpEndpoint:
 
                 async def run_work() -> None:
                     async for message, headers in work_receive:
-                        outbox = ChannelOutbox(send)
+                        outbox = ChannelOutbox(send, caller)
                         nursery.start_soon(
                             self._dispatch, route, session, message, headers, outbox, {}
                         )
@@ -553,7 +631,9 @@ class McpEndpoint:
         req.record.extra["mcp.method"] = str(message.get("method") or "response")
         req.record.extra["mcp.session"] = sid[:8]
         try:
-            work.send_nowait((message, _forward_headers(req.headers)))
+            work.send_nowait(
+                (message, req.mcp_caller.upstream_headers(_forward_headers(req.headers)))
+            )
         except trio.WouldBlock:
             raise McpError(503, "too many messages in flight", -32603) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -575,7 +655,7 @@ class McpEndpoint:
         await stream.send_all(accept)
         session = await self._new_session(route)
         send, receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
-        headers = _forward_headers(req.headers)
+        headers = req.mcp_caller.upstream_headers(_forward_headers(req.headers))
         try:
             async with session.get_stream() as server_messages, trio.open_nursery() as nursery:
 
@@ -594,7 +674,7 @@ class McpEndpoint:
                 nursery.start_soon(forward_server_messages)
                 try:
                     await self._websocket_reader(
-                        ws, stream, extra, route, session, headers, send, nursery
+                        ws, stream, extra, route, session, headers, send, nursery, req.mcp_caller
                     )
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
@@ -614,6 +694,7 @@ class McpEndpoint:
         headers: Headers,
         send: trio.MemorySendChannel[Message],
         nursery: trio.Nursery,
+        caller: Caller,
     ) -> None:
         parts: list[str] = []
         size = 0
@@ -634,7 +715,7 @@ class McpEndpoint:
                         except McpError as exc:
                             await send.send(jsonrpc.make_error(None, exc.code, exc.message))
                             continue
-                        outbox = ChannelOutbox(send)
+                        outbox = ChannelOutbox(send, caller)
                         nursery.start_soon(
                             self._dispatch, route, session, message, headers, outbox, {}
                         )
@@ -690,17 +771,27 @@ class McpEndpoint:
             elif method == "ping":
                 await outbox.send(jsonrpc.make_result(msg_id, {}), final=True)
             elif method in LIST_METHODS:
-                await outbox.send(await self._list(route, session, message, headers), final=True)
+                answer = await self._list(route, session, message, headers, outbox.caller)
+                await outbox.send(answer, final=True)
             elif method == "logging/setLevel":
                 await _fan_out(session, dict.fromkeys(session.transports, message), headers)
                 await outbox.send(jsonrpc.make_result(msg_id, {}), final=True)
             else:
                 target, rewritten = _route_call(route, message)
                 log["mcp.target"] = target
+                if method in _CALL_KINDS:
+                    kind, label = _CALL_KINDS[method]
+                    upstream_name = _call_name(rewritten) or ""
+                    if not outbox.caller.allows(method, kind, upstream_name, target):
+                        # Indistinguishable from a name that does not exist.
+                        log["error"] = "denied by mcpAuthorization"
+                        text = f"{label}: {_call_name(message)}"
+                        await outbox.send(jsonrpc.make_error(msg_id, -32602, text), final=True)
+                        return
                 name = _call_name(message)
                 if name is not None:
-                    kind = "mcp.resource" if "uri" in (message.get("params") or {}) else "mcp.tool"
-                    log[kind] = name
+                    field = "mcp.resource" if "uri" in (message.get("params") or {}) else "mcp.tool"
+                    log[field] = name
                 await self._forward(route, session, target, rewritten, headers, outbox)
         except ValueError as exc:
             await outbox.send(jsonrpc.make_error(msg_id, -32602, str(exc)), final=True)
@@ -728,7 +819,12 @@ class McpEndpoint:
                 logger.info("notification to %s failed: %s", target, exc.reason)
 
     async def _list(
-        self, route: McpRoute, session: RelaySession, message: Message, headers: Headers
+        self,
+        route: McpRoute,
+        session: RelaySession,
+        message: Message,
+        headers: Headers,
+        caller: Caller = NOBODY,
     ) -> Message:
         method = str(message["method"])
         params = message.get("params") or {}
@@ -745,6 +841,15 @@ class McpEndpoint:
             for target, cursor in state.items()
         }
         pages, errors = await _fan_out(session, messages, headers)
+        rules = caller.rules
+        if rules is not None:  # mcpAuthorization: each item judged on its own
+            key, kind = _LIST_KINDS[method]
+            base = caller.variables()
+            for target, page in pages.items():
+                items = page.get(key)
+                if isinstance(items, list):
+                    kept = authz.filter_list(rules, base, method, items, kind, target)
+                    pages[target] = {**page, key: kept}
         try:
             prefix = route.prefix_uris if method.startswith("resources/") else route.prefix
             result = merge.merge_list(

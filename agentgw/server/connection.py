@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import h11
@@ -78,6 +78,8 @@ class ServerRequest:
     _h11: h11.Connection
     body_bytes: int = 0
     status: int | None = None
+    identity: Any = None  # who a validated token says the caller is (policy.pipeline)
+    mcp_caller: Any = None  # the MCP endpoint's view of the caller (relay.endpoint)
     _body_done: bool = False
     _pending: bytes = b""
 

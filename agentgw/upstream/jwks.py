@@ -1,0 +1,122 @@
+"""Remote JWKS: fetched through the gateway's own upstream pool, refreshed.
+
+How this works: one task per JWKS URL runs in the gateway's root nursery.
+It fetches at start-up and then again after the document's
+``Cache-Control: max-age`` (15 minutes without one, never sooner than 60 s),
+and retries a failed fetch after 10 s, then less and less often. A token
+whose key id is unknown asks for an early refresh (``request_refresh``); the
+task honours it at most once a minute, so key rotation needs no restart.
+Until the first fetch succeeds, the providers have no keys and requests that
+need them fail closed (401); everything else keeps being served.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import urllib.parse
+from contextlib import aclosing
+
+import attrs
+import trio
+
+from agentgw.errors import UpstreamError
+from agentgw.policy.jwt import JwksError, KeySet, Verifier
+from agentgw.upstream.pool import ConnectionPool
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TTL = 900.0
+MIN_INTERVAL = 60.0
+MAX_TTL = 86400.0
+RETRY_FIRST = 10.0
+RETRY_MAX = 300.0
+MAX_DOCUMENT = 1 << 20
+TIMEOUT = 10.0
+_MAX_AGE = re.compile(r"max-age\s*=\s*(\d+)", re.IGNORECASE)
+
+
+@attrs.define(eq=False)
+class JwksSource:
+    """One JWKS URL and the (verifier, issuer) pairs that use its keys."""
+
+    url: str
+    users: list[tuple[Verifier, str]] = attrs.field(factory=list)
+    fetches: int = 0
+    last_fetch: float = -1e9
+    has_keys: bool = False
+    _early: trio.Event = attrs.field(factory=trio.Event)
+
+    def __repr__(self) -> str:
+        return f"<JwksSource {self.url} fetches={self.fetches} has_keys={self.has_keys}>"
+
+    def request_refresh(self) -> None:
+        self._early.set()
+
+    async def serve(self, pool: ConnectionPool) -> None:
+        """Keep the keys fresh. Never returns."""
+        failures = 0
+        while True:
+            try:
+                keys, ttl = await fetch_jwks(pool, self.url)
+            except (UpstreamError, JwksError) as exc:
+                failures += 1
+                wait = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
+                logger.warning("JWKS %s: %s (retry in %.0fs)", self.url, exc, wait)
+            else:
+                failures = 0
+                self.fetches += 1
+                self.last_fetch = time.monotonic()
+                self.has_keys = True
+                for verifier, issuer in self.users:
+                    verifier.replace_keys(issuer, keys)
+                wait = ttl
+            self._early = trio.Event()
+            with trio.move_on_after(wait):
+                await self._early.wait()
+                # An unknown key id: refresh early, but at most once a minute.
+                await trio.sleep(max(0.0, self.last_fetch + MIN_INTERVAL - time.monotonic()))
+
+
+def _ttl(cache_control: bytes | None) -> float:
+    if cache_control is None:
+        return DEFAULT_TTL
+    match = _MAX_AGE.search(cache_control.decode("latin-1"))
+    if match is None:
+        return DEFAULT_TTL
+    return min(max(float(match.group(1)), MIN_INTERVAL), MAX_TTL)
+
+
+async def fetch_jwks(pool: ConnectionPool, url: str) -> tuple[KeySet, float]:
+    """GET ``url``; the key set and how long it may be cached.
+
+    Raises:
+        UpstreamError: unreachable, not 200, too large, or not JSON keys.
+        JwksError: a document with no usable key set.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise UpstreamError(f"only http:// JWKS URLs can be fetched, got {url!r}")
+    port = parts.port or 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    exchange = pool.open_exchange((parts.hostname, port))
+    try:
+        with trio.fail_after(TIMEOUT):
+            headers = [(b"host", parts.netloc.encode()), (b"accept", b"application/json")]
+            await exchange.send_head(b"GET", target.encode(), headers, b"")
+            response = await exchange.receive_response(TIMEOUT)
+            body = bytearray()
+            async with aclosing(exchange.body(TIMEOUT)) as chunks:
+                async for chunk in chunks:
+                    body += chunk
+                    if len(body) > MAX_DOCUMENT:
+                        raise UpstreamError("JWKS document too large")
+    except trio.TooSlowError:
+        raise UpstreamError("JWKS fetch timed out") from None
+    finally:
+        exchange.release()
+    if response.status != 200:
+        raise UpstreamError(f"JWKS fetch answered HTTP {response.status}")
+    cache_control = next((v for n, v in response.headers if n == b"cache-control"), None)
+    return KeySet.from_jwks(bytes(body)), _ttl(cache_control)
