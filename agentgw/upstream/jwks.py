@@ -45,6 +45,7 @@ class JwksSource:
     users: list[tuple[Verifier, str]] = attrs.field(factory=list)
     fetches: int = 0
     last_fetch: float = -1e9
+    last_early: float = -1e9
     has_keys: bool = False
     _early: trio.Event = attrs.field(factory=trio.Event)
 
@@ -73,10 +74,14 @@ class JwksSource:
                     verifier.replace_keys(issuer, keys)
                 wait = ttl
             self._early = trio.Event()
+            if failures:
+                await trio.sleep(wait)  # a failing provider is not asked sooner
+                continue
             with trio.move_on_after(wait):
                 await self._early.wait()
                 # An unknown key id: refresh early, but at most once a minute.
-                await trio.sleep(max(0.0, self.last_fetch + MIN_INTERVAL - time.monotonic()))
+                await trio.sleep(max(0.0, self.last_early + MIN_INTERVAL - time.monotonic()))
+                self.last_early = time.monotonic()
 
 
 def _ttl(cache_control: bytes | None) -> float:
