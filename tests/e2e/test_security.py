@@ -258,7 +258,7 @@ async def test_mcp_authorization_filters_and_denies_with_the_sdk() -> None:
             ok = await user.call_tool("paged_echo", {"message": "allowed"})
             assert "allowed" in ok.content[0].text
             # Denied exactly like a tool that does not exist.
-            with pytest.raises(MCPError, match="^Unknown tool: demo_echo$"):
+            with pytest.raises(MCPError, match=r"^Unknown tool: demo_echo$"):
                 await user.call_tool("demo_echo", {"message": "no"})
 
             admin = await connect(stack, sub="root", groups=["admins"])
