@@ -14,9 +14,11 @@ instead stops everything at once; either way nothing is left behind.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import random
 import time
+import urllib.parse
 from functools import partial
 from typing import Any
 
@@ -24,17 +26,34 @@ import attrs
 import trio
 
 from agentgw.config.load import effective_binds
-from agentgw.config.model import Backend, Bind, Config, JwtAuth, Listener, Route, RuleSet
-from agentgw.errors import ConfigError
+from agentgw.config.model import (
+    Backend,
+    Bind,
+    Config,
+    Jwks,
+    JwtAuth,
+    Listener,
+    McpAuthentication,
+    Route,
+    RuleSet,
+)
+from agentgw.errors import ConfigError, UpstreamError
 from agentgw.mcp.session_token import SessionCodec
 from agentgw.policy import authz
 from agentgw.policy.jwt import JwksError, KeySet, Provider, Verifier
 from agentgw.policy.pipeline import (
+    AUTHORIZATION_SERVER,
+    METADATA_CORS,
+    PROTECTED_RESOURCE,
     JwtStep,
+    McpAuthStep,
     RequestView,
     Respond,
     RoutePolicies,
+    external_base,
+    is_oauth_metadata,
     merge_config,
+    protected_resource_document,
     response_headers,
     run_request,
 )
@@ -43,6 +62,7 @@ from agentgw.relay.endpoint import McpEndpoint, McpRoute
 from agentgw.relay.session import SessionManager
 from agentgw.routing import Router, choose_backend
 from agentgw.server.connection import ClientConnection, ServerRequest
+from agentgw.upstream.client import simple_request
 from agentgw.upstream.jwks import JwksSource
 from agentgw.upstream.pool import ConnectionPool, Origin
 
@@ -125,6 +145,21 @@ class Security:
         self.steps[id(cfg)] = step
         return step
 
+    def mcp_auth_step(self, cfg: McpAuthentication, path: str) -> McpAuthStep:
+        provider = cfg.provider.name if cfg.provider is not None else None
+        jwks = cfg.jwks
+        if jwks is None:  # derived from the issuer, as agentgateway does
+            issuer = cfg.issuer.rstrip("/")
+            derived = (
+                f"{issuer}/protocol/openid-connect/certs"
+                if provider == "keycloak"
+                else f"{issuer}/.well-known/jwks.json"
+            )
+            jwks = Jwks(url=derived)
+        jwt_cfg = JwtAuth(mode=cfg.mode, issuer=cfg.issuer, audiences=cfg.audiences, jwks=jwks)
+        step = self.jwt_step(jwt_cfg, path)
+        return McpAuthStep(step, cfg.issuer, cfg.audiences, provider, cfg.resource_metadata)
+
     def rules(self, ruleset: RuleSet, path: str) -> authz.RuleSet | None:
         raw = [r.expression if r.kind == "allow" else {r.kind: r.expression} for r in ruleset.rules]
         try:
@@ -157,6 +192,11 @@ def _compile_route(
     if merged.jwt_auth is not None:
         step = security.jwt_step(merged.jwt_auth, f"{where('jwt_auth')}.jwtAuth")
         policies = attrs.evolve(policies, jwt=step)
+    if merged.mcp_authentication is not None:
+        at = f"{where('mcp_authentication')}.mcpAuthentication"
+        policies = attrs.evolve(
+            policies, mcp_auth=security.mcp_auth_step(merged.mcp_authentication, at)
+        )
     if merged.authorization is not None:
         rules = security.rules(merged.authorization, f"{where('authorization')}.authorization")
         policies = attrs.evolve(policies, authorization=rules)
@@ -363,7 +403,10 @@ class Gateway:
             if decision.refresh_issuer in self._jwks_by_issuer:
                 self._jwks_by_issuer[decision.refresh_issuer].request_refresh()
             headers = response_headers(route.policies, view, decision.headers)
-            await req.respond(decision.status, decision.body, headers)
+            await req.respond(decision.status, decision.body, headers, decision.content_type)
+            return
+        if route.policies.mcp_auth is not None and is_oauth_metadata(req.path):
+            await self._oauth_metadata(req, view, route.policies.mcp_auth)
             return
         req.identity = decision.identity
         if decision.identity is not None and decision.identity.sub is not None:
@@ -383,6 +426,70 @@ class Gateway:
             route.policies,
             response_timeout=self.limits.upstream_response_timeout,
         )
+
+    async def _oauth_metadata(
+        self, req: ServerRequest, view: RequestView, step: McpAuthStep
+    ) -> None:
+        """The documents an MCP client reads before it has a token."""
+        req.record.extra["policy"] = "mcpAuthentication"
+        if req.method == "OPTIONS":
+            await req.respond(200, b"", METADATA_CORS)
+            return
+        try:
+            if req.path.startswith(PROTECTED_RESOURCE):
+                doc = protected_resource_document(step, view)
+            elif req.path.endswith("/client-registration") and step.provider == "keycloak":
+                await self._proxy_registration(req, step)
+                return
+            else:
+                doc = await self._authorization_server_metadata(req, view, step)
+        except UpstreamError as exc:
+            req.record.error = exc.reason
+            await req.respond(502, "authorization server metadata unavailable\n")
+            return
+        await req.respond(200, json.dumps(doc).encode(), METADATA_CORS, b"application/json")
+
+    async def _authorization_server_metadata(
+        self, req: ServerRequest, view: RequestView, step: McpAuthStep
+    ) -> dict[str, Any]:
+        issuer = step.issuer.rstrip("/")
+        if step.provider == "keycloak":  # no RFC 8414; OpenID discovery instead
+            url = f"{issuer}/.well-known/openid-configuration"
+        else:
+            parts = urllib.parse.urlsplit(step.issuer)
+            path = parts.path.rstrip("/")
+            url = f"{parts.scheme}://{parts.netloc}{AUTHORIZATION_SERVER}{path}"
+        status, _, body = await simple_request(
+            self.pool, b"GET", url, [(b"accept", b"application/json")]
+        )
+        try:
+            doc = json.loads(body) if status == 200 else None
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise UpstreamError(f"{url} answered HTTP {status} without a metadata document")
+        here = external_base(view) + req.path
+        if step.provider == "auth0" and step.audiences and "authorization_endpoint" in doc:
+            # Auth0 ignores RFC 8707's resource; it wants an audience.
+            doc["authorization_endpoint"] = (
+                f"{doc['authorization_endpoint']}?audience={step.audiences[0]}"
+            )
+        if step.provider == "keycloak":
+            # Keycloak's registration endpoint sends no CORS headers: proxy it.
+            doc["registration_endpoint"] = here.rstrip("/") + "/client-registration"
+        if step.provider is not None:
+            doc["issuer"] = external_base(view) + req.path[len(AUTHORIZATION_SERVER) :]
+        return doc
+
+    async def _proxy_registration(self, req: ServerRequest, step: McpAuthStep) -> None:
+        body = await req.read_body()
+        url = f"{step.issuer.rstrip('/')}/clients-registrations/openid-connect"
+        ctype = next((v for n, v in req.headers if n == b"content-type"), b"application/json")
+        status, headers, answer = await simple_request(
+            self.pool, b"POST", url, [(b"content-type", ctype)], body
+        )
+        out_type = next((v for n, v in headers if n == b"content-type"), b"application/json")
+        await req.respond(status, answer, METADATA_CORS, out_type)
 
     async def _serve_readiness(
         self, addr: str, *, task_status: Any = trio.TASK_STATUS_IGNORED

@@ -1,7 +1,9 @@
--- wrk script for bench/ scenario `mcp`: every request is a POST of an MCP
--- tools/call on the session the harness opened, with a JSON-RPC id unique
--- across threads and requests. The harness passes the session in the
--- environment: MCP_SESSION_ID, MCP_PROTOCOL_VERSION, MCP_TOOL, MCP_MESSAGE.
+-- wrk script for bench/ scenarios `mcp` and `mcp-auth`: every request is a
+-- POST of an MCP tools/call on the session the harness opened, with a
+-- JSON-RPC id unique across threads and requests. The harness passes the
+-- session in the environment: MCP_SESSION_ID, MCP_PROTOCOL_VERSION, MCP_TOOL,
+-- MCP_MESSAGE, and optionally MCP_AUTHORIZATION, sent as the Authorization
+-- header of every request (scenario `mcp-auth`: "Bearer <token>").
 --
 -- wrk counts non-2xx/3xx itself. This script also counts the responses that
 -- wrk takes for successes but are not: another 2xx/3xx status than 200, or a
@@ -22,12 +24,16 @@ local session = required("MCP_SESSION_ID")
 local protocol_version = required("MCP_PROTOCOL_VERSION")
 local tool = required("MCP_TOOL")
 local message = required("MCP_MESSAGE")
+local authorization = os.getenv("MCP_AUTHORIZATION")
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["Mcp-Session-Id"] = session
 wrk.headers["MCP-Protocol-Version"] = protocol_version
+if authorization ~= nil and authorization ~= "" then
+  wrk.headers["Authorization"] = authorization
+end
 
 -- The echoed text as a JSON member, whatever whitespace the encoder puts around ':'.
 local echoed = '"text"%s*:%s*"' .. message:gsub("%p", "%%%0") .. '"'

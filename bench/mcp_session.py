@@ -4,7 +4,8 @@ Blocking, standard library only, one keep-alive connection per call. It speaks
 Streamable HTTP as a 2025-11-25 client: `initialize`, then
 `notifications/initialized`, then requests with the `Mcp-Session-Id` and
 `MCP-Protocol-Version` headers. A reply may come as `application/json` or as
-an SSE stream; both are read.
+an SSE stream; both are read. A session opened with an `authorization` value
+sends it as the `Authorization` header on every request, `initialize` included.
 """
 
 from __future__ import annotations
@@ -33,17 +34,22 @@ class McpSession:
     url: str
     session_id: str
     protocol_version: str
+    authorization: str | None = None  # the `Authorization` header's value
 
     def headers(self) -> dict[str, str]:
         return {
-            **_BASE_HEADERS,
+            **_base_headers(self.authorization),
             "Mcp-Session-Id": self.session_id,
             "MCP-Protocol-Version": self.protocol_version,
         }
 
 
-def open_session(url: str) -> McpSession:
+def open_session(url: str, *, authorization: str | None = None) -> McpSession:
     """Send `initialize` and `notifications/initialized` to `url`.
+
+    Args:
+        authorization: the `Authorization` header to send on every request of the
+            session, or None for none.
 
     Raises:
         McpError: a status other than 200 (202 for the notification), no session id,
@@ -51,7 +57,7 @@ def open_session(url: str) -> McpSession:
     """
     params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
     request = _request("init", "initialize", params)
-    status, headers, body = _post(url, _BASE_HEADERS, request, "initialize")
+    status, headers, body = post(url, _base_headers(authorization), request, "initialize")
     if status != 200:
         raise McpError(f"initialize: HTTP {status}: {_excerpt(body)}")
     result = _result(headers, body, "init", "initialize")
@@ -61,9 +67,9 @@ def open_session(url: str) -> McpSession:
     version = result.get("protocolVersion")
     if not isinstance(version, str):
         raise McpError(f"initialize: no protocolVersion in the result: {_excerpt(body)}")
-    session = McpSession(url, session_id, version)
+    session = McpSession(url, session_id, version, authorization)
     notification = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    status, _, body = _post(url, session.headers(), notification, "notifications/initialized")
+    status, _, body = post(url, session.headers(), notification, "notifications/initialized")
     if status != 202:
         raise McpError(f"notifications/initialized: HTTP {status} (not 202): {_excerpt(body)}")
     return session
@@ -72,7 +78,7 @@ def open_session(url: str) -> McpSession:
 def list_tools(session: McpSession) -> list[str]:
     """The names `tools/list` gives (one page: the benchmark's servers have few tools)."""
     request = _request("list", "tools/list", {})
-    status, headers, body = _post(session.url, session.headers(), request, "tools/list")
+    status, headers, body = post(session.url, session.headers(), request, "tools/list")
     if status != 200:
         raise McpError(f"tools/list: HTTP {status}: {_excerpt(body)}")
     tools = _result(headers, body, "list", "tools/list").get("tools")
@@ -92,7 +98,7 @@ def check_echo(session: McpSession, tool: str, message: str, *, calls: int) -> N
         params = {"name": tool, "arguments": {"message": message}}
         request = _request(rpc_id, "tools/call", params)
         what = f"tools/call {tool} ({n} of {calls})"
-        status, headers, body = _post(session.url, session.headers(), request, what)
+        status, headers, body = post(session.url, session.headers(), request, what)
         if status != 200:
             raise McpError(f"{what}: HTTP {status}: {_excerpt(body)}")
         result = _result(headers, body, rpc_id, what)
@@ -101,18 +107,47 @@ def check_echo(session: McpSession, tool: str, message: str, *, calls: int) -> N
             raise McpError(f"{what}: the result is not the echo of {message!r}: {_excerpt(body)}")
 
 
+def call_error(session: McpSession, tool: str, message: str) -> dict[str, Any]:
+    """Call `tool` once and return the JSON-RPC error it must answer with.
+
+    Raises:
+        McpError: a status other than 200, or a reply without an error.
+    """
+    params = {"name": tool, "arguments": {"message": message}}
+    request = _request("denied", "tools/call", params)
+    what = f"tools/call {tool}"
+    status, headers, body = post(session.url, session.headers(), request, what)
+    if status != 200:
+        raise McpError(f"{what}: HTTP {status}: {_excerpt(body)}")
+    error = _reply(headers, body, "denied", what).get("error")
+    if not isinstance(error, dict):
+        raise McpError(f"{what}: no JSON-RPC error in the reply: {_excerpt(body)}")
+    return error
+
+
 def close_session(session: McpSession) -> None:
     """DELETE the session; the answer does not matter."""
     _send(session.url, "DELETE", session.headers(), None, "DELETE")
+
+
+def _base_headers(authorization: str | None) -> dict[str, str]:
+    if authorization is None:
+        return dict(_BASE_HEADERS)
+    return {**_BASE_HEADERS, "Authorization": authorization}
 
 
 def _request(rpc_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rpc_id, "method": method, "params": params}
 
 
-def _post(
+def post(
     url: str, headers: dict[str, str], message: dict[str, Any], what: str
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """POST `message` as JSON with `headers`: the status, headers and body of the answer.
+
+    Raises:
+        McpError: no answer (`what` names the request in the message).
+    """
     return _send(url, "POST", headers, json.dumps(message).encode(), what)
 
 
@@ -132,7 +167,18 @@ def _send(
 
 
 def _result(headers: http.client.HTTPMessage, body: bytes, rpc_id: str, what: str) -> Any:
-    """The `result` of the reply to `rpc_id`, from a JSON body or an SSE stream."""
+    """The `result` (an object) of the reply to `rpc_id`."""
+    reply = _reply(headers, body, rpc_id, what)
+    if "result" not in reply:
+        raise McpError(f"{what}: no result: {_excerpt(body)}")
+    result = reply["result"]
+    if not isinstance(result, dict):
+        raise McpError(f"{what}: the result is not an object: {_excerpt(body)}")
+    return result
+
+
+def _reply(headers: http.client.HTTPMessage, body: bytes, rpc_id: str, what: str) -> dict[str, Any]:
+    """The JSON-RPC reply to `rpc_id`, from a JSON body or an SSE stream."""
     content_type = headers.get_content_type()
     if content_type == "application/json":
         messages = [_json(body, what)]
@@ -142,12 +188,7 @@ def _result(headers: http.client.HTTPMessage, body: bytes, rpc_id: str, what: st
         raise McpError(f"{what}: unexpected Content-Type {content_type!r}: {_excerpt(body)}")
     for message in messages:
         if isinstance(message, dict) and message.get("id") == rpc_id:
-            if "result" not in message:
-                raise McpError(f"{what}: no result: {_excerpt(body)}")
-            result = message["result"]
-            if not isinstance(result, dict):
-                raise McpError(f"{what}: the result is not an object: {_excerpt(body)}")
-            return result
+            return message
     raise McpError(f"{what}: no reply with id {rpc_id!r}: {_excerpt(body)}")
 
 

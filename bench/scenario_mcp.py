@@ -11,12 +11,14 @@ few calls echo their message, and hands the session to wrk
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.mcp_session import (
     McpError,
@@ -58,7 +60,7 @@ binds:
   listeners:
   - name: bench
     routes:
-    - name: mcp
+    - name: mcp{policies}
       backends:
       - mcp:
           targets:
@@ -76,19 +78,21 @@ def start_mcp(stack: ExitStack, placement: Placement, wanted: Collection[str]) -
     needed = {"a"}.union(*(s.federates for s in systems.values()))
     upstreams: dict[str, Service] = {}
     for name in sorted(needed):
-        upstreams[name] = _start_upstream(name, placement.server_cpu)
+        upstreams[name] = start_upstream(name, placement.server_cpu)
         stack.callback(upstreams[name].stop)
     started = Started()
     for name, system in systems.items():
         try:
             if system.federates:
                 federated = [upstreams[u] for u in system.federates]
-                service = _start_gateway(name, federated, placement)
+                port = free_port()
+                config = gateway_config(port, federated)
+                service = start_gateway(_process_name(name), config, port, placement)
                 stack.callback(service.stop)
             else:
                 service = upstreams["a"]
             url = f"http://127.0.0.1:{service.port}/mcp"
-            target, fact = _open_target(stack, name, url, service, system.tools)
+            target, fact = open_target(stack, name, url, service, system.tools)
         except StartError as exc:
             started.failures.append(str(exc))
             continue
@@ -98,7 +102,7 @@ def start_mcp(stack: ExitStack, placement: Placement, wanted: Collection[str]) -
     return started
 
 
-def _start_upstream(name: str, cpu: int | None) -> Service:
+def start_upstream(name: str, cpu: int | None) -> Service:
     node = shutil.which("node")
     if node is None:
         raise StartError("upstream failed to start: node is not on PATH")
@@ -107,30 +111,57 @@ def _start_upstream(name: str, cpu: int | None) -> Service:
     return start_service(f"upstream-{name}", argv, port=port, cpu=cpu)
 
 
-def _start_gateway(system: str, upstreams: list[Service], placement: Placement) -> Service:
-    port = free_port()
+def _process_name(system: str) -> str:
+    return f"agentgw-{system.removeprefix('gateway-')}"
+
+
+def gateway_config(
+    port: int, upstreams: list[Service], policies: Mapping[str, Any] | None = None
+) -> str:
+    """agentgw's config: one route on 127.0.0.1:`port` federating `upstreams`,
+    with the route's `policies` (given as JSON, which YAML reads as it is)."""
     targets = "".join(
         GATEWAY_TARGET.format(name=u.name.removeprefix("upstream-"), port=u.port) for u in upstreams
     )
-    config = GATEWAY_CONFIG.format(port=port, targets=targets.rstrip("\n"))
-    argv = [gateway_python(), "-m", "agentgw", "-c", config]
-    name = f"agentgw-{system.removeprefix('gateway-')}"
+    route_policies = f"\n      policies: {json.dumps(policies)}" if policies else ""
+    return GATEWAY_CONFIG.format(port=port, policies=route_policies, targets=targets.rstrip("\n"))
+
+
+def start_gateway(
+    name: str, config: str, port: int, placement: Placement, *, module: str = "agentgw"
+) -> Service:
+    """Start `python -m <module> -c <config>` from the repository's root; `module`
+    is agentgw, or a launcher in bench/ that takes the same arguments."""
+    argv = [gateway_python(), "-m", module, "-c", config]
     return start_service(name, argv, port=port, cpu=placement.server_cpu, cwd=REPO)
 
 
-def _open_target(
-    stack: ExitStack, system: str, url: str, service: Service, tools: tuple[str, ...]
+def open_target(
+    stack: ExitStack,
+    system: str,
+    url: str,
+    service: Service,
+    tools: tuple[str, ...],
+    *,
+    authorization: str | None = None,
 ) -> tuple[Target, str]:
     """Open the session wrk will use, and check on it that the tool echoes.
+
+    Args:
+        authorization: the `Authorization` header the session and wrk send, if any.
+
+    Returns:
+        The target for the runner (the session's close is on `stack`), and a
+        sentence for the report's header.
 
     Raises:
         StartError: the system did not answer as an MCP server with the tool.
     """
     try:
-        session = open_session(url)
+        session = open_session(url, authorization=authorization)
     except McpError as exc:
         message = f"{system}: MCP session failed to open at {url}: {exc}"
-        raise StartError(_with_exit(message, service)) from None
+        raise StartError(with_exit(message, service)) from None
     stack.callback(_close_quietly, session)
     try:
         listed = list_tools(session)
@@ -141,13 +172,15 @@ def _open_target(
             )
         check_echo(session, tool, MESSAGE, calls=CHECK_CALLS)
     except McpError as exc:
-        raise StartError(_with_exit(f"{system}: {exc}", service)) from None
+        raise StartError(with_exit(f"{system}: {exc}", service)) from None
     env = {
         "MCP_SESSION_ID": session.session_id,
         "MCP_PROTOCOL_VERSION": session.protocol_version,
         "MCP_TOOL": tool,
         "MCP_MESSAGE": MESSAGE,
     }
+    if authorization is not None:
+        env["MCP_AUTHORIZATION"] = authorization
     fact = (
         f"protocol {session.protocol_version}, calls `{tool}` of {len(listed)} tool(s) "
         f"listed; {CHECK_CALLS} calls echoed before the load"
@@ -155,7 +188,8 @@ def _open_target(
     return Target(system, url, service, script=CALL_SCRIPT, env=env), fact
 
 
-def _with_exit(message: str, service: Service) -> str:
+def with_exit(message: str, service: Service) -> str:
+    """`message`, and when `service` died: its first exception and the tail of its output."""
     # A request that crashed the process takes a moment to end it.
     with contextlib.suppress(subprocess.TimeoutExpired):
         service.proc.wait(timeout=1)

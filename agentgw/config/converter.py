@@ -43,7 +43,7 @@ Hook = Callable[[Any, Any], Any]
 # ---------------------------------------------------------------- keys agentgw refuses by name
 
 # Policies that agentgw will implement next; drop a name here when it lands.
-LATER_POLICIES = frozenset({"mcpAuthentication"})
+LATER_POLICIES: frozenset[str] = frozenset()
 
 
 # Keys agentgateway knows that agentgw does not implement: "not supported by
@@ -84,6 +84,8 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
     m.BackendAuth: _keys("key gcp aws azure jwtSign oauthTokenExchange crossAppAccess"),
     m.JwtAuth: _keys("location jwtValidationOptions"),
     m.JwtProvider: _keys("jwtValidationOptions"),
+    m.McpProvider: _keys("okta descope authentik entra"),
+    m.McpAuthentication: _keys("authorizationLocation jwtValidationOptions clientId clientSecret"),
 }
 
 
@@ -366,6 +368,12 @@ def _jwks(v: object) -> m.Jwks:
     raise Invalid("expected the JWKS as a JSON string, {file: path} or {url: ...}")
 
 
+def _json_object(v: object) -> dict[str, Any]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise Invalid(f"expected an object, got {show(v)}")
+    return dict(v)
+
+
 _RULE_KINDS = ("allow", "deny", "require")
 
 
@@ -412,6 +420,8 @@ FIELDS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (m.JwtAuth, "jwks"): _jwks,
     (m.JwtProvider, "jwks"): _jwks,
     (m.RuleSet, "rules"): _rules,
+    (m.McpAuthentication, "jwks"): _jwks,
+    (m.McpAuthentication, "resource_metadata"): _json_object,
     (m.BackendSettings, "pool_max_size"): _non_negative,
     (m.HttpLimits, "max_connections"): _positive,
     (m.HttpLimits, "max_header_bytes"): parse_size,
@@ -561,6 +571,7 @@ CHECKS: dict[type, Check] = {
     m.SimpleMcp: _targets,
     m.Config: _config,
     m.JwtAuth: _jwt_auth,
+    m.McpProvider: _one_of(m.McpProvider, "auth0", "keycloak"),
 }
 
 # ---------------------------------------------------------------- the converter

@@ -13,7 +13,7 @@ refuses it by name with "not supported by agentgw" rather than ignoring it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -155,6 +155,35 @@ class BackendAuth:
 
 
 @attrs.frozen
+class Empty:
+    pass
+
+
+@attrs.frozen
+class McpProvider:
+    """Exactly one of ``auth0: {}`` or ``keycloak: {}``."""
+
+    auth0: Empty | None = None
+    keycloak: Empty | None = None
+
+    @property
+    def name(self) -> str:
+        return "auth0" if self.auth0 is not None else "keycloak"
+
+
+@attrs.frozen
+class McpAuthentication:
+    """``mcpAuthentication``: the MCP authorization spec (RFC 9728)."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    resource_metadata: dict[str, Any]
+    provider: McpProvider | None = None
+    jwks: Jwks | None = None
+    mode: Literal["strict", "optional", "permissive"] = "strict"
+
+
+@attrs.frozen
 class Policies:
     """Route (and listener) policies. Later issues add jwtAuth,
     mcpAuthentication, mcpAuthorization, authorization and backendAuth."""
@@ -168,6 +197,7 @@ class Policies:
     authorization: RuleSet | None = None
     mcp_authorization: RuleSet | None = None
     backend_auth: BackendAuth | None = None
+    mcp_authentication: McpAuthentication | None = None
 
 
 # ---------------------------------------------------------------- backends

@@ -43,6 +43,7 @@ class Respond:
     headers: Headers = attrs.field(factory=list)
     reason: str | None = None  # for the access log
     refresh_issuer: str | None = None  # an unknown key id: keys may have rotated
+    content_type: bytes = b"text/plain; charset=utf-8"
 
 
 @attrs.frozen
@@ -61,6 +62,84 @@ class JwtStep:
 
 
 @attrs.frozen
+class McpAuthStep:
+    """``mcpAuthentication``, compiled: the token check plus what the OAuth
+    metadata documents say."""
+
+    jwt: JwtStep
+    issuer: str
+    audiences: tuple[str, ...]
+    provider: str | None
+    resource_metadata: Mapping[str, Any]
+
+
+PROTECTED_RESOURCE = "/.well-known/oauth-protected-resource"
+AUTHORIZATION_SERVER = "/.well-known/oauth-authorization-server"
+MCP_UNAUTHORIZED = b'{"error":"unauthorized","error_description":"JWT token required"}'
+JSON = b"application/json"
+METADATA_CORS: Headers = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+    (b"access-control-allow-headers", b"content-type"),
+]
+
+
+def is_oauth_metadata(path: str) -> bool:
+    return any(
+        path == prefix or path.startswith(prefix + "/")
+        for prefix in (PROTECTED_RESOURCE, AUTHORIZATION_SERVER)
+    )
+
+
+def external_base(req: RequestView, resource: object = None) -> str:
+    """``scheme://host`` as the client sees the gateway: the configured
+    ``resource``'s origin, else X-Forwarded-Proto/-Host, else Host."""
+    if isinstance(resource, str) and "://" in resource:
+        scheme, rest = resource.split("://", 1)
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+    proto = header_value(req.headers, b"x-forwarded-proto")
+    host = header_value(req.headers, b"x-forwarded-host") or header_value(req.headers, b"host")
+    scheme = proto.decode("latin-1").split(",")[0].strip() if proto else "http"
+    return f"{scheme}://{(host or b'localhost').decode('latin-1').split(',')[0].strip()}"
+
+
+def _snake(key: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in key).lstrip("_")
+
+
+def protected_resource_document(step: McpAuthStep, req: RequestView) -> dict[str, Any]:
+    """RFC 9728 metadata for the resource at the path after the prefix."""
+    base = external_base(req)
+    resource = base + req.path[len(PROTECTED_RESOURCE) :]
+    # With a provider adapter the gateway serves the authorization server
+    # metadata itself (at the resource's own path), so it is named as the AS.
+    server = resource if step.provider is not None else step.issuer
+    doc: dict[str, Any] = {
+        "resource": resource,
+        "authorization_servers": [server],
+        "mcp_protocol_version": "2025-06-18",
+        "resource_type": "mcp-server",
+    }
+    for key, value in step.resource_metadata.items():
+        doc[_snake(key)] = value
+    return doc
+
+
+def mcp_unauthorized(step: McpAuthStep, req: RequestView, failure: Respond) -> Respond:
+    base = external_base(req, step.resource_metadata.get("resource"))
+    challenge = f'Bearer resource_metadata="{base}{PROTECTED_RESOURCE}{req.path}"'
+    return Respond(
+        401,
+        MCP_UNAUTHORIZED,
+        "mcpAuthentication",
+        [(b"www-authenticate", challenge.encode("latin-1"))],
+        reason=failure.reason,
+        refresh_issuer=failure.refresh_issuer,
+        content_type=JSON,
+    )
+
+
+@attrs.frozen
 class RoutePolicies:
     """Policies in force on one route: the route's own, else the listener's."""
 
@@ -70,6 +149,7 @@ class RoutePolicies:
     cors: Cors | None = None
     timeout: TimeoutPolicy | None = None
     jwt: JwtStep | None = None
+    mcp_auth: McpAuthStep | None = None
     authorization: authz.RuleSet | None = None
     mcp_authorization: authz.RuleSet | None = None
     passthrough: bool = False
@@ -96,19 +176,36 @@ def run_request(policies: RoutePolicies, req: RequestView) -> Continue | Respond
         result = cors_preflight(policies.cors, req)
         if isinstance(result, Respond):
             return result
-    # 2. JWT authentication: who is calling, before anything decides on it.
+    # 2. The OAuth metadata an MCP client needs before it has a token is
+    #    public: the gateway serves it (after this function) to anyone.
+    if policies.mcp_auth is not None and is_oauth_metadata(req.path):
+        return CONTINUE
+    # 3. JWT authentication: who is calling, before anything decides on it.
     identity = None
     if policies.jwt is not None:
         found = authenticate(policies.jwt, req)
         if isinstance(found, Respond):
             return found
         identity = found
-    # 3. Authorization (CEL) on the request and the claims.
+    # 4. MCP authentication (RFC 9728): a failure points the client to the
+    #    protected-resource metadata. A token already taken by jwtAuth cannot
+    #    be checked against the MCP audience, so that is a failure too.
+    if policies.mcp_auth is not None:
+        step = policies.mcp_auth
+        if identity is not None:
+            return mcp_unauthorized(
+                step, req, Respond(401, b"", "", reason="token taken by jwtAuth")
+            )
+        found = authenticate(step.jwt, req)
+        if isinstance(found, Respond):
+            return mcp_unauthorized(step, req, found)
+        identity = found
+    # 5. Authorization (CEL) on the request and the claims.
     if policies.authorization is not None:
         variables = request_variables(req, identity)
         if isinstance(policies.authorization.evaluate(variables), authz.Deny):
             return Respond(403, b"authorization failed", "authorization", reason="denied by rule")
-    # 4. Direct response: answers in place of the backend, after every check.
+    # 6. Direct response: answers in place of the backend, after every check.
     if policies.direct_response is not None:
         d = policies.direct_response
         return Respond(d.status, d.body.encode(), "directResponse")

@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import re
 import time
-import urllib.parse
-from contextlib import aclosing
 
 import attrs
 import trio
 
 from agentgw.errors import UpstreamError
 from agentgw.policy.jwt import JwksError, KeySet, Verifier
+from agentgw.upstream.client import simple_request
 from agentgw.upstream.pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
@@ -32,8 +31,6 @@ MIN_INTERVAL = 60.0
 MAX_TTL = 86400.0
 RETRY_FIRST = 10.0
 RETRY_MAX = 300.0
-MAX_DOCUMENT = 1 << 20
-TIMEOUT = 10.0
 _MAX_AGE = re.compile(r"max-age\s*=\s*(\d+)", re.IGNORECASE)
 
 
@@ -100,28 +97,10 @@ async def fetch_jwks(pool: ConnectionPool, url: str) -> tuple[KeySet, float]:
         UpstreamError: unreachable, not 200, too large, or not JSON keys.
         JwksError: a document with no usable key set.
     """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise UpstreamError(f"only http:// JWKS URLs can be fetched, got {url!r}")
-    port = parts.port or 80
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    exchange = pool.open_exchange((parts.hostname, port))
-    try:
-        with trio.fail_after(TIMEOUT):
-            headers = [(b"host", parts.netloc.encode()), (b"accept", b"application/json")]
-            await exchange.send_head(b"GET", target.encode(), headers, b"")
-            response = await exchange.receive_response(TIMEOUT)
-            body = bytearray()
-            async with aclosing(exchange.body(TIMEOUT)) as chunks:
-                async for chunk in chunks:
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT:
-                        raise UpstreamError("JWKS document too large")
-    except trio.TooSlowError:
-        raise UpstreamError("JWKS fetch timed out") from None
-    finally:
-        exchange.release()
-    if response.status != 200:
-        raise UpstreamError(f"JWKS fetch answered HTTP {response.status}")
-    cache_control = next((v for n, v in response.headers if n == b"cache-control"), None)
-    return KeySet.from_jwks(bytes(body)), _ttl(cache_control)
+    status, headers, body = await simple_request(
+        pool, b"GET", url, [(b"accept", b"application/json")]
+    )
+    if status != 200:
+        raise UpstreamError(f"JWKS fetch answered HTTP {status}")
+    cache_control = next((v for n, v in headers if n == b"cache-control"), None)
+    return KeySet.from_jwks(body), _ttl(cache_control)

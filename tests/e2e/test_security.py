@@ -3,6 +3,7 @@ authorization (HTTP) and mcpAuthorization (MCP, with the SDK), remote JWKS."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -365,3 +366,206 @@ async def test_remote_jwks_cache_rotation_and_outage() -> None:
             for _ in range(5):  # more unknown kids within a minute: no more fetches
                 await request(port, "GET", "/", headers=auth("k3"))
             assert idp.hits == rotated
+
+
+# ---------------------------------------------------------------- mcpAuthentication
+
+
+class OAuthServer:
+    """An identity provider for the MCP authorization flow: RFC 8414
+    metadata, OpenID discovery, JWKS, a client-credentials token endpoint
+    and a registration endpoint."""
+
+    def __init__(self) -> None:
+        self.base = ""
+        self.clients = {"agent": "s3cret"}
+        self.registrations = 0
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "issuer": self.base,
+            "authorization_endpoint": f"{self.base}/authorize",
+            "token_endpoint": f"{self.base}/token",
+            "jwks_uri": f"{self.base}/.well-known/jwks.json",
+            "registration_endpoint": f"{self.base}/register",
+            "grant_types_supported": ["client_credentials", "authorization_code"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "response_types_supported": ["code"],
+            "code_challenge_methods_supported": ["S256"],
+        }
+
+    async def handle(self, req: h11.Request, body: bytes, up: Upstream) -> Any:
+        path = req.target.decode().split("?")[0]
+        as_json = [(b"content-type", b"application/json")]
+        if path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+            return 200, as_json, json.dumps(self.metadata()).encode()
+        if path in ("/.well-known/jwks.json", "/protocol/openid-connect/certs"):
+            return 200, as_json, json.dumps({"keys": [rsa_jwk("idp", alg="RS256")]}).encode()
+        if path == "/clients-registrations/openid-connect":
+            self.registrations += 1
+            return 201, as_json, json.dumps({"client_id": "new", "echo": json.loads(body)}).encode()
+        if path == "/token":
+            import urllib.parse
+
+            form = dict(urllib.parse.parse_qsl(body.decode()))
+            auth = dict(req.headers).get(b"authorization", b"").decode()
+            if auth.lower().startswith("basic "):
+                cid, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+                cid, secret = urllib.parse.unquote(cid), urllib.parse.unquote(secret)
+            else:
+                cid, secret = form.get("client_id", ""), form.get("client_secret", "")
+            if form.get("grant_type") != "client_credentials" or self.clients.get(cid) != secret:
+                return 401, as_json, b'{"error":"invalid_client"}'
+            now = time.time()
+            payload = {"iss": self.base, "aud": AUDIENCE, "sub": cid, "iat": now, "exp": now + 600}
+            tok = token(payload, kid="idp")
+            answer = {"access_token": tok, "token_type": "Bearer", "expires_in": 600}
+            return 200, as_json, json.dumps(answer).encode()
+        return 404, [], b""
+
+
+class MemoryTokens:
+    def __init__(self) -> None:
+        self.tokens: Any = None
+        self.client: Any = None
+
+    async def get_tokens(self) -> Any:
+        return self.tokens
+
+    async def set_tokens(self, tokens: Any) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> Any:
+        return self.client
+
+    async def set_client_info(self, info: Any) -> None:
+        self.client = info
+
+
+def mcp_auth_config(idp: str, **extra: Any) -> dict[str, Any]:
+    config = mcp_config(stdio("demo", DEMO))
+    route = config["binds"][0]["listeners"][0]["routes"][0]
+    route["matches"] = [{"path": {"pathPrefix": "/mcp"}}, {"path": {"pathPrefix": "/.well-known"}}]
+    route["policies"] = {
+        "mcpAuthentication": {
+            "issuer": idp,
+            "audiences": [AUDIENCE],
+            "resourceMetadata": {"scopesSupported": ["mcp"], "bearerMethodsSupported": ["header"]},
+            **extra,
+        }
+    }
+    return config
+
+
+async def test_mcp_authentication_challenge_and_metadata() -> None:
+    idp = OAuthServer()
+    async with serve_upstream(idp.handle) as idp_server:
+        idp.base = f"http://127.0.0.1:{idp_server.port}"
+        async with run_gateway(mcp_auth_config(idp.base)) as (_, port):
+            accept = (b"accept", b"application/json, text/event-stream")
+            resp = await request(
+                port,
+                "POST",
+                "/mcp",
+                headers=[accept, (b"content-type", b"application/json")],
+                body=b"{}",
+            )
+            assert resp.status == 401
+            assert resp.header(b"content-type") == b"application/json"
+            assert json.loads(resp.body) == {
+                "error": "unauthorized",
+                "error_description": "JWT token required",
+            }
+            assert resp.header(b"www-authenticate") == (
+                b'Bearer resource_metadata="http://127.0.0.1/.well-known/oauth-protected-resource/mcp"'
+            )
+            forwarded = await request(
+                port,
+                "POST",
+                "/mcp",
+                headers=[(b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"gw.example")],
+                body=b"{}",
+            )
+            assert forwarded.header(b"www-authenticate") == (
+                b'Bearer resource_metadata="https://gw.example/.well-known/oauth-protected-resource/mcp"'
+            )
+            doc_resp = await request(
+                port, "GET", "/.well-known/oauth-protected-resource/mcp", host="gw.example"
+            )
+            assert (
+                doc_resp.status == 200 and doc_resp.header(b"access-control-allow-origin") == b"*"
+            )
+            doc = json.loads(doc_resp.body)
+            assert doc == {
+                "resource": "http://gw.example/mcp",
+                "authorization_servers": [idp.base],
+                "mcp_protocol_version": "2025-06-18",
+                "resource_type": "mcp-server",
+                "scopes_supported": ["mcp"],
+                "bearer_methods_supported": ["header"],
+            }
+            meta = await request(port, "GET", "/.well-known/oauth-authorization-server/mcp")
+            assert json.loads(meta.body)["token_endpoint"] == f"{idp.base}/token"
+
+
+async def test_mcp_authentication_keycloak_adaptation() -> None:
+    idp = OAuthServer()
+    async with serve_upstream(idp.handle) as idp_server:
+        idp.base = f"http://127.0.0.1:{idp_server.port}"
+        config = mcp_auth_config(idp.base, provider={"keycloak": {}})
+        async with run_gateway(config) as (_, port):
+            meta = json.loads(
+                (
+                    await request(
+                        port, "GET", "/.well-known/oauth-authorization-server/mcp", host="gw"
+                    )
+                ).body
+            )
+            assert (
+                meta["registration_endpoint"]
+                == "http://gw/.well-known/oauth-authorization-server/mcp/client-registration"
+            )
+            assert meta["issuer"] == "http://gw/mcp"
+            reg = await request(
+                port,
+                "POST",
+                "/.well-known/oauth-authorization-server/mcp/client-registration",
+                headers=[(b"content-type", b"application/json")],
+                body=b'{"client_name":"browser"}',
+            )
+            assert reg.status == 201 and reg.header(b"access-control-allow-origin") == b"*"
+            assert idp.registrations == 1
+            prm = json.loads(
+                (
+                    await request(
+                        port, "GET", "/.well-known/oauth-protected-resource/mcp", host="gw"
+                    )
+                ).body
+            )
+            assert prm["authorization_servers"] == ["http://gw/mcp"]
+
+
+async def test_mcp_authentication_sdk_from_nothing_to_a_tool_call() -> None:
+    from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
+
+    idp = OAuthServer()
+    async with serve_upstream(idp.handle) as idp_server:
+        idp.base = f"http://127.0.0.1:{idp_server.port}"
+        async with run_gateway(mcp_auth_config(idp.base)) as (_, port):
+            url = f"http://127.0.0.1:{port}/mcp"
+            oauth = ClientCredentialsOAuthProvider(
+                server_url=url,
+                storage=MemoryTokens(),
+                client_id="agent",
+                client_secret="s3cret",
+                issuer=idp.base,
+            )
+            async with AsyncExitStack() as stack:
+                http = await stack.enter_async_context(create_mcp_http_client(auth=oauth))
+                client = await stack.enter_async_context(
+                    Client(streamable_http_client(url, http_client=http))
+                )
+                tools = {t.name for t in (await client.list_tools()).tools}
+                assert "echo" in tools
+                result = await client.call_tool("echo", {"message": "authorized"})
+                assert "authorized" in result.content[0].text

@@ -1,0 +1,53 @@
+"""A small HTTP client over the gateway's own upstream pool, for the
+gateway's own calls (JWKS, OAuth metadata): bounded in size and time."""
+
+from __future__ import annotations
+
+import urllib.parse
+from contextlib import aclosing
+
+import trio
+
+from agentgw.errors import UpstreamError
+from agentgw.upstream.pool import ConnectionPool
+from agentgw.wire.http import Headers
+
+TIMEOUT = 10.0
+MAX_BODY = 1 << 20
+
+
+async def simple_request(
+    pool: ConnectionPool,
+    method: bytes,
+    url: str,
+    headers: Headers | None = None,
+    body: bytes = b"",
+) -> tuple[int, Headers, bytes]:
+    """One request, the whole answer read (at most 1 MiB, 10 s).
+
+    Raises:
+        UpstreamError: not an http:// URL, unreachable, too slow or too large.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise UpstreamError(f"only http:// URLs can be fetched, got {url!r}")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    all_headers: Headers = [(b"host", parts.netloc.encode()), *(headers or [])]
+    if body or method == b"POST":
+        all_headers.append((b"content-length", str(len(body)).encode()))
+    exchange = pool.open_exchange((parts.hostname, parts.port or 80))
+    try:
+        with trio.fail_after(TIMEOUT):
+            await exchange.send_head(method, target.encode(), all_headers, body)
+            response = await exchange.receive_response(TIMEOUT)
+            data = bytearray()
+            async with aclosing(exchange.body(TIMEOUT)) as chunks:
+                async for chunk in chunks:
+                    data += chunk
+                    if len(data) > MAX_BODY:
+                        raise UpstreamError(f"{url}: answer too large")
+    except trio.TooSlowError:
+        raise UpstreamError(f"{url}: timed out") from None
+    finally:
+        exchange.release()
+    return response.status, response.headers, bytes(data)
