@@ -93,18 +93,23 @@ def render(
     processes: Mapping[str, str],
     peak_rss: Mapping[str, int],
     failures: Sequence[str],
+    *,
+    targets: Mapping[tuple[str, str], float] | None = None,
 ) -> str:
     """The Markdown report.
 
     Args:
         comparisons: (system, baseline) pairs, each getting a table of ratios.
+        targets: for some of those pairs, the lowest req/s ratio asked for; the
+            report says at which concurrencies it was met.
         processes: per system, the name of the process whose CPU and RSS are its cost.
         peak_rss: per system, that process's peak RSS in bytes.
     """
     parts = [f"# {info.title}", "", *(f"- {k}: {v}" for k, v in info.facts), ""]
     parts += _latency_table(summaries)
     for system, baseline in comparisons:
-        parts += _comparison_table(summaries, system, baseline)
+        target = (targets or {}).get((system, baseline))
+        parts += _comparison_table(summaries, system, baseline, target)
     parts += _cost_table(summaries, processes, peak_rss)
     if failures:
         parts += ["## Failures", "", *(_failure_item(f) for f in failures)]
@@ -139,15 +144,21 @@ def _latency_table(summaries: Sequence[Summary]) -> list[str]:
     return [*rows, ""]
 
 
-def _comparison_table(summaries: Sequence[Summary], system: str, baseline: str) -> list[str]:
+def _comparison_table(
+    summaries: Sequence[Summary], system: str, baseline: str, target: float | None
+) -> list[str]:
     by_key = {(s.system, s.connections): s.median.wrk for s in summaries}
     rows = []
+    verdicts = []
     for c in sorted({s.connections for s in summaries}):
         base, measured = by_key.get((baseline, c)), by_key.get((system, c))
         if base is None or measured is None:
             continue
+        ratio = measured.requests_per_s / base.requests_per_s
+        if target is not None:
+            verdicts.append(f"{'met' if ratio >= target else 'missed'} at c={c} ({ratio:.2f})")
         rows.append(
-            f"| {c} | {measured.requests_per_s / base.requests_per_s:.2f} "
+            f"| {c} | {ratio:.2f} "
             f"| {_signed_time(measured.p50_s - base.p50_s)} "
             f"| {_signed_time(measured.p99_s - base.p99_s)} |"
         )
@@ -159,7 +170,14 @@ def _comparison_table(summaries: Sequence[Summary], system: str, baseline: str) 
         f"| c | {system}/{baseline} req/s | added p50 | added p99 |",
         "|--:|--:|--:|--:|",
     ]
-    return [*head, *rows, ""]
+    tail = []
+    if verdicts:
+        tail = [
+            "",
+            f"Target: {system}/{baseline} req/s of at least {target:.2f} (medians); "
+            f"{', '.join(verdicts)}. Speed never fails the run.",
+        ]
+    return [*head, *rows, *tail, ""]
 
 
 def _cost_table(

@@ -92,7 +92,15 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> int:
     failures += error_failures(summaries)
     if summaries:
         info = _run_info(scenario, options, placement, wrk, summaries, started.facts)
-        report = render(info, summaries, scenario.comparisons, processes, peak_rss, failures)
+        report = render(
+            info,
+            summaries,
+            scenario.comparisons,
+            processes,
+            peak_rss,
+            failures,
+            targets=scenario.targets,
+        )
         print("\n" + report)
         path = _write_report(options.results_dir, scenario.name, report)
         print(f"written to {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")

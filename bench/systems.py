@@ -35,6 +35,13 @@ class Service:
     def is_running(self) -> bool:
         return self.proc.poll() is None
 
+    def output(self) -> str:
+        """Everything the process printed so far ("" when the log is gone)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def output_tail(self, max_lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

@@ -224,7 +224,7 @@ BROKEN = [
             - policies:
                 requestRedirect: {}
                 retry: {attempts: 2}
-                mcpAuthentication: {issuer: x}
+                extAuthz: {host: x}
         config:
           tracing: {}
         """,
@@ -233,7 +233,7 @@ BROKEN = [
             "binds[0].listeners[0].tls: not supported by agentgw",
             "binds[0].listeners[0].routes[0].policies.requestRedirect: not supported by agentgw",
             "binds[0].listeners[0].routes[0].policies.retry: not supported by agentgw",
-            "binds[0].listeners[0].routes[0].policies.mcpAuthentication: not supported by agentgw",
+            "binds[0].listeners[0].routes[0].policies.extAuthz: not supported by agentgw",
             "config.tracing: not supported by agentgw",
         ],
         id="not-supported",
