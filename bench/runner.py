@@ -128,6 +128,7 @@ def _measure(
     measurements: list[Measurement] = []
     failures: list[str] = []
     live = list(targets)
+    width = max((len(t.system) for t in targets), default=0)
 
     def drop(target: Target, exc: Exception | None) -> None:
         failures.append(_failure(target, exc))
@@ -150,7 +151,7 @@ def _measure(
                     drop(target, exc)
                     continue
                 measurements.append(m)
-                _print_progress(m, options.rounds)
+                _print_progress(m, options.rounds, width)
                 if not target.service.is_running():
                     drop(target, None)
     return measurements, failures
@@ -195,10 +196,10 @@ def _wrk_threads(connections: int, placement: Placement) -> int:
     return min(2, connections)
 
 
-def _print_progress(m: Measurement, rounds: int) -> None:
+def _print_progress(m: Measurement, rounds: int, width: int) -> None:
     w = m.wrk
     print(
-        f"round {m.round}/{rounds}  c={m.connections:<3} {m.system:<10}"
+        f"round {m.round}/{rounds}  c={m.connections:<3} {m.system:<{width}}"
         f"{w.requests_per_s:>10,.0f} req/s  p50 {w.p50_s * 1e3:7.3f} ms"
         f"  p99 {w.p99_s * 1e3:7.3f} ms  errors {w.errors}"
         f"  ({m.system} CPU {m.core_share:.0%}, wrk CPU {w.cpu_s / m.wall_s:.0%})",

@@ -23,6 +23,7 @@ are the policies in force.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Collection
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -106,10 +107,8 @@ def start_mcp_auth(stack: ExitStack, placement: Placement, wanted: Collection[st
         (
             "policies",
             f"on gateway-jwt and gateway-jwt-nocache, the route's "
-            f"`jwtAuth: {{mode: strict, issuer: {ISSUER}, audiences: [{AUDIENCE}], "
-            f"jwks: <inline JWKS>}}` and `mcpAuthorization: {{rules: "
-            f"['mcp.tool.name == \"echo\"', {{require: '\"{GROUP}\" in jwt.groups'}}]}}` "
-            "(both rules run on every call); gateway has none",
+            f"`{json.dumps(policies('<the JWKS of that key>'))}` (both rules run on every "
+            "call); gateway has none",
         ),
         (
             "token cache",

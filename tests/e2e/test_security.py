@@ -51,12 +51,16 @@ def secured(upstream_port: int, **policies: Any) -> dict[str, Any]:
     return config
 
 
+# The keys the gateway trusts, plus an encryption key that must never verify.
+TRUSTED = {"keys": [*JWKS["keys"], rsa_jwk("enc", OTHER_RSA_KEY, use="enc")]}
+
+
 def jwt_auth(mode: str = "strict", jwks: Any = None) -> dict[str, Any]:
     return {
         "mode": mode,
         "issuer": ISSUER,
         "audiences": [AUDIENCE],
-        "jwks": json.dumps(JWKS) if jwks is None else jwks,
+        "jwks": json.dumps(TRUSTED) if jwks is None else jwks,
     }
 
 
@@ -138,6 +142,10 @@ BAD: dict[str, tuple[list[tuple[bytes, bytes]], str]] = {
     "rs512-vs-rs256-key": (
         [(b"authorization", b"Bearer " + token(fresh(), alg="RS512").encode())],
         "algorithm not allowed",
+    ),
+    "key-use-enc": (
+        [(b"authorization", b"Bearer " + token(fresh(), kid="enc", key=OTHER_RSA_KEY).encode())],
+        "unknown key id",
     ),
     "other-key": (
         [(b"authorization", b"Bearer " + token(fresh(), key=OTHER_RSA_KEY).encode())],
@@ -227,6 +235,7 @@ async def test_mcp_authorization_filters_and_denies_with_the_sdk() -> None:
     route = config["binds"][0]["listeners"][0]["routes"][0]
     route["policies"] = {
         "jwtAuth": jwt_auth("strict"),
+        "authorization": {"rules": ['jwt.sub == "alice" || jwt.sub == "root"']},
         "mcpAuthorization": {
             "rules": [
                 'mcp.tool.target == "paged" && mcp.tool.name == "echo"',
@@ -261,6 +270,21 @@ async def test_mcp_authorization_filters_and_denies_with_the_sdk() -> None:
             # Denied exactly like a tool that does not exist.
             with pytest.raises(MCPError, match=r"^Unknown tool: demo_echo$"):
                 await user.call_tool("demo_echo", {"message": "no"})
+
+            # HTTP-level rule: bob is refused before MCP starts.
+            bob = f"Bearer {good(sub='bob', groups=['admins'])}".encode()
+            refused = await request(
+                port,
+                "POST",
+                "/mcp",
+                headers=[
+                    (b"authorization", bob),
+                    (b"accept", b"application/json, text/event-stream"),
+                    (b"content-type", b"application/json"),
+                ],
+                body=b"{}",
+            )
+            assert (refused.status, refused.body) == (403, b"authorization failed")
 
             admin = await connect(stack, sub="root", groups=["admins"])
             tools = await all_tools(admin)
