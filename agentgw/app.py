@@ -135,8 +135,10 @@ class Security:
                     remote.append((provider.jwks.url, provider.issuer))
             except (OSError, JwksError) as exc:
                 self.errors.append(f"{where}: {exc}")
-            if provider.jwks.url is None and not len(keys) and not self.errors:
-                self.errors.append(f"{where}: no usable key (every key needs a kid)")
+            else:
+                if provider.jwks.url is None and not len(keys):
+                    reasons = "; ".join(k.reason for k in keys.skipped) or "the set is empty"
+                    self.errors.append(f"{where}: no usable key ({reasons})")
             providers.append(Provider(provider.issuer, provider.audiences, keys))
         verifier = Verifier(providers)
         for url, issuer in remote:

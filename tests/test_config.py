@@ -754,3 +754,41 @@ def test_effective_binds_checks_configs_built_in_python() -> None:
     with pytest.raises(ConfigError) as info:
         effective_binds(Config())
     assert info.value.errors == ["config: nothing to serve (no binds and no mcp)"]
+
+
+def test_security_policies_fail_at_compile_with_their_path() -> None:
+    from agentgw import Gateway
+
+    cfg = {
+        "binds": [
+            {
+                "port": 0,
+                "listeners": [
+                    {
+                        "policies": {"authorization": {"rules": ["jwt.sub == "]}},
+                        "routes": [
+                            {
+                                "policies": {
+                                    "jwtAuth": {"issuer": "i", "jwks": '{"keys": []}'},
+                                    "mcpAuthorization": {"rules": [{"deny": "mcp.tool.name =="}]},
+                                },
+                                "backends": [{"host": "127.0.0.1:1"}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as info:
+        Gateway(config_from_dict(cfg))
+    errors = info.value.errors
+    assert errors[0] == (
+        "binds[0].listeners[0].routes[0].policies.jwtAuth.jwks: no usable key (the set is empty)"
+    )
+    assert errors[1].startswith(
+        "binds[0].listeners[0].policies.authorization.rules[0]: invalid CEL expression 'jwt.sub == '"
+    )
+    assert errors[2].startswith(
+        "binds[0].listeners[0].routes[0].policies.mcpAuthorization.rules[0].deny: invalid CEL"
+    )
