@@ -787,7 +787,8 @@ def test_security_policies_fail_at_compile_with_their_path() -> None:
         "binds[0].listeners[0].routes[0].policies.jwtAuth.jwks: no usable key (the set is empty)"
     )
     assert errors[1].startswith(
-        "binds[0].listeners[0].policies.authorization.rules[0]: invalid CEL expression 'jwt.sub == '"
+        "binds[0].listeners[0].policies.authorization.rules[0]: "
+        "invalid CEL expression 'jwt.sub == '"
     )
     assert errors[2].startswith(
         "binds[0].listeners[0].routes[0].policies.mcpAuthorization.rules[0].deny: invalid CEL"
