@@ -14,6 +14,7 @@ import yaml
 
 from agentgw.config import model as m
 from agentgw.config.converter import NOTHING_TO_SERVE, port_clashes, render, structure_config
+from agentgw.config.legacy import is_legacy, structure_legacy
 from agentgw.errors import ConfigError
 
 
@@ -61,7 +62,7 @@ def parse_config(text: str, *, source: str = "<inline>") -> m.Config:
         ConfigError: a syntax error (``source:line:column: problem``) or every
             problem with the content (``path: problem``).
     """
-    return structure_config(_parse_yaml(text, source))
+    return _structure(_parse_yaml(text, source), source)
 
 
 def load_config(path: str | os.PathLike[str]) -> m.Config:
@@ -85,7 +86,7 @@ def load_config(path: str | os.PathLike[str]) -> m.Config:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{name}:{exc.lineno}:{exc.colno}: {exc.msg}"]) from None
-    return structure_config(data)
+    return _structure(data, name)
 
 
 def config_from_dict(data: object) -> m.Config:
@@ -94,6 +95,13 @@ def config_from_dict(data: object) -> m.Config:
     Raises:
         ConfigError: with every problem found.
     """
+    return _structure(data, "<inline>")
+
+
+def _structure(data: object, source: str) -> m.Config:
+    # agentgateway's legacy static format still loads, with a warning.
+    if is_legacy(data):
+        return structure_legacy(data, source=source)
     return structure_config(data)
 
 
