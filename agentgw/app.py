@@ -90,6 +90,10 @@ class CompiledRoute:
     backends: tuple[Backend, ...]
     origins: dict[int, Origin]
     mcp: dict[int, McpRoute]
+    per_backend: dict[int, RoutePolicies] = attrs.field(factory=dict)
+
+    def policies_for(self, index: int) -> RoutePolicies:
+        return self.per_backend.get(index, self.policies)
 
 
 @attrs.define(eq=False)
@@ -207,7 +211,13 @@ def _compile_route(
         policies = attrs.evolve(
             policies, mcp_authorization=security.rules(merged.mcp_authorization, at)
         )
-    return CompiledRoute(policies, route.backends, origins, mcp)
+    # backendAuth on one backend: that backend's requests carry the token.
+    per_backend = {
+        i: attrs.evolve(policies, passthrough=True)
+        for i, b in enumerate(route.backends)
+        if b.policies is not None and b.policies.has_passthrough
+    }
+    return CompiledRoute(policies, route.backends, origins, mcp, per_backend)
 
 
 def compile_binds(config: Config, security: Security | None = None) -> list[CompiledBind]:
@@ -419,13 +429,13 @@ class Gateway:
             await req.respond(503, "no backend available\n")
             return
         if index in route.mcp:
-            await self.mcp.handle(req, route.mcp[index], route.policies)
+            await self.mcp.handle(req, route.mcp[index], route.policies_for(index))
             return
         await proxy_request(
             req,
             self.pool,
             route.origins[index],
-            route.policies,
+            route.policies_for(index),
             response_timeout=self.limits.upstream_response_timeout,
         )
 

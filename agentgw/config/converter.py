@@ -73,9 +73,14 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
         " localRateLimit remoteRateLimit oidc basicAuth apiKey extAuthz extProc transformations"
         " csrf buffer retry delay"
     ),
-    m.Backend: _keys("service backend internal dynamic ai aws routeGroup policies"),
+    m.Backend: _keys("service backend internal dynamic ai aws routeGroup"),
+    m.BackendPolicies: _keys(
+        "requestHeaderModifier responseHeaderModifier requestRedirect requestMirror"
+        " backendTLS backendTunnel ai a2a mcpAuthorization mcpAuthentication transformations"
+        " http tcp health eviction"
+    ),
     m.SimpleMcp: _keys("gateways"),
-    m.McpTarget: _keys("openapi policies"),
+    m.McpTarget: _keys("openapi"),
     m.HttpTarget: _keys("backend"),
     m.StdioTarget: _keys("clear_env"),
     m.DirectResponse: _keys("bodyExpression headers"),

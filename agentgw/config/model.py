@@ -155,6 +155,18 @@ class BackendAuth:
 
 
 @attrs.frozen
+class BackendPolicies:
+    """Policies on one backend or one MCP target (agentgateway's backend
+    policies); agentgw supports ``backendAuth`` there."""
+
+    backend_auth: BackendAuth | None = None
+
+    @property
+    def has_passthrough(self) -> bool:
+        return self.backend_auth is not None and self.backend_auth.passthrough is not None
+
+
+@attrs.frozen
 class Empty:
     pass
 
@@ -230,6 +242,7 @@ class McpTarget:
     sse: HttpTarget | None = None
     stdio: StdioTarget | None = None
     websocket: HttpTarget | None = None
+    policies: BackendPolicies | None = None
 
 
 @attrs.frozen
@@ -248,6 +261,7 @@ class Backend:
     host: str | None = None
     mcp: McpBackend | None = None
     weight: int = 1
+    policies: BackendPolicies | None = None
 
 
 # ---------------------------------------------------------------- routes and binds

@@ -18,7 +18,7 @@ import logging
 import secrets
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -51,6 +51,8 @@ from agentgw.wire.sse import encode_comment, encode_event
 logger = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[bytes, bytes]]
+# What the relay session takes: headers, or headers per target.
+UpstreamHeaders = Headers | Callable[[str], Headers]
 
 JSON = b"application/json"
 LIST_METHODS = frozenset(
@@ -71,6 +73,7 @@ class McpRoute:
     fail_open: bool
     stateful: bool
     dns_rebinding_protection: bool = False
+    passthrough_targets: frozenset[str] = frozenset()
 
     @classmethod
     def compile(cls, backend: McpBackend) -> McpRoute:
@@ -83,6 +86,9 @@ class McpRoute:
             fail_open=backend.failure_mode == "failOpen",
             stateful=backend.stateful_mode != "stateless",
             dns_rebinding_protection=backend.dns_rebinding_protection,
+            passthrough_targets=frozenset(
+                t.name for t in backend.targets if t.policies is not None and t.policies.has_passthrough
+            ),
         )
 
     @property
@@ -135,6 +141,16 @@ class Caller:
         if self.policies is None:
             return headers
         return upstream_credentials(self.policies, self.identity, list(headers))
+
+    def headers_for(self, route: McpRoute, headers: Headers) -> UpstreamHeaders:
+        """``backendAuth: passthrough`` on single targets: those targets get
+        the caller's validated token back, the others do not."""
+        identity = self.identity
+        if identity is None or not route.passthrough_targets:
+            return headers
+        token = (b"authorization", b"Bearer " + identity.token.encode("latin-1"))
+        with_token = [*(h for h in headers if h[0] != b"authorization"), token]
+        return lambda target: with_token if target in route.passthrough_targets else headers
 
 
 NOBODY = Caller()
@@ -247,7 +263,7 @@ class McpEndpoint:
     _shared: dict[int, RelaySession] = attrs.field(factory=dict)
     _verified_tokens: OrderedDict[str, str] = attrs.field(factory=OrderedDict)
     _shared_lock: trio.Lock = attrs.field(factory=trio.Lock)
-    _legacy: dict[str, tuple[RelaySession, trio.MemorySendChannel[tuple[Message, Headers]]]] = (
+    _legacy: dict[str, tuple[RelaySession, trio.MemorySendChannel[tuple[Message, UpstreamHeaders]]]] = (
         attrs.field(factory=dict)
     )
 
@@ -286,6 +302,10 @@ class McpEndpoint:
             extra = [(b"allow", b"GET, POST, DELETE")] if exc.status == 405 else []
             await req.respond(exc.status, body, extra, content_type=JSON)
 
+    def _upstream_headers(self, req: ServerRequest, route: McpRoute) -> UpstreamHeaders:
+        caller: Caller = req.mcp_caller
+        return caller.headers_for(route, caller.upstream_headers(_forward_headers(req.headers)))
+
     async def _read_message(self, req: ServerRequest) -> Message:
         ctype = (header_value(req.headers, b"content-type") or b"").lower()
         if not ctype.startswith(JSON):
@@ -316,7 +336,7 @@ class McpEndpoint:
         message = await self._read_message(req)
         method = message.get("method")
         req.record.extra["mcp.method"] = str(method or "response")
-        headers = req.mcp_caller.upstream_headers(_forward_headers(req.headers))
+        headers = self._upstream_headers(req, route)
 
         token = header_value(req.headers, b"mcp-session-id")
         if token is None and (method == "server/discover" or _stateless_version(req, message)):
@@ -355,7 +375,7 @@ class McpEndpoint:
         route: McpRoute,
         session: RelaySession,
         message: Message,
-        headers: Headers,
+        headers: UpstreamHeaders,
     ) -> None:
         if "id" not in message or "method" not in message:
             await self._dispatch(route, session, message, headers, Outbox(), req.record.extra)
@@ -371,7 +391,7 @@ class McpEndpoint:
     # ------------------------------------------------------------ 2026-07-28
 
     async def _stateless_revision(
-        self, req: ServerRequest, route: McpRoute, message: Message, headers: Headers
+        self, req: ServerRequest, route: McpRoute, message: Message, headers: UpstreamHeaders
     ) -> None:
         """A request of the 2026-07-28 revision: no session; the upstreams,
         which may speak only older revisions, are reached through one shared
@@ -436,7 +456,7 @@ class McpEndpoint:
 
         await run_watching_client(req, work)
 
-    async def _shared_session(self, route: McpRoute, headers: Headers) -> RelaySession:
+    async def _shared_session(self, route: McpRoute, headers: UpstreamHeaders) -> RelaySession:
         async with self._shared_lock:
             session = self._shared.get(id(route))
             if session is not None and not session.closed.is_set():
@@ -513,7 +533,7 @@ class McpEndpoint:
         return session
 
     async def _stateless(
-        self, req: ServerRequest, route: McpRoute, message: Message, headers: Headers
+        self, req: ServerRequest, route: McpRoute, message: Message, headers: UpstreamHeaders
     ) -> None:
         session = await self._new_session(route, ttl=60)
         try:
@@ -586,7 +606,7 @@ class McpEndpoint:
         caller = req.mcp_caller
         session = await self._new_session(route)
         send, receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
-        work_send, work_receive = trio.open_memory_channel[tuple[Message, Headers]](CHANNEL_SIZE)
+        work_send, work_receive = trio.open_memory_channel[tuple[Message, UpstreamHeaders]](CHANNEL_SIZE)
         self._legacy[session.sid] = (session, work_send)
         endpoint = f"{req.path}?sessionId={session.sid}"
         req.record.extra["mcp.session"] = session.sid[:8]
@@ -632,7 +652,7 @@ class McpEndpoint:
         req.record.extra["mcp.session"] = sid[:8]
         try:
             work.send_nowait(
-                (message, req.mcp_caller.upstream_headers(_forward_headers(req.headers)))
+                (message, self._upstream_headers(req, route))
             )
         except trio.WouldBlock:
             raise McpError(503, "too many messages in flight", -32603) from None
@@ -655,7 +675,7 @@ class McpEndpoint:
         await stream.send_all(accept)
         session = await self._new_session(route)
         send, receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
-        headers = req.mcp_caller.upstream_headers(_forward_headers(req.headers))
+        headers = self._upstream_headers(req, route)
         try:
             async with session.get_stream() as server_messages, trio.open_nursery() as nursery:
 
@@ -691,7 +711,7 @@ class McpEndpoint:
         data: bytes,
         route: McpRoute,
         session: RelaySession,
-        headers: Headers,
+        headers: UpstreamHeaders,
         send: trio.MemorySendChannel[Message],
         nursery: trio.Nursery,
         caller: Caller,
@@ -731,7 +751,7 @@ class McpEndpoint:
     # ------------------------------------------------------------ one message
 
     async def _initialize(
-        self, session: RelaySession, route: McpRoute, message: Message, headers: Headers
+        self, session: RelaySession, route: McpRoute, message: Message, headers: UpstreamHeaders
     ) -> Message:
         results, errors = await _fan_out(
             session, dict.fromkeys(route.target_names, message), headers
@@ -749,7 +769,7 @@ class McpEndpoint:
         route: McpRoute,
         session: RelaySession,
         message: Message,
-        headers: Headers,
+        headers: UpstreamHeaders,
         outbox: Outbox,
         log: dict[str, str],
     ) -> None:
@@ -800,7 +820,7 @@ class McpEndpoint:
             await outbox.send(jsonrpc.make_error(msg_id, -32603, exc.reason), final=True)
 
     async def _notification(
-        self, session: RelaySession, message: Message, headers: Headers
+        self, session: RelaySession, message: Message, headers: UpstreamHeaders
     ) -> None:
         method = message.get("method")
         params = message.get("params") or {}
@@ -823,7 +843,7 @@ class McpEndpoint:
         route: McpRoute,
         session: RelaySession,
         message: Message,
-        headers: Headers,
+        headers: UpstreamHeaders,
         caller: Caller = NOBODY,
     ) -> Message:
         method = str(message["method"])
@@ -869,7 +889,7 @@ class McpEndpoint:
         session: RelaySession,
         target: str,
         message: Message,
-        headers: Headers,
+        headers: UpstreamHeaders,
         outbox: Outbox,
     ) -> None:
         """Forward one request; everything that belongs to it goes to
@@ -967,7 +987,7 @@ def _forward_headers(headers: Headers) -> Headers:
 
 
 async def _fan_out(
-    session: RelaySession, messages: dict[str, Message], headers: Headers
+    session: RelaySession, messages: dict[str, Message], headers: UpstreamHeaders
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Send each target its message at once; collect results and errors."""
     results: dict[str, dict[str, Any]] = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -37,7 +37,9 @@ from agentgw.upstream.pool import ConnectionPool
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
-Headers = Sequence[tuple[bytes, bytes]]
+Headers = Sequence[tuple[bytes, bytes]] | Callable[[str], Sequence[tuple[bytes, bytes]]]
+"""The client's headers for upstreams, or a function giving them per target
+(when one target passes the client's token on and another does not)."""
 CHANNEL_SIZE = 256
 MAX_IN_FLIGHT = 10_000
 
@@ -216,7 +218,7 @@ class RelaySession:
         transport = self.transports.get(target)
         if transport is None:
             raise UpstreamError(f"target {target}: {self.dead.get(target, 'not connected')}")
-        await transport.send(message, headers=headers)
+        await transport.send(message, headers=headers(target) if callable(headers) else headers)
 
     def _fail_target(self, target: str, reason: str) -> None:
         for key, pending in list(self._pending.items()):

@@ -593,3 +593,68 @@ async def test_mcp_authentication_sdk_from_nothing_to_a_tool_call() -> None:
                 assert "echo" in tools
                 result = await client.call_tool("echo", {"message": "authorized"})
                 assert "authorized" in result.content[0].text
+
+
+async def recording_mcp_upstream(req: h11.Request, body: bytes, up: Upstream) -> Any:
+    """A Streamable HTTP MCP server in JSON mode with one tool, recording
+    each request's headers (``up.seen``)."""
+    message = json.loads(body) if body else {}
+    headers = [(b"content-type", b"application/json"), (b"mcp-session-id", b"s1")]
+    if "id" not in message:
+        return 202, [], b""
+    if message.get("method") == "initialize":
+        result: dict[str, Any] = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "recorder", "version": "1"},
+        }
+    elif message.get("method") == "tools/list":
+        result = {"tools": [{"name": "who", "inputSchema": {"type": "object"}}]}
+    else:
+        result = {"content": [{"type": "text", "text": "ok"}]}
+    return (
+        200,
+        headers,
+        json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode(),
+    )
+
+
+async def test_backend_auth_on_one_backend_and_on_one_target() -> None:
+    tok = good()
+    auth = [(b"authorization", f"Bearer {tok}".encode())]
+    async with serve_upstream(echo_handler) as up:
+        config = secured(up.port, jwtAuth=jwt_auth())
+        backend = config["binds"][0]["listeners"][0]["routes"][0]["backends"][0]
+        backend["policies"] = {"backendAuth": {"passthrough": {}}}
+        async with run_gateway(config) as (_, port):
+            assert (await request(port, "GET", "/", headers=auth)).status == 200
+        assert dict(up.seen[0][0].headers)[b"authorization"] == f"Bearer {tok}".encode()
+
+    async with (
+        serve_upstream(recording_mcp_upstream) as a,
+        serve_upstream(recording_mcp_upstream) as b,
+    ):
+        config = mcp_config(
+            {
+                "name": "a",
+                "mcp": {"host": f"http://127.0.0.1:{a.port}/mcp"},
+                "policies": {"backendAuth": {"passthrough": {}}},
+            },
+            {"name": "b", "mcp": {"host": f"http://127.0.0.1:{b.port}/mcp"}},
+        )
+        config["binds"][0]["listeners"][0]["routes"][0]["policies"] = {"jwtAuth": jwt_auth()}
+        async with run_gateway(config) as (_, port), AsyncExitStack() as stack:
+            http = await stack.enter_async_context(
+                create_mcp_http_client(headers={"Authorization": f"Bearer {tok}"})
+            )
+            url = f"http://127.0.0.1:{port}/mcp"
+            client = await stack.enter_async_context(
+                Client(streamable_http_client(url, http_client=http))
+            )
+            await client.call_tool("a_who", {})
+            await client.call_tool("b_who", {})
+        assert all(
+            dict(r.headers).get(b"authorization") == f"Bearer {tok}".encode() for r, _ in a.seen
+        )
+        assert all(b"authorization" not in dict(r.headers) for r, _ in b.seen)
+        assert len(a.seen) >= 3 and len(b.seen) >= 3
