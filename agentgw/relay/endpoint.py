@@ -87,7 +87,9 @@ class McpRoute:
             stateful=backend.stateful_mode != "stateless",
             dns_rebinding_protection=backend.dns_rebinding_protection,
             passthrough_targets=frozenset(
-                t.name for t in backend.targets if t.policies is not None and t.policies.has_passthrough
+                t.name
+                for t in backend.targets
+                if t.policies is not None and t.policies.has_passthrough
             ),
         )
 
@@ -263,9 +265,9 @@ class McpEndpoint:
     _shared: dict[int, RelaySession] = attrs.field(factory=dict)
     _verified_tokens: OrderedDict[str, str] = attrs.field(factory=OrderedDict)
     _shared_lock: trio.Lock = attrs.field(factory=trio.Lock)
-    _legacy: dict[str, tuple[RelaySession, trio.MemorySendChannel[tuple[Message, UpstreamHeaders]]]] = (
-        attrs.field(factory=dict)
-    )
+    _legacy: dict[
+        str, tuple[RelaySession, trio.MemorySendChannel[tuple[Message, UpstreamHeaders]]]
+    ] = attrs.field(factory=dict)
 
     async def handle(
         self, req: ServerRequest, route: McpRoute, policies: RoutePolicies | None = None
@@ -606,7 +608,9 @@ class McpEndpoint:
         caller = req.mcp_caller
         session = await self._new_session(route)
         send, receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
-        work_send, work_receive = trio.open_memory_channel[tuple[Message, UpstreamHeaders]](CHANNEL_SIZE)
+        work_send, work_receive = trio.open_memory_channel[tuple[Message, UpstreamHeaders]](
+            CHANNEL_SIZE
+        )
         self._legacy[session.sid] = (session, work_send)
         endpoint = f"{req.path}?sessionId={session.sid}"
         req.record.extra["mcp.session"] = session.sid[:8]
@@ -651,9 +655,7 @@ class McpEndpoint:
         req.record.extra["mcp.method"] = str(message.get("method") or "response")
         req.record.extra["mcp.session"] = sid[:8]
         try:
-            work.send_nowait(
-                (message, self._upstream_headers(req, route))
-            )
+            work.send_nowait((message, self._upstream_headers(req, route)))
         except trio.WouldBlock:
             raise McpError(503, "too many messages in flight", -32603) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
