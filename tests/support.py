@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -376,3 +377,27 @@ async def free_port() -> int:
     port: int = sock.getsockname()[1]
     sock.close()
     return port
+
+
+async def recording_mcp_upstream(req: h11.Request, body: bytes, up: Upstream) -> Any:
+    """A Streamable HTTP MCP server in JSON mode with one tool, recording
+    each request's headers (``up.seen``)."""
+    message = json.loads(body) if body else {}
+    headers = [(b"content-type", b"application/json"), (b"mcp-session-id", b"s1")]
+    if "id" not in message:
+        return 202, [], b""
+    if message.get("method") == "initialize":
+        result: dict[str, Any] = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "recorder", "version": "1"},
+        }
+    elif message.get("method") == "tools/list":
+        result = {"tools": [{"name": "who", "inputSchema": {"type": "object"}}]}
+    else:
+        result = {"content": [{"type": "text", "text": "ok"}]}
+    return (
+        200,
+        headers,
+        json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode(),
+    )

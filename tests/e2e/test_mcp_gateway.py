@@ -20,6 +20,7 @@ from tests.support import (
     free_port,
     gateway_subprocess,
     open_client,
+    recording_mcp_upstream,
     request,
     run_gateway,
     serve_upstream,
@@ -401,26 +402,7 @@ async def test_2026_client_in_front_of_older_upstreams() -> None:
 async def test_client_headers_reach_http_targets() -> None:
     """Authorization and custom headers reach a Streamable HTTP target
     unchanged; hop-by-hop headers and the client's session id do not."""
-    seen: list[dict[bytes, bytes]] = []
-
-    async def mcp_upstream(req: Any, body: bytes, up: Any) -> Any:
-        seen.append(dict(req.headers))
-        message = json.loads(body) if body else {}
-        headers = [(b"content-type", b"application/json"), (b"mcp-session-id", b"upstream-1")]
-        if "id" not in message:
-            return 202, [], b""
-        if message.get("method") == "initialize":
-            result: dict[str, Any] = {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "recorder", "version": "1"},
-            }
-        else:
-            result = {"content": [{"type": "text", "text": "recorded"}]}
-        reply = {"jsonrpc": "2.0", "id": message["id"], "result": result}
-        return 200, headers, json.dumps(reply).encode()
-
-    async with serve_upstream(mcp_upstream) as up:
+    async with serve_upstream(recording_mcp_upstream) as up:
         target = {"name": "rec", "mcp": {"host": f"http://127.0.0.1:{up.port}/mcp"}}
         async with run_gateway(mcp_config(target)) as (_, port):
             token = await _initialize(port)
@@ -440,12 +422,12 @@ async def test_client_headers_reach_http_targets() -> None:
                 headers=[ACCEPT, JSON_CT, (b"mcp-session-id", token.encode()), *extra],
                 body=body,
             )
-            assert resp.status == 200 and b"recorded" in resp.body
-    call = seen[-1]
+            assert resp.status == 200 and b"ok" in resp.body
+    call = dict(up.seen[-1][0].headers)
     assert call[b"authorization"] == b"Bearer client-token"
     assert call[b"x-tenant"] == b"blue"
     assert b"x-hop" not in call
-    assert call[b"mcp-session-id"] == b"upstream-1"  # the upstream's own session id
+    assert call[b"mcp-session-id"] == b"s1"  # the upstream's own session id
 
 
 async def test_dead_stdio_target_is_an_error_and_the_next_session_restarts_it(

@@ -20,7 +20,15 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.e2e.test_mcp_gateway import DEMO, PEER, mcp_config, stdio
-from tests.support import Upstream, echo_handler, proxy_config, request, run_gateway, serve_upstream
+from tests.support import (
+    Upstream,
+    echo_handler,
+    proxy_config,
+    recording_mcp_upstream,
+    request,
+    run_gateway,
+    serve_upstream,
+)
 from tests.test_jwt import (
     AUDIENCE,
     ISSUER,
@@ -593,30 +601,6 @@ async def test_mcp_authentication_sdk_from_nothing_to_a_tool_call() -> None:
                 assert "echo" in tools
                 result = await client.call_tool("echo", {"message": "authorized"})
                 assert "authorized" in result.content[0].text
-
-
-async def recording_mcp_upstream(req: h11.Request, body: bytes, up: Upstream) -> Any:
-    """A Streamable HTTP MCP server in JSON mode with one tool, recording
-    each request's headers (``up.seen``)."""
-    message = json.loads(body) if body else {}
-    headers = [(b"content-type", b"application/json"), (b"mcp-session-id", b"s1")]
-    if "id" not in message:
-        return 202, [], b""
-    if message.get("method") == "initialize":
-        result: dict[str, Any] = {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {"tools": {}},
-            "serverInfo": {"name": "recorder", "version": "1"},
-        }
-    elif message.get("method") == "tools/list":
-        result = {"tools": [{"name": "who", "inputSchema": {"type": "object"}}]}
-    else:
-        result = {"content": [{"type": "text", "text": "ok"}]}
-    return (
-        200,
-        headers,
-        json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode(),
-    )
 
 
 async def test_backend_auth_on_one_backend_and_on_one_target() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -13,6 +14,8 @@ import trio
 from agentgw.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from agentgw.wire import jsonrpc
 from agentgw.wire.http import Headers, strip_hop_by_hop
+
+logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 
@@ -183,3 +186,19 @@ async def open_task_nursery() -> AsyncIterator[trio.Nursery]:
             # Keep the group (which holds exc) out of exc's context.
             exc.__context__ = context
             del exc, context
+
+
+def decode_event(data: str, target: str, log_prefix: str = "") -> list[Message]:
+    """The JSON-RPC messages of one SSE event; a bad event is logged and
+    skipped (an empty list), never fatal to the stream."""
+    try:
+        return decode(data)
+    except ValueError as exc:
+        logger.warning(
+            "%starget %s sent an event that is not JSON-RPC (%s): %s",
+            log_prefix,
+            target,
+            exc,
+            printable(data, 200),
+        )
+        return []

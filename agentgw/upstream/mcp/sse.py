@@ -25,7 +25,7 @@ from agentgw.upstream.mcp._common import (
     Inbox,
     Message,
     TransportClosed,
-    decode,
+    decode_event,
     encode,
     forward_headers,
     open_task_nursery,
@@ -154,18 +154,7 @@ class SseTransport:
         async for event in events:
             if event.event != "message" or not event.data.strip():
                 continue
-            try:
-                messages = decode(event.data)
-            except ValueError as exc:
-                logger.warning(
-                    "%starget %s sent an event that is not JSON-RPC (%s): %s",
-                    self.log_prefix,
-                    self.target,
-                    exc,
-                    printable(event.data, 200),
-                )
-                continue
-            for message in messages:
+            for message in decode_event(event.data, self.target, self.log_prefix):
                 if not await self.inbox.put(message):
                     return
 

@@ -35,6 +35,7 @@ from agentgw.upstream.mcp._common import (
     Message,
     TransportClosed,
     decode,
+    decode_event,
     encode,
     error_response,
     forward_headers,
@@ -270,18 +271,7 @@ class StreamableTransport:
                 if event.event != "message" or not event.data.strip():
                     continue
                 stream.events += 1
-                try:
-                    messages = decode(event.data)
-                except ValueError as exc:
-                    logger.warning(
-                        "%starget %s sent an event that is not JSON-RPC (%s): %s",
-                        self.log_prefix,
-                        self.target,
-                        exc,
-                        printable(event.data, 200),
-                    )
-                    continue
-                for message in messages:
+                for message in decode_event(event.data, self.target, self.log_prefix):
                     if is_response_to(message, stream.request_id):
                         stream.answered = True
                         # The stream should end now; one that does not is
