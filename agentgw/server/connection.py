@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
+from http import HTTPStatus
 from typing import Any, Literal
 
 import attrs
@@ -42,19 +43,13 @@ from agentgw.wire.http import (
 logger = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
-_REASONS = {
-    400: b"Bad Request",
-    404: b"Not Found",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}
+
+
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 @attrs.define(eq=False)
@@ -174,7 +169,7 @@ class ServerRequest:
         all_headers = simple_response_headers(data, content_type)
         if headers:
             all_headers.extend(headers)
-        await self.send_head(status, all_headers, _REASONS.get(status, b""), flush=False)
+        await self.send_head(status, all_headers, reason_phrase(status), flush=False)
         await self.send_data(data)
         await self.end()
 
@@ -427,7 +422,7 @@ class ClientConnection:
     async def _refuse(self, exc: ClientError, conn: h11.Connection | None = None) -> None:
         """Send a short error response and close gracefully."""
         body = f"{exc.reason}\n".encode()
-        reason = _REASONS.get(exc.status, b"Error")
+        reason = reason_phrase(exc.status) or b"Error"
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n" % (exc.status, reason, len(body))
