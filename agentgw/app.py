@@ -188,8 +188,8 @@ def _compile_route(
                 origins[i] = parse_origin(backend.host)
             except ValueError as exc:
                 errors.append(f"{path}.backends[{i}].host: {exc}")
-    policies = RoutePolicies.merge(listener.policies, route.policies)
     merged = merge_config(listener.policies, route.policies)
+    policies = RoutePolicies.from_config(merged)
 
     def where(name: str) -> str:
         own = route.policies is not None and getattr(route.policies, name) is not None
@@ -429,7 +429,7 @@ class Gateway:
             await req.respond(503, "no backend available\n")
             return
         if index in route.mcp:
-            await self.mcp.handle(req, route.mcp[index], route.policies_for(index))
+            await self.mcp.handle(req, route.mcp[index], route.policies_for(index), view)
             return
         await proxy_request(
             req,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 
 import trio
 
@@ -55,7 +55,7 @@ async def proxy_request(
     request_timeout = timeout.request_timeout if timeout is not None else None
     exchange = pool.open_exchange(origin)
     try:
-        with trio.fail_after(request_timeout) if request_timeout else _no_timeout():
+        with trio.fail_after(request_timeout) if request_timeout else nullcontext():
             await _exchange(req, exchange, view, policies, response_timeout)
     except trio.TooSlowError:
         await _upstream_failed(req, UpstreamTimeout("request timeout"))
@@ -63,14 +63,6 @@ async def proxy_request(
         await _upstream_failed(req, exc)
     finally:
         exchange.release()
-
-
-class _no_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 async def _upstream_failed(req: ServerRequest, exc: UpstreamError) -> None:

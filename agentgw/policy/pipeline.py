@@ -155,10 +155,9 @@ class RoutePolicies:
     passthrough: bool = False
 
     @classmethod
-    def merge(cls, *layers: Policies | None) -> RoutePolicies:
-        """Later layers (more specific) override earlier ones per policy.
-        The security steps are compiled by the gateway and added after."""
-        p = merge_config(*layers)
+    def from_config(cls, p: Policies) -> RoutePolicies:
+        """The plain policies of merged config (``merge_config``); the
+        security steps are compiled by the gateway and added after."""
         return cls(
             request_headers=p.request_header_modifier,
             response_headers=p.response_header_modifier,

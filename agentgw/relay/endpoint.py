@@ -116,8 +116,11 @@ class Caller:
     _variables: dict[str, object] | None = None
 
     @classmethod
-    def of(cls, req: ServerRequest, policies: RoutePolicies | None) -> Caller:
-        view = RequestView(req.method, req.path, req.headers, req.host, req.client)
+    def of(
+        cls, req: ServerRequest, policies: RoutePolicies | None, view: RequestView | None = None
+    ) -> Caller:
+        if view is None:
+            view = RequestView(req.method, req.path, req.headers, req.host, req.client)
         return cls(policies, req.identity, view)
 
     @property
@@ -270,9 +273,13 @@ class McpEndpoint:
     ] = attrs.field(factory=dict)
 
     async def handle(
-        self, req: ServerRequest, route: McpRoute, policies: RoutePolicies | None = None
+        self,
+        req: ServerRequest,
+        route: McpRoute,
+        policies: RoutePolicies | None = None,
+        view: RequestView | None = None,
     ) -> None:
-        req.mcp_caller = Caller.of(req, policies)
+        req.mcp_caller = Caller.of(req, policies, view)
         await self._handle(req, route)
 
     async def _handle(self, req: ServerRequest, route: McpRoute) -> None:

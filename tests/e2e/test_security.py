@@ -19,7 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.test_mcp_gateway import DEMO, PEER, mcp_config, stdio
+from tests.e2e.test_mcp_gateway import DEMO, PEER, _call, _initialize, mcp_config, stdio
 from tests.support import (
     Upstream,
     echo_handler,
@@ -306,33 +306,10 @@ async def test_mcp_denied_call_looks_like_a_missing_tool() -> None:
     config = mcp_config(stdio("paged", PEER))
     route = config["binds"][0]["listeners"][0]["routes"][0]
     route["policies"] = {"mcpAuthorization": {"rules": ['mcp.tool.name == "echo"']}}
-    accept = (b"accept", b"application/json, text/event-stream")
-    ctype = (b"content-type", b"application/json")
     async with run_gateway(config) as (_, port):
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        }
-        resp = await request(
-            port, "POST", "/mcp", headers=[accept, ctype], body=json.dumps(init).encode()
-        )
-        sid = resp.header(b"mcp-session-id")
-        assert sid
-        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "slow"}}
-        resp = await request(
-            port,
-            "POST",
-            "/mcp",
-            headers=[accept, ctype, (b"mcp-session-id", sid)],
-            body=json.dumps(call).encode(),
-        )
-        error = json.loads(resp.body)["error"]
+        token = await _initialize(port)
+        _, body = await _call(port, token, "slow", {})
+        error = json.loads(body)["error"]
         assert error == {"code": -32602, "message": "Unknown tool: slow"}
 
 
