@@ -80,14 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.validate_only:
         print("configuration is valid")
         return 0
-    listener = setup_logging(config.config.logging.format, config.config.logging.level)
+    log_handler = setup_logging(config.config.logging.format, config.config.logging.level)
     try:
         trio.run(_run, gw)
     except OSError as exc:
         print(f"agentgw: cannot listen: {exc}", file=sys.stderr)
         return 1
     finally:
-        listener.stop()
+        log_handler.close()
     return 0
 
 

@@ -126,29 +126,27 @@ async def _exchange(
 async def run_watching_client(req: ServerRequest, work: Callable[[], Awaitable[None]]) -> None:
     """Run ``work``; if the client closes its connection meanwhile, cancel it
     and raise ``ClientGone``. Call only once the request body is done."""
-    failures: list[Exception] = []
-    gone: list[bool] = []
-    done: list[bool] = []
-
-    async def run(scope: trio.CancelScope) -> None:
-        try:
-            await work()
-            done.append(True)
-        except Exception as exc:  # re-raised below, outside the nursery
-            failures.append(exc)
-        finally:
-            scope.cancel()
+    failure: Exception | None = None
+    gone = done = False
 
     async def watch(scope: trio.CancelScope) -> None:
+        nonlocal gone
         await req.watch_disconnect()
-        gone.append(True)
+        gone = True
         scope.cancel()
 
+    # ``work`` runs in this task; only the watcher is a task of its own.
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run, nursery.cancel_scope)
         nursery.start_soon(watch, nursery.cancel_scope)
-    if failures:
-        raise failures[0]
+        try:
+            await work()
+            done = True
+        except Exception as exc:  # re-raised below, outside the nursery
+            failure = exc
+        finally:
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     if gone and not done:  # a client that leaves after the answer lost nothing
         raise ClientGone("client disconnected")
 

@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    listener = setup_logging("text", args.log_level)
+    log_handler = setup_logging("text", args.log_level)
     try:
         if args.http is None:
             logger.info("serving MCP on stdio")
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        listener.stop()
+        log_handler.close()
     return 0
 
 

@@ -1,47 +1,85 @@
 """Log output for the CLI: never blocks the event loop.
 
-Records go into a bounded queue from the event loop and a writer thread
-prints them to stderr, so a slow or full stderr pipe cannot stall requests.
-When the queue is full, records are dropped and counted; the count is
-reported once the queue has room again.
+Records go into a bounded buffer from the event loop, and a writer thread
+prints them to stderr in batches, so a slow or full stderr pipe cannot
+stall requests. The writer wakes at most every ``BATCH_INTERVAL`` seconds:
+waking it for every line would hand the GIL back and forth a few times per
+request. When the buffer is full, records are dropped and counted; the
+count is reported once there is room again.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import logging.handlers
-import queue
 import sys
+import threading
+import time
+from typing import TextIO
 
 from agentgw.observability.access_log import escape
 
 QUEUE_SIZE = 10000
+BATCH_INTERVAL = 0.02
 
 
-class DroppingQueueHandler(logging.handlers.QueueHandler):
-    def __init__(self, q: queue.Queue[logging.LogRecord]) -> None:
-        super().__init__(q)
+class BatchingHandler(logging.Handler):
+    """Buffers records for a writer thread; ``close`` writes what is left."""
+
+    def __init__(self, stream: TextIO, max_records: int = QUEUE_SIZE) -> None:
+        super().__init__()
+        self.stream = stream
+        self.max_records = max_records
         self.dropped = 0
+        self._records: collections.deque[logging.LogRecord] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._write_loop, name="agentgw-log", daemon=True)
+        self._thread.start()
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self._records) >= self.max_records:
             self.dropped += 1
             return
-        if self.dropped:
-            note = logging.LogRecord(
-                "agentgw", logging.WARNING, "", 0, "dropped %d log lines", (self.dropped,), None
-            )
-            self.dropped = 0
-            try:
-                self.queue.put_nowait(note)
-            except queue.Full:  # pragma: no cover
-                pass
+        self._records.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record  # formatting happens on the writer thread
+    def close(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join(timeout=5)
+        super().close()
+
+    def _write_loop(self) -> None:
+        while not self._stopping:
+            self._wake.wait()
+            time.sleep(BATCH_INTERVAL)
+            self._wake.clear()
+            self._write_batch()
+        self._write_batch()
+
+    def _write_batch(self) -> None:
+        lines = []
+        records = self._records
+        while records:
+            record = records.popleft()
+            try:
+                lines.append(self.format(record))
+            except Exception:  # a bad record costs its line, never the writer
+                lines.append(f"error agentgw.logs: cannot format a record of {record.name}")
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            lines.append(f"warning agentgw: dropped {dropped} log lines")
+        if not lines:
+            return
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # stderr closed: nothing left to tell
+            pass
 
 
 class LineFormatter(logging.Formatter):
@@ -64,15 +102,16 @@ class LineFormatter(logging.Formatter):
         return f"{record.levelname.lower()} {record.name}: {escape(message, 4096)}"
 
 
-def setup_logging(fmt: str, level: str = "info") -> logging.handlers.QueueListener:
-    """Install the queue handler on the root logger and start the writer
-    thread; the caller stops the returned listener at exit."""
-    q: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(LineFormatter(fmt))
-    listener = logging.handlers.QueueListener(q, stream)
+def setup_logging(fmt: str, level: str = "info") -> BatchingHandler:
+    """Install the batching handler on the root logger (it starts the writer
+    thread); the caller closes the returned handler at exit."""
+    # What a record would look up and never print.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = BatchingHandler(sys.stderr)
+    handler.setFormatter(LineFormatter(fmt))
     root = logging.getLogger()
-    root.handlers[:] = [DroppingQueueHandler(q)]
+    root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    listener.start()
-    return listener
+    return handler

@@ -906,14 +906,20 @@ class McpEndpoint:
         method = str(message.get("method"))
         async with session.request(target, message, headers) as messages:
             while True:
-                with trio.move_on_after(self.keepalive) as idle:
-                    try:
-                        reply = await messages.receive()
-                    except trio.EndOfChannel:
-                        raise UpstreamError(f"target {target}: no response") from None
-                if idle.cancelled_caught:
-                    await outbox.ping()
-                    continue
+                try:
+                    # A JSON answer is already here: no timer, no wait.
+                    reply = messages.receive_nowait()
+                except trio.WouldBlock:
+                    with trio.move_on_after(self.keepalive) as idle:
+                        try:
+                            reply = await messages.receive()
+                        except trio.EndOfChannel:
+                            raise UpstreamError(f"target {target}: no response") from None
+                    if idle.cancelled_caught:
+                        await outbox.ping()
+                        continue
+                except trio.EndOfChannel:
+                    raise UpstreamError(f"target {target}: no response") from None
                 final = "method" not in reply
                 await outbox.send(_outbound(route, target, reply, method), final=final)
                 if final:

@@ -218,7 +218,12 @@ class RelaySession:
         transport = self.transports.get(target)
         if transport is None:
             raise UpstreamError(f"target {target}: {self.dead.get(target, 'not connected')}")
-        await transport.send(message, headers=headers(target) if callable(headers) else headers)
+        # An answer the transport read at once skips its queue and our reader.
+        answers: list[Message] = []
+        own = headers(target) if callable(headers) else headers
+        await transport.send(message, headers=own, answers=answers)
+        for answer in answers:
+            await self._dispatch(target, answer)
 
     def _fail_target(self, target: str, reason: str) -> None:
         for key, pending in list(self._pending.items()):

@@ -40,7 +40,11 @@ class McpTransport(Protocol):
     """The upstream's ``Mcp-Session-Id`` once known (Streamable HTTP only)."""
 
     async def send(
-        self, message: dict[str, Any], *, headers: Sequence[tuple[bytes, bytes]] = ()
+        self,
+        message: dict[str, Any],
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        answers: list[dict[str, Any]] | None = None,
     ) -> None:
         """Send one JSON-RPC message.
 
@@ -49,6 +53,9 @@ class McpTransport(Protocol):
             headers: the client's request headers, forwarded to HTTP and
                 WebSocket upstreams except hop-by-hop ones, framing, Host and
                 the session id. Ignored by stdio.
+            answers: where a transport that reads an answer at once (a
+                Streamable HTTP JSON response) puts its messages, instead of
+                queueing them for ``receive``; other transports ignore it.
 
         Raises:
             TransportClosed: the upstream is gone.

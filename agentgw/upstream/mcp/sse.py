@@ -68,7 +68,13 @@ class SseTransport:
     def __repr__(self) -> str:
         return f"<SseTransport {self.target} {self.url} endpoint={self.endpoint} {self.inbox!r}>"
 
-    async def send(self, message: Message, *, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    async def send(
+        self,
+        message: Message,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        answers: list[Message] | None = None,
+    ) -> None:
         """Raises UpstreamError if the upstream did not accept the message."""
         self.inbox.check_open()
         if headers:

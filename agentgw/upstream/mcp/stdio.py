@@ -58,7 +58,13 @@ class StdioTransport:
     def pid(self) -> int:
         return self.process.pid
 
-    async def send(self, message: Message, *, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    async def send(
+        self,
+        message: Message,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        answers: list[Message] | None = None,
+    ) -> None:
         self.inbox.check_open()
         stdin = self.process.stdin
         assert stdin is not None

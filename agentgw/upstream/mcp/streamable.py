@@ -2,12 +2,14 @@
 
 How this works: every ``send`` is one POST on its own pooled connection.
 For a notification or a response the upstream answers 202 at once, and
-``send`` waits for that. For a request, ``send`` returns once the POST is
-written, and a task of the transport's nursery reads the answer (one JSON
-body, or an SSE stream of progress, server requests and finally the
-response), so many requests are in flight at once. Whatever fails after the
-POST was written is answered on the upstream's behalf with a JSON-RPC error
-for that request id, so that no caller waits forever.
+``send`` waits for that. For a request, ``send`` reads the answer's head. A
+JSON answer (the common case) is read at once and goes to the inbox, or
+straight back to a caller that passed ``answers``: no task and no queue on
+the hot path. An SSE answer (progress, server requests and finally the
+response) is read on by a task of the transport's nursery, so many requests
+are in flight at once. Whatever fails after the POST was written is
+answered on the upstream's behalf with a JSON-RPC error for that request
+id, so that no caller waits forever.
 
 The session id comes from the initialize response's ``Mcp-Session-Id``, the
 protocol version from its result; both go on every later request. Once the
@@ -58,7 +60,7 @@ from agentgw.upstream.mcp._http import (
     receive_head,
     start_request,
 )
-from agentgw.upstream.pool import ConnectionPool, Exchange
+from agentgw.upstream.pool import ConnectionPool, Exchange, UpstreamResponse
 from agentgw.wire.http import Headers, header_value
 from agentgw.wire.jsonrpc import is_request
 from agentgw.wire.sse import SSEDecoder, SSEEvent
@@ -112,9 +114,16 @@ class StreamableTransport:
 
     # ------------------------------------------------------------ the interface
 
-    async def send(self, message: Message, *, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    async def send(
+        self,
+        message: Message,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        answers: list[Message] | None = None,
+    ) -> None:
         """Raises UpstreamError (TransportClosed once the session is gone)
-        if the upstream did not take the message."""
+        if the upstream did not take the message. Messages of a JSON answer
+        go to ``answers`` when given, else to the inbox."""
         self.inbox.check_open()
         if headers:
             self._client_headers = forward_headers(headers)
@@ -132,7 +141,12 @@ class StreamableTransport:
             self._initializing.discard(request_id)
             raise
         if request:
-            self.nursery.start_soon(self._read_answer, ex, request_id)
+            read = await self._start_answer(ex, request_id)
+            if answers is not None:
+                answers.extend(read)
+            else:
+                for answer in read:
+                    await self.inbox.put(answer)
         else:
             try:
                 response = await receive_head(self.target, ex, SHORT_TIMEOUT)
@@ -143,7 +157,13 @@ class StreamableTransport:
                 await drain(self.target, ex)
             finally:
                 ex.release()
-        if not self._get_started and self.is_initialized and not self._initializing:
+        # The standalone stream opens after the handshake (initialized sent).
+        if (
+            not self._get_started
+            and not initialize
+            and self.is_initialized
+            and not self._initializing
+        ):
             self._get_started = True
             self.nursery.start_soon(self._serve_get_stream)
 
@@ -170,7 +190,8 @@ class StreamableTransport:
             self.inbox.close(f"target {self.target}: session expired")
             raise TransportClosed(f"target {self.target}: session expired")
 
-    async def _push(self, message: Message) -> None:
+    def _note(self, message: Message) -> None:
+        """Learn the protocol version from an initialize answer."""
         msg_id = message.get("id")
         if "method" not in message and msg_id in self._initializing:
             self._initializing.discard(msg_id)
@@ -178,37 +199,77 @@ class StreamableTransport:
             version = result.get("protocolVersion") if isinstance(result, dict) else None
             if isinstance(version, str):
                 self.protocol_version = version
+
+    async def _push(self, message: Message) -> None:
+        self._note(message)
         await self.inbox.put(message)
 
-    async def _read_answer(self, ex: Exchange, request_id: object) -> None:
-        """Read the answer to the POSTed request ``request_id``: never raises
-        for what the upstream does."""
+    async def _start_answer(self, ex: Exchange, request_id: object) -> list[Message]:
+        """Read the answer to the POSTed request ``request_id`` up to its head.
+        A JSON body is read here and its messages returned; an SSE stream is
+        handed to a task that reads it into the inbox. Never raises for what
+        the upstream does: a failure becomes the request's error answer."""
         stream = _Stream(request_id)
+        answers: list[Message] = []
+        handed_over = False
         try:
             try:
-                await self._read_post_response(ex, stream)
+                response = await self._receive_post_head(ex, stream)
+                if response is not None and is_event_stream(response):
+                    self.nursery.start_soon(self._read_answer, ex, stream)
+                    handed_over = True  # the task releases the exchange
+                    return answers
+                if response is not None:
+                    await self._read_json_answer(ex, stream, response, answers)
+            finally:
+                if not handed_over:
+                    ex.release()
+            if not stream.answered:
+                answers.append(self._error(request_id, "upstream ended without a response"))
+        except TransportClosed:
+            pass  # the closed inbox tells the reader
+        except UpstreamError as exc:
+            logger.info("%s%s", self.log_prefix, exc.reason)
+            if not stream.answered:
+                answers.append(error_response(request_id, exc.reason))
+        finally:
+            if not handed_over:
+                for answer in answers:
+                    self._note(answer)
+                self._initializing.discard(request_id)
+        return answers
+
+    async def _read_answer(self, ex: Exchange, stream: _Stream) -> None:
+        """Read the SSE answer to a POSTed request into the inbox: never
+        raises for what the upstream does."""
+        request_id = stream.request_id
+        try:
+            try:
+                await self._read_stream(ex, stream)
             finally:
                 ex.release()
             while not stream.answered and stream.last_event_id is not None:
                 if not await self._resume(stream):
                     break
             if not stream.answered:
-                await self._answer(request_id, "upstream ended the stream without a response")
+                await self.inbox.put(
+                    self._error(request_id, "upstream ended the stream without a response")
+                )
         except TransportClosed:
             pass
         except UpstreamError as exc:
             logger.info("%s%s", self.log_prefix, exc.reason)
             if not stream.answered:
-                await self._answer(request_id, exc.reason, prefixed=True)
+                await self.inbox.put(error_response(request_id, exc.reason))
         finally:
             self._initializing.discard(request_id)
 
-    async def _answer(self, request_id: object, text: str, *, prefixed: bool = False) -> None:
-        if not prefixed:
-            text = f"target {self.target}: {text}"
-        await self.inbox.put(error_response(request_id, text))
+    def _error(self, request_id: object, text: str) -> Message:
+        return error_response(request_id, f"target {self.target}: {text}")
 
-    async def _read_post_response(self, ex: Exchange, stream: _Stream) -> None:
+    async def _receive_post_head(self, ex: Exchange, stream: _Stream) -> UpstreamResponse | None:
+        """The head of a POST's answer; None when there is no body to read
+        (202: the answer comes on the GET stream)."""
         response = await receive_head(self.target, ex, STREAM_IDLE_TIMEOUT)
         self._check_session(response.status)
         if stream.request_id in self._initializing:
@@ -216,23 +277,24 @@ class StreamableTransport:
             if session_id:
                 self.session_id = session_id.decode("latin-1")
         if response.status == 202:
-            # Nothing on this connection: the answer comes on the GET stream.
             stream.answered = True
-            return
+            return None
+        return response
+
+    async def _read_json_answer(
+        self, ex: Exchange, stream: _Stream, response: UpstreamResponse, answers: list[Message]
+    ) -> None:
         if not is_success(response):
             body = await read_body(self.target, ex, limit=65536)
             for message in _messages(body):
                 if is_response_to(message, stream.request_id):
                     stream.answered = True
-                    await self._push(message)
+                    answers.append(message)
                     return
             summary = f": {printable(body, 200)}" if body else ""
             raise UpstreamError(
                 f"target {self.target}: upstream answered HTTP {response.status}{summary}"
             )
-        if is_event_stream(response):
-            await self._read_stream(ex, stream)
-            return
         if media_type(response) != b"application/json":
             raise UpstreamError(
                 f"target {self.target}: unexpected content type "
@@ -247,7 +309,7 @@ class StreamableTransport:
             raise UpstreamError(f"target {self.target}: response is not JSON-RPC")
         for message in messages:
             stream.answered = stream.answered or is_response_to(message, stream.request_id)
-            await self._push(message)
+            answers.append(message)
 
     async def _read_stream(self, ex: Exchange, stream: _Stream) -> None:
         decoder = new_decoder()

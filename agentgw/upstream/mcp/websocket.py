@@ -64,7 +64,13 @@ class WebSocketTransport:
     def __repr__(self) -> str:
         return f"<WebSocketTransport {self.target} {self.url} {self.inbox!r}>"
 
-    async def send(self, message: Message, *, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    async def send(
+        self,
+        message: Message,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        answers: list[Message] | None = None,
+    ) -> None:
         """Raises UpstreamError if the upstream cannot be reached,
         TransportClosed once the connection is gone."""
         self.inbox.check_open()
