@@ -57,7 +57,7 @@ from agentgw.policy.pipeline import (
     response_headers,
     run_request,
 )
-from agentgw.proxy import proxy_request
+from agentgw.proxy import proxy_request, relay_to_worker
 from agentgw.relay.endpoint import McpEndpoint, McpRoute
 from agentgw.relay.session import SessionManager
 from agentgw.routing import Router, choose_backend
@@ -65,6 +65,9 @@ from agentgw.server.connection import ClientConnection, ServerRequest
 from agentgw.upstream.client import simple_request
 from agentgw.upstream.jwks import JwksSource
 from agentgw.upstream.pool import ConnectionPool, Origin
+from agentgw.wire.http import header_value
+from agentgw.workers import CLIENT_HEADER as WORKER_CLIENT_HEADER
+from agentgw.workers import WorkerSpec, open_reuseport_listeners, open_unix_listener
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +250,9 @@ class Gateway:
         ConfigError: the config cannot be served (every problem listed).
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, worker: WorkerSpec | None = None) -> None:
         self.config = config
+        self.worker = worker
         self._security = Security([])
         self._binds = compile_binds(config, self._security)
         self._jwks_by_issuer = {
@@ -263,11 +267,16 @@ class Gateway:
             max_idle_per_origin=settings.backend.pool_max_size or 64,
         )
         self.sessions = SessionManager(self.pool, ttl=settings.mcp.session_ttl)
+        key = settings.session.key if settings.session else None
+        if key is None and worker is not None:
+            key = worker.session_key  # one key for all workers
         self.mcp = McpEndpoint(
             self.sessions,
-            SessionCodec.from_config(settings.session.key if settings.session else None),
+            SessionCodec.from_config(key),
             self.pool,
             ttl=settings.mcp.session_ttl,
+            worker=worker.index if worker else None,
+            workers=worker.count if worker else 1,
         )
         self.is_draining = False
         self._connections: set[ClientConnection] = set()
@@ -293,13 +302,21 @@ class Gateway:
         ``addrs = await nursery.start(gw.serve)``.
         """
         listeners: list[tuple[CompiledBind, list[trio.SocketListener]]] = []
+        internal: list[tuple[CompiledBind, trio.SocketListener]] = []
         settings = self.config.config
         for key, value in (("adminAddr", settings.admin_addr), ("statsAddr", settings.stats_addr)):
             if value:
                 logger.warning("config.%s is accepted but not served yet by agentgw", key)
+        worker = self.worker
         try:
-            for cb in self._binds:
-                opened = await trio.open_tcp_listeners(cb.bind.port, host=cb.bind.address)
+            for b, cb in enumerate(self._binds):
+                host, port = cb.bind.address, cb.bind.port
+                if worker is None:
+                    opened = await trio.open_tcp_listeners(port, host=host)
+                else:
+                    opened = await open_reuseport_listeners(host, port)
+                    path = worker.socket_path(worker.index, b)
+                    internal.append((cb, await open_unix_listener(path)))
                 listeners.append((cb, opened))
             addresses = [self._address(cb, opened) for cb, opened in listeners]
             async with trio.open_nursery() as root:
@@ -314,6 +331,8 @@ class Gateway:
                         for cb, opened in listeners:
                             for listener in opened:
                                 accepting.start_soon(self._accept_loop, listener, cb, conns)
+                        for cb, listener in internal:
+                            accepting.start_soon(self._accept_loop, listener, cb, conns, True)
                         task_status.started(addresses)
                         await self._shutdown.wait()
                         accepting.cancel_scope.cancel()
@@ -324,6 +343,8 @@ class Gateway:
                 for _, opened in listeners:
                     for listener in opened:
                         await listener.aclose()
+                for _, listener in internal:
+                    await listener.aclose()
             self.pool.close_all()
 
     async def _drain(
@@ -351,6 +372,7 @@ class Gateway:
         listener: trio.SocketListener,
         cb: CompiledBind,
         conns: trio.Nursery,
+        from_worker: bool = False,
     ) -> None:
         while True:
             await self._slots.acquire()
@@ -369,13 +391,15 @@ class Gateway:
             except BaseException:
                 self._slots.release()
                 raise
-            conns.start_soon(self._serve_connection, stream, cb)
+            conns.start_soon(self._serve_connection, stream, cb, from_worker)
 
-    async def _serve_connection(self, stream: trio.SocketStream, cb: CompiledBind) -> None:
+    async def _serve_connection(
+        self, stream: trio.SocketStream, cb: CompiledBind, from_worker: bool = False
+    ) -> None:
         try:
             try:
                 peer = stream.socket.getpeername()
-                client = (str(peer[0]), int(peer[1]))
+                client = ("worker", 0) if from_worker else (str(peer[0]), int(peer[1]))
             except OSError:
                 await stream.aclose()
                 return
@@ -384,7 +408,7 @@ class Gateway:
                 client,
                 cb.name,
                 self.limits,
-                partial(self._handle, cb),
+                partial(self._handle_relayed if from_worker else self._handle, cb),
                 self.log_format,
             )
             self._connections.add(conn)
@@ -397,7 +421,19 @@ class Gateway:
         finally:
             self._slots.release()
 
-    async def _handle(self, cb: CompiledBind, req: ServerRequest) -> None:
+    async def _handle_relayed(self, cb: CompiledBind, req: ServerRequest) -> None:
+        """A request a sibling worker relayed here (``agentgw.workers``): the
+        client it names is the real one."""
+        named = header_value(req.headers, WORKER_CLIENT_HEADER)
+        req.headers = [(n, v) for n, v in req.headers if n != WORKER_CLIENT_HEADER]
+        if named is not None:
+            host, _, port = named.decode("latin-1").rpartition(":")
+            req.client = (host, int(port) if port.isdigit() else 0)
+            req.record.src_addr = f"{host}:{port}"
+        req.record.extra["worker.relayed"] = "true"
+        await self._handle(cb, req, relayed=True)
+
+    async def _handle(self, cb: CompiledBind, req: ServerRequest, relayed: bool = False) -> None:
         record = req.record
         selected = cb.router.select(req.host, req.path, req.method, req.headers, req.query)
         if selected is None:
@@ -406,6 +442,15 @@ class Gateway:
             return
         record.listener, record.route = selected.listener_name, selected.route_name
         route = cb.routes[id(selected.route)]
+        worker = self.worker
+        if worker is not None and route.mcp and not relayed:
+            owner = self.mcp.owner_of(req)
+            if owner is not None and owner != worker.index:
+                path = worker.socket_path(owner, self._binds.index(cb))
+                if await relay_to_worker(req, self.pool, path):
+                    record.extra["worker.owner"] = str(owner)
+                    return
+                logger.info("worker %d is not there: serving its session here", owner)
         view = RequestView(req.method, req.path, req.headers, req.host, req.client)
         decision = run_request(route.policies, view)
         if isinstance(decision, Respond):

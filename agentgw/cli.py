@@ -13,10 +13,11 @@ import trio
 
 from agentgw._version import __version__
 from agentgw.app import Gateway
-from agentgw.config.load import default_config, load_config, parse_config
+from agentgw.config.load import default_config, effective_binds, load_config, parse_config
 from agentgw.config.model import Config
 from agentgw.errors import ConfigError
 from agentgw.observability.logs import setup_logging
+from agentgw.workers import MAX_WORKERS, WorkerSpec, supervise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,8 +27,39 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("-c", "--config", help="inline config (YAML or JSON)")
     p.add_argument("--validate-only", action="store_true", help="check the config and exit")
     p.add_argument("--log-format", choices=["text", "json"], help="override config.logging.format")
+    p.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        metavar="N",
+        help=f"serve with N processes sharing the ports (SO_REUSEPORT; 1 to {MAX_WORKERS})",
+    )
     p.add_argument("--version", action="version", version=f"agentgw {__version__}")
     return p
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_WORKERS}, got {text!r}")
+    return count
+
+
+def _without_workers(argv: Sequence[str]) -> list[str]:
+    """The arguments a worker gets: the parent's, without ``--workers``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -65,13 +97,19 @@ async def _run(gw: Gateway) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    try:
+        worker = WorkerSpec.from_env()
+    except ValueError as exc:
+        print(f"agentgw: {exc}", file=sys.stderr)
+        return 2
     try:
         config = _load(args)
         if args.log_format:
             logging_cfg = attrs.evolve(config.config.logging, format=args.log_format)
             config = attrs.evolve(config, config=attrs.evolve(config.config, logging=logging_cfg))
-        gw = Gateway(config)
+        gw = Gateway(config, worker=worker)
     except ConfigError as exc:
         print("invalid configuration:", file=sys.stderr)
         for error in exc.errors:
@@ -80,6 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.validate_only:
         print("configuration is valid")
         return 0
+    if args.workers > 1 and worker is None:
+        ephemeral = [b.port for b in effective_binds(config) if b.port == 0]
+        if ephemeral:
+            print("agentgw: --workers needs fixed ports (a bind has port 0)", file=sys.stderr)
+            return 2
+        key = config.config.session.key if config.config.session else None
+        return supervise(_without_workers(argv), args.workers, key)
     log_handler = setup_logging(config.config.logging.format, config.config.logging.level)
     try:
         trio.run(_run, gw)

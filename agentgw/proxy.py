@@ -12,12 +12,18 @@ stays flat. The upstream connection is pooled only if the exchange completed.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing, nullcontext
 
 import trio
 
-from agentgw.errors import AbortResponse, ClientGone, UpstreamError, UpstreamTimeout
+from agentgw.errors import (
+    AbortResponse,
+    ClientGone,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from agentgw.policy.pipeline import (
     RequestView,
     RoutePolicies,
@@ -29,6 +35,7 @@ from agentgw.policy.pipeline import response_headers as route_response_headers
 from agentgw.server.connection import ServerRequest
 from agentgw.upstream.pool import ConnectionPool, Exchange, Origin
 from agentgw.wire.http import Headers, header_value, is_websocket_upgrade, strip_hop_by_hop
+from agentgw.workers import CLIENT_HEADER as WORKER_CLIENT_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +60,19 @@ async def proxy_request(
     if timeout is not None and timeout.backend_request_timeout is not None:
         response_timeout = timeout.backend_request_timeout
     request_timeout = timeout.request_timeout if timeout is not None else None
+    upgrade = is_websocket_upgrade(req.headers)
+    headers = strip_hop_by_hop(req.headers, keep_upgrade=upgrade)
+    headers = modify_headers(policies.request_headers, headers)
+    headers = upstream_credentials(policies, req.identity, headers)
+    headers = forwarded_headers(headers, req.client[0])
+
+    def answer_headers(headers: Headers) -> Headers:
+        return route_response_headers(policies, view, headers)
+
     exchange = pool.open_exchange(origin)
     try:
         with trio.fail_after(request_timeout) if request_timeout else nullcontext():
-            await _exchange(req, exchange, view, policies, response_timeout)
+            await _exchange(req, exchange, headers, answer_headers, response_timeout)
     except trio.TooSlowError:
         await _upstream_failed(req, UpstreamTimeout("request timeout"))
     except UpstreamError as exc:
@@ -73,18 +89,42 @@ async def _upstream_failed(req: ServerRequest, exc: UpstreamError) -> None:
     await req.respond(exc.status, f"{exc.reason}\n", [(b"connection", b"close")])
 
 
+async def relay_to_worker(req: ServerRequest, pool: ConnectionPool, path: str) -> bool:
+    """Relay ``req`` as it came, streaming both ways, to the sibling worker
+    listening on the Unix socket ``path`` (see ``agentgw.workers``), naming
+    the client in a header only that socket trusts.
+
+    Returns:
+        False if that worker is not there (nothing was sent).
+    """
+    upgrade = is_websocket_upgrade(req.headers)
+    headers = [
+        (name, value)
+        for name, value in strip_hop_by_hop(req.headers, keep_upgrade=upgrade)
+        if name != WORKER_CLIENT_HEADER
+    ]
+    headers.append((WORKER_CLIENT_HEADER, f"{req.client[0]}:{req.client[1]}".encode()))
+    exchange = pool.open_exchange((path, 0))
+    try:
+        try:
+            await exchange.connect()
+        except UpstreamError:
+            return False
+        await _exchange(req, exchange, headers, lambda headers: headers, math.inf)
+    except UpstreamError as exc:
+        await _upstream_failed(req, exc)
+    finally:
+        exchange.release()
+    return True
+
+
 async def _exchange(
     req: ServerRequest,
     exchange: Exchange,
-    view: RequestView,
-    policies: RoutePolicies,
+    headers: Headers,
+    answer_headers: Callable[[Headers], Headers],
     response_timeout: float,
 ) -> None:
-    upgrade = is_websocket_upgrade(req.headers)
-    headers = strip_hop_by_hop(req.headers, keep_upgrade=upgrade)
-    headers = modify_headers(policies.request_headers, headers)
-    headers = upstream_credentials(policies, req.identity, headers)
-    headers = forwarded_headers(headers, req.client[0])
     if req.head.chunked:
         headers.append((b"transfer-encoding", b"chunked"))
     method = req.method.encode()
@@ -104,8 +144,9 @@ async def _exchange(
 
     async def forward() -> None:
         response = await exchange.receive_response(response_timeout)
-        out = strip_hop_by_hop(response.headers, keep_upgrade=response.status == 101)
-        out = route_response_headers(policies, view, out)
+        out = answer_headers(
+            strip_hop_by_hop(response.headers, keep_upgrade=response.status == 101)
+        )
         if response.status == 101:
             response_head.append(out)
             return
@@ -147,7 +188,7 @@ async def run_watching_client(req: ServerRequest, work: Callable[[], Awaitable[N
             nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    if gone and not done:  # a client that leaves after the answer lost nothing
+    if gone and not (done or req.is_response_done):  # leaving after the answer loses nothing
         raise ClientGone("client disconnected")
 
 

@@ -47,6 +47,7 @@ from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire import jsonrpc
 from agentgw.wire.http import header_value, is_websocket_upgrade, strip_hop_by_hop
 from agentgw.wire.sse import encode_comment, encode_event
+from agentgw.workers import owner_of_sid, session_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +272,38 @@ class McpEndpoint:
     _legacy: dict[
         str, tuple[RelaySession, trio.MemorySendChannel[tuple[Message, UpstreamHeaders]]]
     ] = attrs.field(factory=dict)
+    # With --workers: this process's index and the number of workers.
+    worker: int | None = None
+    workers: int = 1
+
+    def _new_sid(self) -> str:
+        sid = secrets.token_urlsafe(16)
+        return sid if self.worker is None else sid + session_suffix(self.worker)
+
+    def owner_of(self, req: ServerRequest) -> int | None:
+        """The worker that holds the session ``req`` names; None when it
+        names none (or one no worker can hold)."""
+        if self.worker is None:
+            return None
+        token = header_value(req.headers, b"mcp-session-id")
+        if token is not None:
+            text = token.decode("latin-1")
+            sid = self._verified_tokens.get(text)
+            if sid is None:
+                try:
+                    sid = self.codec.decode(text).sid
+                except InvalidSession:
+                    return None
+                self._remember_token(text, sid)
+            return owner_of_sid(sid, self.workers)
+        if req.method == "POST" and "sessionId=" in req.query:
+            return owner_of_sid(_legacy_sid(req), self.workers)
+        return None
+
+    def _remember_token(self, token: str, sid: str) -> None:
+        self._verified_tokens[token] = sid
+        if len(self._verified_tokens) > TOKEN_CACHE_SIZE:
+            self._verified_tokens.popitem(last=False)
 
     async def handle(
         self,
@@ -325,7 +358,7 @@ class McpEndpoint:
 
     async def _new_session(self, route: McpRoute, ttl: float | None = None) -> RelaySession:
         session = RelaySession(
-            sid=secrets.token_urlsafe(16),
+            sid=self._new_sid(),
             targets=route.targets,
             pool=self.pool,
             ttl=ttl or self.ttl,
@@ -516,9 +549,7 @@ class McpEndpoint:
             state = self.codec.decode(token)
         except InvalidSession as exc:
             raise McpError(404, "session not found", -32001) from exc
-        self._verified_tokens[token] = state.sid
-        if len(self._verified_tokens) > TOKEN_CACHE_SIZE:
-            self._verified_tokens.popitem(last=False)
+        self._remember_token(token, state.sid)
         session = self.manager.sessions.get(state.sid)
         if session is not None and not session.closed.is_set():
             return session
@@ -651,9 +682,7 @@ class McpEndpoint:
             raise ClientGone("client disconnected")
 
     async def _legacy_post(self, req: ServerRequest, route: McpRoute) -> None:
-        sid = dict(part.split("=", 1) for part in req.query.split("&") if "=" in part).get(
-            "sessionId", ""
-        )
+        sid = _legacy_sid(req)
         found = self._legacy.get(sid)
         if found is None:
             raise McpError(404, "session not found", -32001)
@@ -976,6 +1005,11 @@ def _stateless_version(req: ServerRequest, message: Message) -> str | None:
     if version is not None and versions.is_stateless_revision(version):
         return version
     return None
+
+
+def _legacy_sid(req: ServerRequest) -> str:
+    query = dict(part.split("=", 1) for part in req.query.split("&") if "=" in part)
+    return query.get("sessionId", "")
 
 
 def _parse_one(body: bytes) -> Message:

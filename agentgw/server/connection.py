@@ -97,6 +97,10 @@ class ServerRequest:
     def is_response_started(self) -> bool:
         return self.status is not None
 
+    @property
+    def is_response_done(self) -> bool:
+        return self._h11.our_state is h11.DONE
+
     async def body(self) -> AsyncGenerator[bytes, None]:
         """Yield the request body as it arrives.
 

@@ -141,17 +141,24 @@ class ConnectionPool:
             self.evict_expired()
 
     async def connect(self, origin: Origin) -> UpstreamConnection:
+        """A new connection to ``origin``: (host, port), or (path, 0) for a
+        Unix socket (a sibling worker)."""
         host, port = origin
+        unix = host.startswith("/")
         with trio.move_on_after(self.connect_timeout) as scope:
             try:
-                stream = await trio.open_tcp_stream(host, port)
+                if unix:
+                    stream = await trio.open_unix_socket(host)
+                else:
+                    stream = await trio.open_tcp_stream(host, port)
             except OSError as exc:
-                if _is_refused(exc):
+                if _is_refused(exc) or unix:
                     raise UpstreamUnavailable(f"upstream {host}:{port} refused the connection")
                 raise UpstreamUnavailable(f"upstream {host}:{port} unreachable: {exc}")
         if scope.cancelled_caught:
             raise UpstreamTimeout(f"upstream {host}:{port} connect timeout")
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not unix:
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._opened += 1
         self._active += 1
         return UpstreamConnection(origin, stream)
@@ -196,6 +203,20 @@ class Exchange:
     origin: Origin
     conn: UpstreamConnection | None = None
     _released: bool = False
+    _took_idle: bool = False
+
+    async def connect(self) -> None:
+        """Have the connection ready before ``send_head``, so that an origin
+        that is not there fails before anything was read or sent.
+
+        Raises:
+            UpstreamUnavailable: refused or unreachable.
+            UpstreamTimeout: the connect timed out.
+        """
+        if self.conn is None:
+            conn = self.pool.take_idle(self.origin)
+            self._took_idle = conn is not None
+            self.conn = conn or await self.pool.connect(self.origin)
 
     async def send_head(
         self, method: bytes, target: bytes, headers: Headers, body: bytes | None = None
@@ -204,8 +225,12 @@ class Exchange:
         write (then do not call ``send_body``/``end_body``)."""
         request = h11.Request(method=method, target=target, headers=headers)
         for attempt in (0, 1):
-            conn = self.pool.take_idle(self.origin) if attempt == 0 else None
-            reused = conn is not None
+            conn: UpstreamConnection | None
+            if attempt == 0 and self.conn is not None:  # from connect()
+                conn, reused = self.conn, self._took_idle
+            else:
+                conn = self.pool.take_idle(self.origin) if attempt == 0 else None
+                reused = conn is not None
             if conn is None:
                 conn = await self.pool.connect(self.origin)
             self.conn = conn

@@ -1,0 +1,145 @@
+"""``agentgw --workers N``: real processes sharing a port with SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agentgw.cli import _without_workers
+from agentgw.workers import owner_of_sid
+from tests.e2e.test_mcp_gateway import (
+    PEER,
+    _call,
+    _children,
+    _initialize,
+    _is_running,
+    _read,
+    mcp_config,
+    stdio,
+)
+from tests.support import free_port, gateway_subprocess
+
+
+def test_session_ids_name_their_worker() -> None:
+    assert owner_of_sid("abc.w1", 2) == 1
+    assert owner_of_sid("abc.w0", 2) == 0
+    assert owner_of_sid("abc.w2", 2) is None  # no such worker
+    assert owner_of_sid("abc", 2) is None
+    assert owner_of_sid("abc.wx", 2) is None
+
+
+def test_workers_get_the_parents_arguments_without_workers() -> None:
+    argv = ["-f", "c.yaml", "--workers", "2", "--log-format=json", "--workers=3"]
+    assert _without_workers(argv) == ["-f", "c.yaml", "--log-format=json"]
+
+
+async def _workers_config(tmp_path: Path) -> tuple[dict[str, Any], int]:
+    config = mcp_config(stdio("paged", PEER, env={"PEER_LOG": str(tmp_path / "peer.log")}))
+    port = await free_port()
+    config["binds"][0]["port"] = port
+    return config, port
+
+
+def _sockets(directory: Path) -> frozenset[tuple[int, int]]:
+    paths = directory.glob("agentgw-*/*.sock")
+    return frozenset((st.st_ino, st.st_ctime_ns) for st in (p.stat() for p in paths))
+
+
+async def _wait_for_sockets(
+    directory: Path, count: int, old: frozenset[tuple[int, int]] = frozenset()
+) -> frozenset[tuple[int, int]]:
+    """The workers' Unix sockets (inode, change time), once ``count`` are
+    there that are not in ``old`` (a restarted worker makes its socket anew)."""
+    with trio.fail_after(20):
+        while True:
+            found = _sockets(directory)
+            if len(found - old) >= count:
+                return found
+            await trio.sleep(0.05)
+
+
+async def _wait_for_log(proc: Any, text: bytes) -> None:
+    with trio.fail_after(5):
+        while text not in proc.stderr_data:
+            await trio.sleep(0.05)
+
+
+async def test_a_session_works_whichever_worker_a_connection_reaches(tmp_path: Path) -> None:
+    config, port = await _workers_config(tmp_path)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    async with gateway_subprocess("-c", json.dumps(config), "--workers", "2", env=env) as (
+        proc,
+        _,
+    ):
+        await _wait_for_sockets(tmp_path, 2)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        tokens = [await _initialize(port) for _ in range(3)]
+        # Each call is a new connection, so the kernel spreads them over both
+        # workers; every call must reach the worker that holds its session.
+        for round_no in range(8):
+            for i, token in enumerate(tokens):
+                status, body = await _call(port, token, "echo", {"message": f"m{i}-{round_no}"})
+                assert status == 200, body
+                assert f"paged echo: m{i}-{round_no}".encode() in body
+        await _wait_for_log(proc, b"worker.owner=")
+        # One stdio process per session: relaying created no session elsewhere.
+        started = [line for line in _read(tmp_path / "peer.log").splitlines() if "pid" in line]
+        assert len(started) == 3
+        grandchildren = [pid for worker in workers for pid in _children(worker)]
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await proc.wait() == 0
+    for pid in [*workers, *grandchildren]:
+        assert not _is_running(pid)
+    assert not _sockets(tmp_path), "the sockets are left behind"
+
+
+async def test_a_crashed_worker_is_restarted(tmp_path: Path) -> None:
+    config, port = await _workers_config(tmp_path)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    async with gateway_subprocess("-c", json.dumps(config), "--workers", "2", env=env) as (
+        proc,
+        _,
+    ):
+        sockets = await _wait_for_sockets(tmp_path, 2)
+        os.kill(_children(proc.pid)[0], signal.SIGKILL)
+        await _wait_for_log(proc, b"restarting in")
+        await _wait_for_sockets(tmp_path, 1, old=sockets)
+        for _ in range(6):  # whichever worker answers, the gateway serves
+            token = await _initialize(port)
+            status, body = await _call(port, token, "echo", {"message": "again"})
+            assert status == 200 and b"paged echo: again" in body
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await proc.wait() == 0, proc.stderr_data.decode(errors="replace")
+
+
+def test_workers_need_fixed_ports() -> None:
+    config = mcp_config(stdio("paged", PEER))  # port 0
+    done = subprocess.run(
+        [sys.executable, "-m", "agentgw", "-c", json.dumps(config), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "--workers needs fixed ports" in done.stderr
+
+
+def test_a_bad_worker_count_is_refused() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agentgw", "--workers", "0", "--validate-only"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "expected a number from 1 to 64" in done.stderr
