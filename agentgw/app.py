@@ -351,6 +351,7 @@ class Gateway:
         self, listeners: list[tuple[CompiledBind, list[trio.SocketListener]]], conns: trio.Nursery
     ) -> None:
         self.is_draining = True
+        self.mcp.start_drain()
         for _, opened in listeners:
             for listener in opened:
                 await listener.aclose()

@@ -275,6 +275,14 @@ class McpEndpoint:
     # With --workers: this process's index and the number of workers.
     worker: int | None = None
     workers: int = 1
+    is_draining: bool = False
+    _waits: set[trio.CancelScope] = attrs.field(factory=set)  # of idle SSE streams
+
+    def start_drain(self) -> None:
+        """End every server-to-client stream now, between two events."""
+        self.is_draining = True
+        for wait in list(self._waits):
+            wait.cancel()
 
     def _new_sid(self) -> str:
         sid = secrets.token_urlsafe(16)
@@ -616,16 +624,22 @@ class McpEndpoint:
             await req.send_data(first)
 
         async def pump() -> None:
-            while True:
-                with trio.move_on_after(self.keepalive) as idle:
+            # A drain cancels the wait (never a write), and the stream ends
+            # cleanly at once: the client reconnects elsewhere.
+            while not self.is_draining:
+                message = None
+                with trio.move_on_after(self.keepalive) as wait:
+                    self._waits.add(wait)
                     try:
                         message = await messages.receive()
                     except trio.EndOfChannel:
                         return
-                if idle.cancelled_caught:
+                    finally:
+                        self._waits.discard(wait)
+                if message is not None:
+                    await req.send_data(encode_event(json.dumps(message)))
+                elif not self.is_draining:
                     await req.send_data(encode_comment("ping"))
-                    continue
-                await req.send_data(encode_event(json.dumps(message)))
 
         await run_watching_client(req, pump)
         await req.end()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import h11
 import mcp.types as types
 import pytest
 import trio
@@ -450,3 +451,28 @@ async def test_dead_stdio_target_is_an_error_and_the_next_session_restarts_it(
         assert status == 200 and b"paged echo: again" in body
         pids = [line.split()[1] for line in _read(log).splitlines() if line.startswith("pid")]
         assert len(pids) == 2 and pids[0] != pids[1]
+
+
+async def test_sigterm_ends_idle_get_streams_at_once() -> None:
+    config = mcp_config(stdio("paged", PEER))
+    config["config"]["connectionTerminationDeadline"] = "20s"
+    async with gateway_subprocess("-c", json.dumps(config)) as (proc, ports):
+        token = await _initialize(ports[0])
+        async with open_client(ports[0]) as client:
+            headers = [(b"accept", b"text/event-stream"), (b"mcp-session-id", token.encode())]
+            await client.send(
+                h11.Request(
+                    method="GET", target="/mcp", headers=[(b"host", b"127.0.0.1"), *headers]
+                )
+            )
+            await client.send(h11.EndOfMessage())
+            head = await client.next_event()
+            assert head.status_code == 200
+            start = trio.current_time()
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):  # far sooner than the 20 s deadline
+                while not isinstance(await client.next_event(), h11.EndOfMessage):
+                    pass
+            assert trio.current_time() - start < 2
+        with trio.fail_after(10):
+            assert await proc.wait() == 0
