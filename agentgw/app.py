@@ -444,8 +444,9 @@ class Gateway:
         record.listener, record.route = selected.listener_name, selected.route_name
         route = cb.routes[id(selected.route)]
         worker = self.worker
-        if worker is not None and route.mcp and not relayed:
-            owner = self.mcp.owner_of(req)
+        if worker is not None and len(route.mcp) == 1 and not relayed:
+            (mcp_route,) = route.mcp.values()
+            owner = self.mcp.owner_of(req, mcp_route)
             if owner is not None and owner != worker.index:
                 path = worker.socket_path(owner, self._binds.index(cb))
                 if await relay_to_worker(req, self.pool, path):

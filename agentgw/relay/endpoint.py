@@ -76,6 +76,12 @@ class McpRoute:
     dns_rebinding_protection: bool = False
     passthrough_targets: frozenset[str] = frozenset()
 
+    @property
+    def resumable(self) -> bool:
+        """Whether another process can take up a session of this route: only
+        Streamable HTTP upstream sessions live outside this process."""
+        return all(t.mcp is not None for t in self.targets)
+
     @classmethod
     def compile(cls, backend: McpBackend) -> McpRoute:
         mode = backend.prefix_mode or "conditional"
@@ -288,10 +294,13 @@ class McpEndpoint:
         sid = secrets.token_urlsafe(16)
         return sid if self.worker is None else sid + session_suffix(self.worker)
 
-    def owner_of(self, req: ServerRequest) -> int | None:
-        """The worker that holds the session ``req`` names; None when it
-        names none (or one no worker can hold)."""
+    def owner_of(self, req: ServerRequest, route: McpRoute) -> int | None:
+        """The worker that must serve ``req``: the one holding the session it
+        names. None when any worker can: it names no session, or it is a
+        request (POST) in a session every worker can take up."""
         if self.worker is None:
+            return None
+        if req.method == "POST" and route.resumable and "sessionId=" not in req.query:
             return None
         token = header_value(req.headers, b"mcp-session-id")
         if token is not None:
@@ -562,10 +571,11 @@ class McpEndpoint:
         if session is not None and not session.closed.is_set():
             return session
         # Resume a session issued by this or another replica with the same key.
-        if set(state.targets) != set(route.target_names) or any(
-            t.stdio is not None for t in route.targets
-        ):
+        if set(state.targets) != set(route.target_names) or not route.resumable:
             raise McpError(404, "session not found", -32001)
+        # A sibling worker's session, taken up here for requests only: its
+        # owner keeps the server-to-client stream and ends the session.
+        owner = owner_of_sid(state.sid, self.workers) if self.worker is not None else None
         session = RelaySession(
             sid=state.sid,
             targets=route.targets,
@@ -573,6 +583,7 @@ class McpEndpoint:
             ttl=self.ttl,
             upstream_sessions=dict(state.targets),
             protocol_version=state.protocol_version or None,
+            is_replica=owner is not None and owner != self.worker,
         )
         try:
             await self.manager.start(session)

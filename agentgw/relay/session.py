@@ -70,6 +70,9 @@ class RelaySession:
     # A session shared by many clients (2026-07-28 requests): nothing that
     # is not tied to one request (by id or progress token) is relayed.
     is_shared: bool = False
+    # Taken up from a sibling worker (``agentgw.workers``) for requests only:
+    # no server-to-client stream, and the upstream sessions are never ended.
+    is_replica: bool = False
     init_result: dict[str, Any] | None = None
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _pending: dict[tuple[str, int], Pending] = attrs.field(factory=dict)
@@ -105,6 +108,7 @@ class RelaySession:
                                 pool=self.pool,
                                 session_id=self.upstream_sessions.get(target.name),
                                 protocol_version=self.protocol_version,
+                                server_stream=not self.is_replica,
                             )
                         )
                     except UpstreamError as exc:
@@ -128,7 +132,7 @@ class RelaySession:
             self._fail_all("session closed")
 
     def _keep_upstream_sessions_unless_ended(self) -> None:
-        if not self.has_ended:
+        if not self.has_ended or self.is_replica:
             for transport in self.transports.values():
                 if hasattr(transport, "keep_upstream_session"):
                     transport.keep_upstream_session = True

@@ -24,7 +24,7 @@ from tests.e2e.test_mcp_gateway import (
     mcp_config,
     stdio,
 )
-from tests.support import free_port, gateway_subprocess
+from tests.support import free_port, gateway_subprocess, recording_mcp_upstream, serve_upstream
 
 
 def test_session_ids_name_their_worker() -> None:
@@ -143,3 +143,37 @@ def test_a_bad_worker_count_is_refused() -> None:
     )
     assert done.returncode == 2
     assert "expected a number from 1 to 64" in done.stderr
+
+
+async def test_http_sessions_are_served_by_whichever_worker_gets_the_request(
+    tmp_path: Path,
+) -> None:
+    async with serve_upstream(recording_mcp_upstream) as up:
+        target = {"name": "rec", "mcp": {"host": f"http://127.0.0.1:{up.port}/mcp"}}
+        config = mcp_config(target)
+        port = await free_port()
+        config["binds"][0]["port"] = port
+        env = {**os.environ, "TMPDIR": str(tmp_path)}
+        args = ("-c", json.dumps(config), "--workers", "2")
+        async with gateway_subprocess(*args, env=env) as (proc, _):
+            await _wait_for_sockets(tmp_path, 2)
+            token = await _initialize(port)
+            for i in range(16):  # new connections: both workers take some
+                status, body = await _call(port, token, "who", {"n": i})
+                assert status == 200 and b'"ok"' in body, body
+            await _wait_for_log(proc, b"mcp.method=tools/call")
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                assert await proc.wait() == 0
+        lines = proc.stderr_data.decode(errors="replace").splitlines()
+        calls = [line for line in lines if "mcp.method=tools/call" in line]
+        assert len(calls) == 16
+        assert not [line for line in calls if "worker.owner=" in line]  # none relayed
+        methods = [json.loads(body).get("method") for request, body in up.seen if body]
+        # One upstream session: initialized once, every call in it, one GET
+        # stream at most (only the owner holds it), never ended by a worker.
+        assert methods.count("initialize") == 1
+        assert methods.count("tools/call") == 16
+        assert all(dict(r.headers)[b"mcp-session-id"] == b"s1" for r, b in up.seen[2:] if b)
+        assert [r.method for r, _ in up.seen].count(b"GET") <= 1
+        assert b"DELETE" not in [r.method for r, _ in up.seen]

@@ -81,6 +81,7 @@ def open_transport(
     session_id: str | None = None,
     protocol_version: str | None = None,
     log_prefix: str = "",
+    server_stream: bool = True,
 ) -> AbstractAsyncContextManager[McpTransport]:
     """Open the transport to ``target``.
 
@@ -93,6 +94,8 @@ def open_transport(
             ``MCP-Protocol-Version`` until an initialize result says
             otherwise (Streamable HTTP).
         log_prefix: put before every log line, to tell sessions apart.
+        server_stream: hold the standalone server-to-client stream open once
+            initialized (Streamable HTTP); False where another process does.
 
     Returns:
         An async context manager yielding the transport. Stdio starts the
@@ -110,6 +113,7 @@ def open_transport(
         session_id=session_id,
         protocol_version=protocol_version,
         log_prefix=log_prefix,
+        server_stream=server_stream,
     )
 
 
@@ -121,6 +125,7 @@ async def _open_transport(
     session_id: str | None,
     protocol_version: str | None,
     log_prefix: str,
+    server_stream: bool,
 ) -> AsyncIterator[McpTransport]:
     transport: AbstractAsyncContextManager[McpTransport]
     if target.stdio is not None:
@@ -133,6 +138,7 @@ async def _open_transport(
             session_id=session_id,
             protocol_version=protocol_version,
             log_prefix=log_prefix,
+            server_stream=server_stream,
         )
     elif target.sse is not None:
         transport = open_sse_transport(target.name, target.sse, pool=pool, log_prefix=log_prefix)

@@ -102,6 +102,8 @@ class StreamableTransport:
     # Set when the gateway stops rather than the session ending, so that
     # another replica can resume the upstream session.
     keep_upstream_session: bool = False
+    # Hold the standalone GET stream (False where another process holds it).
+    server_stream: bool = True
     _client_headers: Headers = attrs.field(factory=list)
     _initializing: set[object] = attrs.field(factory=set)
     _get_started: bool = False
@@ -159,7 +161,8 @@ class StreamableTransport:
                 ex.release()
         # The standalone stream opens after the handshake (initialized sent).
         if (
-            not self._get_started
+            self.server_stream
+            and not self._get_started
             and not initialize
             and self.is_initialized
             and not self._initializing
@@ -453,6 +456,7 @@ async def open_streamable_transport(
     session_id: str | None = None,
     protocol_version: str | None = None,
     log_prefix: str = "",
+    server_stream: bool = True,
 ) -> AsyncIterator[StreamableTransport]:
     """A Streamable HTTP client of ``spec``; nothing is sent until ``send``.
 
@@ -469,6 +473,7 @@ async def open_streamable_transport(
             session_id=session_id,
             protocol_version=protocol_version,
             log_prefix=log_prefix,
+            server_stream=server_stream,
         )
         try:
             yield transport
