@@ -17,7 +17,7 @@ from agentgw.config.load import default_config, effective_binds, load_config, pa
 from agentgw.config.model import Config
 from agentgw.errors import ConfigError
 from agentgw.observability.logs import setup_logging
-from agentgw.workers import MAX_WORKERS, WorkerSpec, supervise
+from agentgw.workers import MAX_WORKERS, WorkerSpec, stop_when_orphaned, supervise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +94,8 @@ async def _run(gw: Gateway) -> None:
                 for name in addr.listeners:
                     print(f"agentgw: listener {name} listening on http://{addr}", flush=True)
             nursery.start_soon(_on_signals, signals, gw, nursery.cancel_scope)
+            if gw.worker is not None:
+                nursery.start_soon(stop_when_orphaned, gw.shutdown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

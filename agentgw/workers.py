@@ -33,7 +33,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -137,6 +137,16 @@ async def open_unix_listener(path: str) -> trio.SocketListener:
         sock.close()
         raise
     return trio.SocketListener(sock)
+
+
+async def stop_when_orphaned(shutdown: Callable[[], None], interval: float = 1.0) -> None:
+    """In a worker: call ``shutdown`` (a drain) if the supervisor dies
+    without stopping us (it was killed with SIGKILL, say)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await trio.sleep(interval)
+    print("agentgw: the supervisor is gone, draining", file=sys.stderr, flush=True)
+    shutdown()
 
 
 # ---------------------------------------------------------------- the parent

@@ -177,3 +177,19 @@ async def test_http_sessions_are_served_by_whichever_worker_gets_the_request(
         assert all(dict(r.headers)[b"mcp-session-id"] == b"s1" for r, b in up.seen[2:] if b)
         assert [r.method for r, _ in up.seen].count(b"GET") <= 1
         assert b"DELETE" not in [r.method for r, _ in up.seen]
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    config, _ = await _workers_config(tmp_path)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    async with gateway_subprocess("-c", json.dumps(config), "--workers", "2", env=env) as (
+        proc,
+        _,
+    ):
+        await _wait_for_sockets(tmp_path, 2)
+        workers = _children(proc.pid)
+        proc.kill()
+        await proc.wait()
+    with trio.fail_after(10):
+        while any(_is_running(pid) for pid in workers):
+            await trio.sleep(0.1)
