@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 NPM_STAMP := node_modules/.stamp-install
+BENCH_STAMP := $(VENV)/.stamp-install-bench
 
 .PHONY: run test lint typecheck unit bench clean
 
@@ -32,7 +33,13 @@ typecheck: $(STAMP)
 test: $(STAMP) $(NPM_STAMP) lint typecheck
 	$(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)
+# The bench extra (matplotlib, for the plots) on top of the test install; the
+# peers it compares agentgw with install themselves into bench/.peers/.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench run $(BENCH_ARGS)
 
 clean:

@@ -6,9 +6,10 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
-from bench.runner import RunOptions, run_scenario
+from bench.runner import RESULTS_DIR, RunOptions, run_scenario
 from bench.scenarios import scenarios
 
 QUICK_ROUNDS = 1
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         "`python -m bench list` names them)",
     )
     run.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    run.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        metavar="DIR",
+        help="where reports go (default bench/results/)",
+    )
     return parser
 
 
@@ -73,8 +81,8 @@ def _positive(text: str) -> int:
 
 def _list() -> int:
     for scenario in scenarios().values():
-        print(f"{scenario.name:<10} {scenario.summary}")
-        print(f"{'':<10} systems: {', '.join(scenario.systems)}")
+        print(f"{scenario.name:<11} {scenario.summary}")
+        print(f"{'':<11} systems: {', '.join(scenario.systems)}")
     return 0
 
 
@@ -88,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         warmup_s=WARMUP_S,
         systems=_systems(args.systems),
         pin=not args.no_pin,
+        results_dir=args.results,
     )
     known = scenarios()
     chosen = [known[name] for name in args.scenario or list(known)]
@@ -98,7 +107,10 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     status = 0
     for scenario in chosen:
-        status = max(status, run_scenario(scenario, options))
+        if scenario.run is not None:
+            status = max(status, scenario.run(options, args.quick))
+        else:
+            status = max(status, run_scenario(scenario, options, quick=args.quick))
     return status
 
 

@@ -13,6 +13,19 @@ MAX_ERROR_RATE = 0.001
 
 
 @dataclass(frozen=True)
+class RatioTarget:
+    """The lowest req/s ratio an issue asks of a (system, baseline) pair, at
+    concurrency `at` only, or at every one when `at` is None."""
+
+    ratio: float
+    at: int | None = None
+
+    def describe(self) -> str:
+        where = f" at c={self.at}" if self.at is not None else ""
+        return f"at least {self.ratio:.2f}{where}"
+
+
+@dataclass(frozen=True)
 class Measurement:
     round: int
     system: str
@@ -58,6 +71,25 @@ class Summary:
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 1.0
 
+    def error_kinds(self) -> list[tuple[str, int]]:
+        """The errors of all rounds by kind (wrk's socket error kinds, non-2xx,
+        unexpected), largest first."""
+        counts: dict[str, int] = {}
+        for m in self.runs:
+            for kind, n in m.wrk.error_kinds:
+                counts[kind] = counts.get(kind, 0) + n
+        return sorted(counts.items(), key=lambda kv: -kv[1])
+
+    def describe_errors(self) -> str:
+        text = f"{self.errors:,} of {self.requests:,}"
+        if self.errors:
+            text += f" ({_kinds(self)})"
+        return text
+
+
+def _kinds(s: Summary) -> str:
+    return ", ".join(f"{kind} {n:,}" for kind, n in s.error_kinds()) or "none counted"
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -78,9 +110,12 @@ def summarize(
 
 
 def error_failures(summaries: Sequence[Summary]) -> list[str]:
+    """One line per system and concurrency whose error rate over all rounds
+    exceeds MAX_ERROR_RATE, naming the kinds of error, the most frequent first."""
     return [
-        f"{s.system} c={s.connections}: error rate {s.error_rate:.2%} "
-        f"({s.errors:,} of {s.requests:,} requests) exceeds {MAX_ERROR_RATE:.1%}"
+        f"{s.system} c={s.connections}: error rate {s.error_rate:.2%} exceeds "
+        f"{MAX_ERROR_RATE:.1%}: {s.errors:,} of {s.requests:,} requests over "
+        f"{len(s.runs)} round(s) failed, by kind: {_kinds(s)}"
         for s in summaries
         if s.error_rate > MAX_ERROR_RATE
     ]
@@ -94,22 +129,30 @@ def render(
     peak_rss: Mapping[str, int],
     failures: Sequence[str],
     *,
-    targets: Mapping[tuple[str, str], float] | None = None,
+    targets: Mapping[tuple[str, str], float | RatioTarget] | None = None,
+    plot: str | None = None,
 ) -> str:
     """The Markdown report.
 
     Args:
         comparisons: (system, baseline) pairs, each getting a table of ratios.
-        targets: for some of those pairs, the lowest req/s ratio asked for; the
-            report says at which concurrencies it was met.
+        targets: for some of those pairs, the lowest req/s ratio asked for (a
+            float: at every concurrency); the report says where it was met.
         processes: per system, the name of the process whose CPU and RSS are its cost.
         peak_rss: per system, that process's peak RSS in bytes.
+        plot: the file name of the report's plot, beside it, if there is one.
     """
     parts = [f"# {info.title}", "", *(f"- {k}: {v}" for k, v in info.facts), ""]
+    if plot is not None:
+        parts += [f"![requests/s and latency per system and concurrency]({plot})", ""]
+    parts += _throughput_matrix(summaries)
     parts += _latency_table(summaries)
     for system, baseline in comparisons:
         target = (targets or {}).get((system, baseline))
+        if isinstance(target, float | int):
+            target = RatioTarget(float(target))
         parts += _comparison_table(summaries, system, baseline, target)
+    parts += _targets_table(summaries, targets or {})
     parts += _cost_table(summaries, processes, peak_rss)
     if failures:
         parts += ["## Failures", "", *(_failure_item(f) for f in failures)]
@@ -121,6 +164,34 @@ def _failure_item(failure: str) -> str:
     if "\n" not in rest:
         return f"- {failure}\n"
     return f"- {first}:\n\n  ```\n{textwrap.indent(rest, '  ')}\n  ```\n"
+
+
+def _throughput_matrix(summaries: Sequence[Summary]) -> list[str]:
+    systems = list(dict.fromkeys(s.system for s in summaries))
+    concurrencies = sorted({s.connections for s in summaries})
+    if len(systems) < 2 or len(concurrencies) < 2:
+        return []
+    by_key = {(s.system, s.connections): s for s in summaries}
+    rows = [
+        "## Requests per second",
+        "",
+        "Median round; `n/a` where the system was not measured at that concurrency, "
+        "`*` where its error rate exceeded 0.1% (see the errors column below).",
+        "",
+        "| system | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
+        "|---|" + "--:|" * len(concurrencies),
+    ]
+    for system in systems:
+        cells = []
+        for c in concurrencies:
+            s = by_key.get((system, c))
+            if s is None:
+                cells.append("n/a")
+                continue
+            mark = "*" if s.error_rate > MAX_ERROR_RATE else ""
+            cells.append(f"{s.median.wrk.requests_per_s:,.0f}{mark}")
+        rows.append(f"| {system} | " + " | ".join(cells) + " |")
+    return [*rows, ""]
 
 
 def _latency_table(summaries: Sequence[Summary]) -> list[str]:
@@ -139,24 +210,23 @@ def _latency_table(summaries: Sequence[Summary]) -> list[str]:
             f"| {_range(s.spread(lambda r: r.wrk.requests_per_s), _rate)} "
             f"| {_time(m.p50_s)} | {_range(s.spread(lambda r: r.wrk.p50_s), _time)} "
             f"| {_time(m.p99_s)} | {_range(s.spread(lambda r: r.wrk.p99_s), _time)} "
-            f"| {s.errors:,} of {s.requests:,} |"
+            f"| {s.describe_errors()} |"
         )
     return [*rows, ""]
 
 
 def _comparison_table(
-    summaries: Sequence[Summary], system: str, baseline: str, target: float | None
+    summaries: Sequence[Summary], system: str, baseline: str, target: RatioTarget | None
 ) -> list[str]:
     by_key = {(s.system, s.connections): s.median.wrk for s in summaries}
     rows = []
     verdicts = []
-    for c in sorted({s.connections for s in summaries}):
-        base, measured = by_key.get((baseline, c)), by_key.get((system, c))
-        if base is None or measured is None:
-            continue
-        ratio = measured.requests_per_s / base.requests_per_s
-        if target is not None:
-            verdicts.append(f"{'met' if ratio >= target else 'missed'} at c={c} ({ratio:.2f})")
+    for c, ratio in _ratios(summaries, system, baseline):
+        base, measured = by_key[(baseline, c)], by_key[(system, c)]
+        if target is not None and target.at in (None, c):
+            verdicts.append(
+                f"{'met' if ratio >= target.ratio else 'missed'} at c={c} ({ratio:.2f})"
+            )
         rows.append(
             f"| {c} | {ratio:.2f} "
             f"| {_signed_time(measured.p50_s - base.p50_s)} "
@@ -171,13 +241,59 @@ def _comparison_table(
         "|--:|--:|--:|--:|",
     ]
     tail = []
-    if verdicts:
+    if target is not None and verdicts:
         tail = [
             "",
-            f"Target: {system}/{baseline} req/s of at least {target:.2f} (medians); "
+            f"Target: {system}/{baseline} req/s of {target.describe()} (medians); "
             f"{', '.join(verdicts)}. Speed never fails the run.",
         ]
     return [*head, *rows, *tail, ""]
+
+
+def _ratios(summaries: Sequence[Summary], system: str, baseline: str) -> list[tuple[int, float]]:
+    """(c, system/baseline median req/s) at every concurrency where both were measured."""
+    by_key = {(s.system, s.connections): s.median.wrk for s in summaries}
+    ratios = []
+    for c in sorted({s.connections for s in summaries}):
+        base, measured = by_key.get((baseline, c)), by_key.get((system, c))
+        if base is not None and measured is not None and base.requests_per_s > 0:
+            ratios.append((c, measured.requests_per_s / base.requests_per_s))
+    return ratios
+
+
+def _targets_table(
+    summaries: Sequence[Summary], targets: Mapping[tuple[str, str], float | RatioTarget]
+) -> list[str]:
+    rows = []
+    for (system, baseline), target in targets.items():
+        if not isinstance(target, RatioTarget):
+            target = RatioTarget(float(target))
+        ratios = [(c, r) for c, r in _ratios(summaries, system, baseline) if target.at in (None, c)]
+        if not ratios:
+            verdict = "not measured"
+            measured = "n/a"
+        else:
+            met = [c for c, r in ratios if r >= target.ratio]
+            if len(met) == len(ratios):
+                verdict = "met"
+            elif met:
+                verdict = f"met at c={', '.join(map(str, met))} only"
+            else:
+                verdict = "missed"
+            measured = ", ".join(f"{r:.2f} (c={c})" for c, r in ratios)
+        rows.append(f"| {system}/{baseline} | {target.describe()} | {measured} | {verdict} |")
+    if not rows:
+        return []
+    return [
+        "## Targets",
+        "",
+        "Throughput ratios of medians an issue asks for. Speed never fails the run.",
+        "",
+        "| ratio | target | measured | verdict |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _cost_table(
@@ -186,11 +302,12 @@ def _cost_table(
     rows = [
         "## Process cost",
         "",
-        "CPU is utime+stime of the system's own process over each measured run "
-        "(median over rounds); for `direct` that process is the upstream, for a gateway "
-        "system it is agentgw alone, not the upstreams behind it. wrk's share shows "
-        "whether the load generator was the limit. "
-        "Peak RSS is VmHWM at the end of the whole benchmark.",
+        "CPU is utime+stime of the system's own processes over each measured run "
+        "(median over rounds); for `direct` that is the upstream, for a proxy (agentgw "
+        "or a peer) it is the proxy's process and the processes it started (workers), "
+        "not the upstream behind it, be it an HTTP server or a stdio server the proxy "
+        "spawned. wrk's share shows whether the load generator was the limit. "
+        "Peak RSS is the sum of those processes' VmHWM at the end of the whole benchmark.",
         "",
         "| system | process | c | CPU ms / 1k req | its share of a core | wrk's share | peak RSS |",
         "|---|---|--:|--:|--:|--:|--:|",

@@ -4,14 +4,18 @@ How this works: the scenario starts its processes once, each on a free port
 on 127.0.0.1 (for `http`: a Node upstream, and agentgw proxying to it). With
 taskset and 2 cores they run on core 0, while wrk and this harness run on
 core 1. Before round 1 each system gets one untimed run to warm up its JIT and
-allocator. Each round then loads every system at every concurrency,
+allocator (not with --quick). Each round then loads every system at every concurrency,
 alternating the systems (c=1: direct, gateway; c=64: direct, gateway), so
 drift of the machine hits both alike. One load is a warm-up wrk run that is
 thrown away, then the measured wrk run, around which the process's CPU time is
-read from /proc. After the last round each process's peak RSS is read. Per
+read from /proc. After each load the harness waits until the system is idle
+again (a slow peer may still be working off requests that wrk gave up on), so
+its backlog does not steal the core from the next system. After the last
+round each process's peak RSS is read. Per
 system and concurrency the round with the median throughput is reported, with
 min..max over rounds so the noise shows. The report is printed and written to
-bench/results/.
+bench/results/, with a PNG plot beside it (bench/plot.py) when matplotlib is
+installed.
 
 Processes are stopped on every way out (an ExitStack), Ctrl-C and SIGTERM
 included. The exit status is 1 when a system failed to start or died, or an
@@ -41,6 +45,10 @@ from bench.wrk import WrkError, WrkResult, ensure_wrk, run_wrk, wrk_command
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PRIME_S = 2
+# Idle: the system used less than this share of a core over one poll.
+IDLE_SHARE = 0.05
+IDLE_POLL_S = 0.1
+IDLE_WAIT_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -53,12 +61,20 @@ class RunOptions:
     results_dir: Path = RESULTS_DIR
 
 
-def run_scenario(scenario: Scenario, options: RunOptions) -> int:
+def run_scenario(scenario: Scenario, options: RunOptions, *, quick: bool = False) -> int:
     """Run `scenario`, print and write its report.
+
+    Args:
+        quick: run only the scenario's `quick_concurrencies`, if it has any.
 
     Returns:
         The process exit status: 0, or 1 on a failure (never on speed).
     """
+    concurrencies = (
+        scenario.quick_concurrencies
+        if quick and scenario.quick_concurrencies
+        else scenario.concurrencies
+    )
     systems = [s for s in scenario.systems if options.systems is None or s in options.systems]
     if not systems:
         _error(
@@ -84,14 +100,33 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> int:
             return 1
         for failure in started.failures:
             _error(failure)
-        measurements, failures = _measure(wrk, scenario, started.targets, placement, options)
+        load_before = os.getloadavg()[0]
+        measurements, failures = _measure(
+            wrk, scenario, concurrencies, started.targets, placement, options, prime=not quick
+        )
+        load_after = os.getloadavg()[0]
         peak_rss = _peak_rss(started.targets)
     processes = {t.system: t.service.name for t in started.targets}
     failures = [*started.failures, *failures]
-    summaries = summarize(measurements, systems, scenario.concurrencies)
+    summaries = summarize(measurements, systems, concurrencies)
     failures += error_failures(summaries)
     if summaries:
-        info = _run_info(scenario, options, placement, wrk, summaries, started.facts)
+        machine_load = (
+            f"load average (1 min) {load_before:.2f} before the first run, "
+            f"{load_after:.2f} after the last (on 2 cores, this harness's own load is "
+            "about 1 to 2: more means other work shared the machine)"
+        )
+        info = _run_info(
+            scenario,
+            concurrencies,
+            options,
+            placement,
+            wrk,
+            summaries,
+            [("machine load", machine_load), *started.facts],
+        )
+        png = _result_path(options.results_dir, scenario.name, ".png")
+        plot = _write_plot(png, info.title, summaries)
         report = render(
             info,
             summaries,
@@ -100,11 +135,33 @@ def run_scenario(scenario: Scenario, options: RunOptions) -> int:
             peak_rss,
             failures,
             targets=scenario.targets,
+            plot=plot.name if plot is not None else None,
         )
         print("\n" + report)
         path = _write_report(options.results_dir, scenario.name, report)
-        print(f"written to {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+        print(f"written to {_shown(path)}" + (f" and {_shown(plot)}" if plot else ""))
+    for failure in failures:
+        _error(failure.split("\n", 1)[0])
     return 1 if failures else 0
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def _write_plot(path: Path, title: str, summaries: Sequence[Summary]) -> Path | None:
+    try:
+        from bench.plot import plot_summaries
+    except ImportError as exc:
+        print(
+            f"no plot: {exc.name or 'matplotlib'} is not installed "
+            "(`make bench` installs it: pip install -e '.[bench]')",
+            file=sys.stderr,
+        )
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_summaries(summaries, path, title=title)
+    return path
 
 
 def _error(message: str) -> None:
@@ -121,9 +178,12 @@ def _placement(pin: bool) -> Placement:
 def _measure(
     wrk: str,
     scenario: Scenario,
+    concurrencies: Sequence[int],
     targets: list[Target],
     placement: Placement,
     options: RunOptions,
+    *,
+    prime: bool = True,
 ) -> tuple[list[Measurement], list[str]]:
     measurements: list[Measurement] = []
     failures: list[str] = []
@@ -136,17 +196,21 @@ def _measure(
         live.remove(target)
 
     # A fresh process is slow at first (Node's JIT, Python's first allocations):
-    # one untimed run each at the highest concurrency keeps that out of round 1.
-    for target in list(live):
+    # one untimed run each at the highest concurrency keeps that out of round 1
+    # (not in a --quick smoke run).
+    timeout_s = scenario.request_timeout_s
+    for target in list(live) if prime else []:
         try:
-            _load(wrk, target, max(scenario.concurrencies), PRIME_S, placement)
+            _load(wrk, target, max(concurrencies), PRIME_S, placement, timeout_s)
         except (WrkError, OSError) as exc:
             drop(target, exc)
+        else:
+            _wait_idle(target)
     for round_no in range(1, options.rounds + 1):
-        for c in scenario.concurrencies:
+        for c in concurrencies:
             for target in list(live):
                 try:
-                    m = _measure_once(wrk, target, c, round_no, placement, options)
+                    m = _measure_once(wrk, target, c, round_no, placement, options, timeout_s)
                 except (WrkError, OSError) as exc:
                     drop(target, exc)
                     continue
@@ -154,7 +218,23 @@ def _measure(
                 _print_progress(m, options.rounds, width)
                 if not target.service.is_running():
                     drop(target, None)
+                else:
+                    _wait_idle(target)
     return measurements, failures
+
+
+def _wait_idle(target: Target) -> None:
+    """Wait (IDLE_WAIT_MAX_S at most) until the system's processes use less than
+    IDLE_SHARE of a core over one poll."""
+    service = target.service
+    deadline = time.monotonic() + IDLE_WAIT_MAX_S
+    before = service.cpu_seconds()
+    while time.monotonic() < deadline and service.is_running():
+        time.sleep(IDLE_POLL_S)
+        now = service.cpu_seconds()
+        if now - before < IDLE_SHARE * IDLE_POLL_S:
+            return
+        before = now
 
 
 def _failure(target: Target, exc: Exception | None) -> str:
@@ -165,18 +245,26 @@ def _failure(target: Target, exc: Exception | None) -> str:
 
 
 def _measure_once(
-    wrk: str, target: Target, c: int, round_no: int, placement: Placement, options: RunOptions
+    wrk: str,
+    target: Target,
+    c: int,
+    round_no: int,
+    placement: Placement,
+    options: RunOptions,
+    timeout_s: int,
 ) -> Measurement:
-    _load(wrk, target, c, options.warmup_s, placement)
+    _load(wrk, target, c, options.warmup_s, placement, timeout_s)
     cpu_before = target.service.cpu_seconds()
     started = time.monotonic()
-    result = _load(wrk, target, c, options.duration_s, placement)
+    result = _load(wrk, target, c, options.duration_s, placement, timeout_s)
     wall_s = time.monotonic() - started
     cpu_s = target.service.cpu_seconds() - cpu_before if target.service.is_running() else 0.0
     return Measurement(round_no, target.system, c, result, wall_s, cpu_s)
 
 
-def _load(wrk: str, target: Target, c: int, duration_s: int, placement: Placement) -> WrkResult:
+def _load(
+    wrk: str, target: Target, c: int, duration_s: int, placement: Placement, timeout_s: int
+) -> WrkResult:
     argv = wrk_command(
         wrk,
         target.url,
@@ -185,6 +273,7 @@ def _load(wrk: str, target: Target, c: int, duration_s: int, placement: Placemen
         duration_s=duration_s,
         cpu=placement.load_cpu,
         script=target.script,
+        timeout_s=timeout_s,
     )
     return run_wrk(argv, duration_s=duration_s, env=target.env)
 
@@ -217,6 +306,7 @@ def _peak_rss(targets: list[Target]) -> dict[str, int]:
 
 def _run_info(
     scenario: Scenario,
+    concurrencies: Sequence[int],
     options: RunOptions,
     placement: Placement,
     wrk: str,
@@ -224,7 +314,7 @@ def _run_info(
     scenario_facts: Sequence[tuple[str, str]],
 ) -> RunInfo:
     now = datetime.datetime.now().astimezone()
-    threads = sorted({_wrk_threads(c, placement) for c in scenario.concurrencies})
+    threads = sorted({_wrk_threads(c, placement) for c in concurrencies})
     facts = [
         ("when", now.strftime("%Y-%m-%d %H:%M %Z")),
         ("scenario", scenario.summary),
@@ -236,7 +326,12 @@ def _run_info(
             f"alternating systems; {options.warmup_s} s warm-up then {options.duration_s} s "
             f"measured per run",
         ),
-        ("load", f"{_version([wrk, '-v'])}, -t{'/'.join(map(str, threads))}, {scenario.load}"),
+        (
+            "load",
+            f"{_version([wrk, '-v'])}, -t{'/'.join(map(str, threads))}, "
+            f"--timeout {scenario.request_timeout_s}s, "
+            f"c={', '.join(map(str, concurrencies))}, {scenario.load}",
+        ),
         ("upstream", f"{scenario.upstream} on node {_version(['node', '--version'])}"),
         ("agentgw", _git_revision()),
         *scenario_facts,
@@ -254,10 +349,14 @@ def _run_info(
 
 
 def _write_report(results_dir: Path, scenario: str, report: str) -> Path:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{datetime.date.today().isoformat()}-{scenario}.md"
+    path = _result_path(results_dir, scenario, ".md")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report)
     return path
+
+
+def _result_path(results_dir: Path, scenario: str, suffix: str) -> Path:
+    return results_dir / f"{datetime.date.today().isoformat()}-{scenario}{suffix}"
 
 
 def _cpu_model() -> str:

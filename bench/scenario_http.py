@@ -1,4 +1,4 @@
-"""Scenario `http`: plain HTTP POST proxying, agentgw against a direct connection."""
+"""Scenario `http`: plain HTTP POST proxying, agentgw against a direct connection and nginx."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Collection
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench import peers
 from bench.scenarios import Placement, Scenario, Started, Target
 from bench.systems import Service, StartError, free_port, start_service
 
@@ -41,6 +42,14 @@ def start_http(stack: ExitStack, placement: Placement, wanted: Collection[str]) 
         else:
             stack.callback(gateway.stop)
             started.targets.append(Target("gateway", gateway.url, gateway))
+    if "nginx" in wanted:
+        try:
+            nginx = peers.start_nginx(stack, upstream.port, placement.server_cpu)
+        except StartError as exc:
+            started.failures.append(str(exc))
+        else:
+            started.targets.append(Target("nginx", nginx.url, nginx))
+            started.facts.append(("nginx", f"{peers.nginx_version()} passing through"))
     return started
 
 
@@ -66,11 +75,12 @@ def gateway_python() -> str:
 
 SCENARIO = Scenario(
     name="http",
-    summary="plain HTTP POST proxying at c=1 and c=64: agentgw vs direct to a Node upstream",
-    systems=("direct", "gateway"),
+    summary="plain HTTP POST proxying at c=1 and c=64: agentgw vs direct to a Node upstream "
+    "and vs nginx",
+    systems=("direct", "nginx", "gateway"),
     concurrencies=(1, 64),
     start=start_http,
     load="POST of a ~50-byte JSON-RPC body with a unique id (bench/post.lua)",
     upstream="bench/upstream.js",
-    comparisons=(("gateway", "direct"),),
+    comparisons=(("gateway", "direct"), ("gateway", "nginx"), ("nginx", "direct")),
 )

@@ -6,9 +6,14 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from bench.report import RatioTarget
 from bench.systems import Service
 from bench.wrk import POST_SCRIPT
+
+if TYPE_CHECKING:
+    from bench.runner import RunOptions
 
 
 @dataclass(frozen=True)
@@ -51,29 +56,64 @@ class Started:
 # Starts the scenario's processes (registering their stop on the stack) for the wanted systems.
 Starter = Callable[[ExitStack, Placement, Collection[str]], Started]
 
+# A scenario with its own measurement loop: it gets the options and whether
+# --quick was given, writes its own report, and returns the exit status.
+OwnLoop = Callable[["RunOptions", bool], int]
+
+
+def _no_start(stack: ExitStack, placement: Placement, wanted: Collection[str]) -> Started:
+    raise TypeError("this scenario brings its own measurement loop (Scenario.run)")
+
 
 @dataclass(frozen=True)
 class Scenario:
     """`load` and `upstream` describe the method in the report; each pair of
     `comparisons` is (system, baseline) and gets a table of ratios. `targets`
-    gives some pairs the lowest throughput ratio an issue asks for: the report
-    says whether it was met, and it never fails the run."""
+    gives some pairs the lowest throughput ratio an issue asks for (a float for
+    every concurrency, or a `RatioTarget` at one): the report says whether it
+    was met, and it never fails the run.
+
+    A scenario that wrk cannot drive gives `run` instead, and none of the
+    wrk-shaped fields: the CLI calls it rather than the runner."""
 
     name: str
     summary: str
     systems: tuple[str, ...]
-    concurrencies: tuple[int, ...]
-    start: Starter
-    load: str
-    upstream: str
-    comparisons: tuple[tuple[str, str], ...]
-    targets: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    concurrencies: tuple[int, ...] = ()
+    start: Starter = _no_start
+    load: str = ""
+    upstream: str = ""
+    comparisons: tuple[tuple[str, str], ...] = ()
+    targets: Mapping[tuple[str, str], float | RatioTarget] = field(default_factory=dict)
+    run: OwnLoop | None = None
+    # With --quick, only these concurrencies (empty: all of `concurrencies`).
+    quick_concurrencies: tuple[int, ...] = ()
+    # wrk's request timeout: a slow peer's answers at high concurrency need more than 2 s.
+    request_timeout_s: int = 2
 
 
 def scenarios() -> dict[str, Scenario]:
-    from bench import scenario_http, scenario_mcp, scenario_mcp_auth
+    from bench import (
+        scenario_body_50mb,
+        scenario_http,
+        scenario_idle_sse,
+        scenario_mcp,
+        scenario_mcp_auth,
+        scenario_open_loop,
+        scenario_sse_fanout,
+        scenario_tools_list,
+    )
 
     return {
         s.name: s
-        for s in (scenario_http.SCENARIO, scenario_mcp.SCENARIO, scenario_mcp_auth.SCENARIO)
+        for s in (
+            scenario_http.SCENARIO,
+            scenario_mcp.SCENARIO,
+            scenario_mcp_auth.SCENARIO,
+            scenario_open_loop.SCENARIO,
+            scenario_tools_list.SCENARIO,
+            scenario_sse_fanout.SCENARIO,
+            scenario_idle_sse.SCENARIO,
+            scenario_body_50mb.SCENARIO,
+        )
     }

@@ -23,10 +23,15 @@ class StartError(Exception):
 
 @dataclass(eq=False)
 class Service:
+    """A process under test. Its cost (CPU, RSS) is that of the process and of
+    every process it started (workers), less those whose command line holds one
+    of `cost_excludes` (a stdio upstream it spawned), and theirs."""
+
     name: str
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
+    cost_excludes: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -60,21 +65,61 @@ class Service:
         found = re.search(r"^[\s|+]*((?:\w+\.)*\w*(?:Error|Exception): .*)$", text, re.M)
         return found.group(1).strip() if found else None
 
+    def cost_pids(self) -> list[int]:
+        """The process and its descendants, less the excluded ones and theirs."""
+        return self._tree(exclude=True)
+
+    def _tree(self, *, exclude: bool) -> list[int]:
+        """The process first, then its descendants."""
+        children: dict[int, list[int]] = {}
+        for pid, stat in _proc_stats():
+            children.setdefault(int(stat[1]), []).append(pid)
+        pids, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            if exclude and pid != self.proc.pid and self._is_excluded(pid):
+                continue
+            pids.append(pid)
+            todo += children.get(pid, [])
+        return pids
+
+    def _is_excluded(self, pid: int) -> bool:
+        if not self.cost_excludes:
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return True  # gone: nothing to count
+        return any(marker in cmdline for marker in self.cost_excludes)
+
     def cpu_seconds(self) -> float:
-        """utime + stime of the process, all its threads included."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        # The command name may hold spaces and parentheses: split after the last ')'.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        """utime + stime of its processes (see the class), all their threads included."""
+        total = 0
+        for pid in self.cost_pids():
+            with contextlib.suppress(OSError):
+                fields = _stat_fields(Path(f"/proc/{pid}/stat").read_text())
+                total += int(fields[11]) + int(fields[12])
+        return total / _CLOCK_TICKS
 
     def peak_rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no VmHWM for pid {self.proc.pid}")
+        """The sum of the peak RSS (VmHWM) of its processes."""
+        total, found = 0, False
+        for pid in self.cost_pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+                        found = True
+        if not found:
+            raise RuntimeError(f"no VmHWM for pid {self.proc.pid}")
+        return total
 
     def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after 10 s, and remove the log."""
+        """SIGTERM the process group, SIGKILL it after 10 s, and remove the log.
+
+        Descendants that left the group (a stdio server started in a session of
+        its own) get SIGKILL too, if they outlive it."""
+        strays = self._tree(exclude=False)[1:]
         _signal_group(self.proc.pid, signal.SIGTERM)
         try:
             # Longer than agentgw's default drain deadline (5 s).
@@ -84,8 +129,26 @@ class Service:
             self.proc.wait()
         # Anything the process left behind in its group goes too.
         _signal_group(self.proc.pid, signal.SIGKILL)
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             self.log_path.unlink()
+
+
+def _stat_fields(stat: str) -> list[str]:
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    # fields[0] is the state, [1] the parent pid, [11] utime, [12] stime.
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _proc_stats() -> list[tuple[int, list[str]]]:
+    stats = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                stats.append((int(entry.name), _stat_fields((entry / "stat").read_text())))
+    return stats
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -108,8 +171,12 @@ def start_service(
     cpu: int | None,
     cwd: Path | None = None,
     ready_timeout_s: float = 20.0,
+    cost_excludes: tuple[str, ...] = (),
 ) -> Service:
     """Start `argv` in its own process group and wait until it answers HTTP on `port`.
+
+    Args:
+        cost_excludes: see `Service`.
 
     Raises:
         StartError: it exited or did not answer in time; the process is stopped.
@@ -127,7 +194,9 @@ def start_service(
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    service = Service(name=name, port=port, proc=proc, log_path=Path(log_name))
+    service = Service(
+        name=name, port=port, proc=proc, log_path=Path(log_name), cost_excludes=cost_excludes
+    )
     try:
         _wait_ready(service, ready_timeout_s)
     except BaseException:

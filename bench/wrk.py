@@ -34,6 +34,9 @@ class WrkResult:
     # Counted by the Lua script, where it checks more than wrk does (bench/mcp_call.lua).
     unexpected: int
     cpu_s: float  # wrk's own CPU time: shows whether the load generator was the limit
+    # Every non-zero error count by kind (connect, read, write, timeout, non-2xx,
+    # unexpected), largest first: what the report and a failure name.
+    error_kinds: tuple[tuple[str, int], ...] = ()
 
     @property
     def errors(self) -> int:
@@ -49,10 +52,10 @@ def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if found:
         return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+    if not can_apt_install():
         raise WrkError("wrk is not installed: run `sudo apt-get install -y wrk` and try again")
     print("wrk not found: installing it with apt-get", flush=True)
-    if not _apt_install_wrk():
+    if not apt_install("wrk"):
         raise WrkError("`apt-get install -y wrk` failed: install wrk by hand and try again")
     found = shutil.which("wrk")
     if not found:
@@ -60,9 +63,15 @@ def ensure_wrk() -> str:
     return found
 
 
-def _apt_install_wrk() -> bool:
+def can_apt_install() -> bool:
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+def apt_install(package: str) -> bool:
+    """`apt-get install -y <package>`, after `apt-get update` if the first try fails;
+    prints what failed."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "wrk"]
+    install = ["apt-get", "install", "-y", "-q", package]
     if _run_quiet(install, env) == 0:
         return True
     # A fresh machine has no package lists yet.
@@ -85,14 +94,21 @@ def wrk_command(
     duration_s: int,
     cpu: int | None,
     script: Path = POST_SCRIPT,
+    timeout_s: int = 2,
 ) -> list[str]:
+    """The argv of one wrk run, pinned to `cpu` if it is not None.
+
+    Args:
+        timeout_s: wrk's request timeout: a request unanswered for that long is a
+            timeout error.
+    """
     argv = [
         wrk,
         f"-t{threads}",
         f"-c{connections}",
         f"-d{duration_s}s",
         "--timeout",
-        "2s",
+        f"{timeout_s}s",
         "--latency",
         "-s",
         str(script),
@@ -140,6 +156,12 @@ def parse_wrk(text: str, *, cpu_s: float = 0.0) -> WrkResult:
     )
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     unexpected = re.search(r"^Unexpected responses: (\d+)", text, re.M)
+    kinds = {}
+    if socket:
+        kinds = dict(zip(("connect", "read", "write", "timeout"), socket.groups(), strict=True))
+    kinds["non-2xx"] = non_2xx.group(1) if non_2xx else "0"
+    kinds["unexpected"] = unexpected.group(1) if unexpected else "0"
+    counts = sorted(((k, int(n)) for k, n in kinds.items() if int(n)), key=lambda kv: -kv[1])
     return WrkResult(
         requests=int(total.group(1)),
         duration_s=_seconds(total.group(2), total.group(3)),
@@ -150,6 +172,7 @@ def parse_wrk(text: str, *, cpu_s: float = 0.0) -> WrkResult:
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         unexpected=int(unexpected.group(1)) if unexpected else 0,
         cpu_s=cpu_s,
+        error_kinds=tuple(counts),
     )
 
 
