@@ -721,3 +721,35 @@ def test_versions() -> None:
     with pytest.raises(ValueError):
         versions.lowest([])
     assert "initialize" in versions.REMOVED_IN_STATELESS
+
+
+def _walked_depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_walked_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_walked_depth, value), default=0)
+    return 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab,:'),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\x'), inner, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_nesting_depth_counts_what_a_walk_counts(value: object) -> None:
+    text = json.dumps(value, ensure_ascii=False).encode()
+    assert jsonrpc.nesting_depth(text) == _walked_depth(value)
+
+
+def test_too_deep_a_body_is_a_parse_error() -> None:
+    deep = b'{"jsonrpc": "2.0", "id": 1, "result": ' + b"[" * 70 + b"]" * 70 + b"}"
+    with pytest.raises(jsonrpc.JsonRpcError, match="nested deeper"):
+        jsonrpc.parse_messages(deep)
+    fine = b'{"jsonrpc": "2.0", "id": 1, "result": {"s": "' + b"[" * 200 + b'"}}'
+    assert jsonrpc.parse_messages(fine)[0][0]["result"]["s"] == "[" * 200

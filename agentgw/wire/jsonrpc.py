@@ -6,6 +6,8 @@ whether a dict is a well-formed request, notification or response.
 
 from __future__ import annotations
 
+import array
+import itertools
 import json
 from typing import Any
 
@@ -54,20 +56,21 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _too_deep(value: Any) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > MAX_DEPTH:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
+# Brackets become +1/-1 as signed bytes; every other byte is dropped.
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[{]}"))
+
+
+def nesting_depth(text: bytes) -> int:
+    """How deeply the arrays and objects of a valid JSON text nest, counted
+    in C-speed passes over the bytes (a walk of the parsed value in Python
+    costs milliseconds on a large list)."""
+    # Without its escapes, every '"' opens or closes a string: the parts
+    # between them alternate outside, inside, outside...
+    plain = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(plain.split(b'"')[::2])
+    skeleton = outside.translate(_BRACKETS, _NOT_BRACKETS)
+    return max(itertools.accumulate(array.array("b", skeleton)), default=0)
 
 
 def _is_int(value: object) -> bool:
@@ -134,7 +137,7 @@ def parse_messages(body: bytes) -> tuple[list[Message], bool]:
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise JsonRpcError(PARSE_ERROR, f"parse error: {exc}")
     # A body with few brackets cannot nest deeply: skip the walk.
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(value):
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and nesting_depth(body) > MAX_DEPTH:
         raise JsonRpcError(PARSE_ERROR, f"JSON nested deeper than {MAX_DEPTH}")
     if isinstance(value, list):
         if not value:
