@@ -200,8 +200,9 @@ def _latency_table(summaries: Sequence[Summary]) -> list[str]:
         "",
         "Median round by requests/s; the ranges are min..max over all rounds.",
         "",
-        "| system | c | req/s | req/s range | p50 | p50 range | p99 | p99 range | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| system | c | req/s | req/s range | p50 | p50 range | p90 | p99 | p99 range | max "
+        "| errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for s in summaries:
         m = s.median.wrk
@@ -209,8 +210,9 @@ def _latency_table(summaries: Sequence[Summary]) -> list[str]:
             f"| {s.system} | {s.connections} | {m.requests_per_s:,.0f} "
             f"| {_range(s.spread(lambda r: r.wrk.requests_per_s), _rate)} "
             f"| {_time(m.p50_s)} | {_range(s.spread(lambda r: r.wrk.p50_s), _time)} "
+            f"| {_time(m.p90_s)} "
             f"| {_time(m.p99_s)} | {_range(s.spread(lambda r: r.wrk.p99_s), _time)} "
-            f"| {s.describe_errors()} |"
+            f"| {_time(m.max_s)} | {s.describe_errors()} |"
         )
     return [*rows, ""]
 

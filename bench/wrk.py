@@ -28,7 +28,9 @@ class WrkResult:
     duration_s: float
     requests_per_s: float
     p50_s: float
+    p90_s: float
     p99_s: float
+    max_s: float
     socket_errors: int
     non_2xx: int
     # Counted by the Lua script, where it checks more than wrk does (bench/mcp_call.lua).
@@ -149,8 +151,10 @@ def parse_wrk(text: str, *, cpu_s: float = 0.0) -> WrkResult:
     """
     total = _search(r"(\d+) requests in " + _TIME, text, "requests in")
     latency = dict(re.findall(r"^\s*(\d+)%\s+([\d.]+(?:us|ms|s|m|h))\s*$", text, re.M))
-    if "50" not in latency or "99" not in latency:
+    if not {"50", "90", "99"} <= latency.keys():
         raise WrkError(f"no latency distribution in wrk output:\n{text}")
+    # The thread stats line: "Latency  <avg>  <stdev>  <max>  <+/- stdev>".
+    stats = _search(r"(?m)^\s*Latency\s+\S+\s+\S+\s+([\d.]+(?:us|ms|s|m|h))", text, "Latency")
     socket = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
     )
@@ -167,7 +171,9 @@ def parse_wrk(text: str, *, cpu_s: float = 0.0) -> WrkResult:
         duration_s=_seconds(total.group(2), total.group(3)),
         requests_per_s=float(_search(r"Requests/sec:\s+([\d.]+)", text, "Requests/sec").group(1)),
         p50_s=_parse_time(latency["50"]),
+        p90_s=_parse_time(latency["90"]),
         p99_s=_parse_time(latency["99"]),
+        max_s=_parse_time(stats.group(1)),
         socket_errors=sum(int(n) for n in socket.groups()) if socket else 0,
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         unexpected=int(unexpected.group(1)) if unexpected else 0,
