@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +73,20 @@ async def _wait_for_log(proc: Any, text: bytes) -> None:
             await trio.sleep(0.05)
 
 
+@asynccontextmanager
+async def _two_workers(tmp_path: Path, config: dict[str, Any]) -> AsyncIterator[Any]:
+    """``agentgw --workers 2`` with its sockets under ``tmp_path``, once both
+    workers listen; yields the supervisor's process."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    args = ("-c", json.dumps(config), "--workers", "2")
+    async with gateway_subprocess(*args, env=env) as (proc, _):
+        await _wait_for_sockets(tmp_path, 2)
+        yield proc
+
+
 async def test_a_session_works_whichever_worker_a_connection_reaches(tmp_path: Path) -> None:
     config, port = await _workers_config(tmp_path)
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    async with gateway_subprocess("-c", json.dumps(config), "--workers", "2", env=env) as (
-        proc,
-        _,
-    ):
-        await _wait_for_sockets(tmp_path, 2)
+    async with _two_workers(tmp_path, config) as proc:
         workers = _children(proc.pid)
         assert len(workers) == 2
         tokens = [await _initialize(port) for _ in range(3)]
@@ -104,11 +112,7 @@ async def test_a_session_works_whichever_worker_a_connection_reaches(tmp_path: P
 
 async def test_a_crashed_worker_is_restarted(tmp_path: Path) -> None:
     config, port = await _workers_config(tmp_path)
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    async with gateway_subprocess("-c", json.dumps(config), "--workers", "2", env=env) as (
-        proc,
-        _,
-    ):
+    async with _two_workers(tmp_path, config) as proc:
         sockets = await _wait_for_sockets(tmp_path, 2)
         os.kill(_children(proc.pid)[0], signal.SIGKILL)
         await _wait_for_log(proc, b"restarting in")
@@ -153,10 +157,7 @@ async def test_http_sessions_are_served_by_whichever_worker_gets_the_request(
         config = mcp_config(target)
         port = await free_port()
         config["binds"][0]["port"] = port
-        env = {**os.environ, "TMPDIR": str(tmp_path)}
-        args = ("-c", json.dumps(config), "--workers", "2")
-        async with gateway_subprocess(*args, env=env) as (proc, _):
-            await _wait_for_sockets(tmp_path, 2)
+        async with _two_workers(tmp_path, config) as proc:
             token = await _initialize(port)
             for i in range(16):  # new connections: both workers take some
                 status, body = await _call(port, token, "who", {"n": i})
@@ -181,12 +182,7 @@ async def test_http_sessions_are_served_by_whichever_worker_gets_the_request(
 
 async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     config, _ = await _workers_config(tmp_path)
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    async with gateway_subprocess("-c", json.dumps(config), "--workers", "2", env=env) as (
-        proc,
-        _,
-    ):
-        await _wait_for_sockets(tmp_path, 2)
+    async with _two_workers(tmp_path, config) as proc:
         workers = _children(proc.pid)
         proc.kill()
         await proc.wait()
