@@ -39,7 +39,7 @@ from bench.runner import (
     _write_report,
 )
 from bench.scenarios import Placement
-from bench.systems import Service, StartError
+from bench.systems import Service, StartError, free_port
 
 BENCH = Path(__file__).resolve().parent
 MAX_ERROR_RATE = 0.001
@@ -131,6 +131,19 @@ def run_own(
 
 
 # ------------------------------------------------------------ Node load generators
+
+
+def system_service(run: Run, system: str, upstream: Service) -> Service:
+    """``direct``: the upstream itself; ``gateway``: agentgw with the upstream
+    as its one MCP target, started for this run (its stop on the run's stack)."""
+    from bench.scenario_mcp import gateway_config, start_gateway
+
+    if system == "direct":
+        return upstream
+    port = free_port()
+    service = start_gateway("agentgw", gateway_config(port, [upstream]), port, run.placement)
+    run.stack.callback(service.stop)
+    return service
 
 
 def node() -> str:

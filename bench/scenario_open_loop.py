@@ -17,9 +17,9 @@ from typing import Any
 from bench import own_loop
 from bench.own_loop import Run, ms
 from bench.runner import RunOptions
-from bench.scenario_mcp import gateway_config, open_target, start_gateway, start_upstream
+from bench.scenario_mcp import open_target, start_upstream
 from bench.scenarios import Scenario
-from bench.systems import Service, free_port
+from bench.systems import Service
 
 CLOSED_CONNECTIONS = 32
 OPEN_CONNECTIONS = 64
@@ -48,13 +48,7 @@ def _measure(run: Run) -> None:
     for system in ("direct", "gateway"):
         if not run.wants(system):
             continue
-        if system == "direct":
-            service = upstream
-        else:
-            port = free_port()
-            config = gateway_config(port, [upstream])
-            service = start_gateway("agentgw", config, port, placement)
-            run.stack.callback(service.stop)
+        service = own_loop.system_service(run, system, upstream)
         url = f"http://127.0.0.1:{service.port}/mcp"
         target, fact = open_target(run.stack, system, url, service, ("echo", "a_echo"))
         services[system] = service

@@ -18,9 +18,8 @@ from typing import Any
 from bench import own_loop
 from bench.own_loop import NodeSession, Run, ms
 from bench.runner import RunOptions
-from bench.scenario_mcp import gateway_config, start_gateway, start_upstream
+from bench.scenario_mcp import start_upstream
 from bench.scenarios import Scenario
-from bench.systems import Service, free_port
 
 SESSIONS = (100, 1000)
 RATE = 1000  # events per second, all streams together
@@ -83,11 +82,7 @@ def _measure(run: Run) -> None:
 def _fanout(run: Run, system: str, n: int, count: int) -> list[str] | None:
     upstream = start_upstream(f"{system}-{n}", run.placement.server_cpu, "--sse")
     run.stack.callback(upstream.stop)
-    service: Service = upstream
-    if system == "gateway":
-        port = free_port()
-        service = start_gateway("agentgw", gateway_config(port, [upstream]), port, run.placement)
-        run.stack.callback(service.stop)
+    service = own_loop.system_service(run, system, upstream)
     url = f"http://127.0.0.1:{service.port}/mcp"
     args = ["--url", url, "--sessions", str(n), "--parallel", str(PARALLEL)]
     args += ["--admin", f"http://127.0.0.1:{upstream.port}"]

@@ -16,10 +16,10 @@ from bench import own_loop
 from bench.mcp_session import McpError, close_session, list_tools, open_session
 from bench.own_loop import Run, ms
 from bench.runner import RunOptions
-from bench.scenario_mcp import gateway_config, open_target, start_gateway, start_upstream
+from bench.scenario_mcp import open_target, start_upstream
 from bench.scenario_open_loop import _session_args
 from bench.scenarios import Scenario
-from bench.systems import Service, StartError, free_port
+from bench.systems import Service, StartError
 
 TOOLS = 500
 CONCURRENCIES = (1, 16)
@@ -43,14 +43,7 @@ def _measure(run: Run) -> None:
     for system in ("direct", "gateway"):
         if not run.wants(system):
             continue
-        if system == "direct":
-            service = upstream
-        else:
-            port = free_port()
-            service = start_gateway(
-                "agentgw", gateway_config(port, [upstream]), port, run.placement
-            )
-            run.stack.callback(service.stop)
+        service = own_loop.system_service(run, system, upstream)
         url = f"http://127.0.0.1:{service.port}/mcp"
         target, _ = open_target(run.stack, system, url, service, ("echo", "a_echo"))
         try:
