@@ -1,10 +1,33 @@
-"""The one error tree.
+"""The one error tree, and the one place an error becomes an answer.
 
-Every error says whose fault it was and, for HTTP, what to send. Library
-exceptions (h11, cattrs, jose, OSError) are mapped to these at the edge only.
+Every error says whose fault it was and what to send. ``reason`` is the short,
+generic text the client may see ("upstream unavailable", "invalid JSON");
+``detail`` is what only the log line gets (addresses, library messages).
+Each class knows its HTTP status and its JSON-RPC code, and ``http_body`` /
+``rpc_error`` render it: nothing else in agentgw maps an error to a status or
+a code. Library exceptions (h11, cattrs, jose, OSError, ssl) are mapped to
+these at the edge only.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+# JSON-RPC 2.0
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Implementation-defined server errors (-32000 to -32099)
+SERVER_ERROR = -32000
+SESSION_NOT_FOUND = -32001
+# MCP
+RESOURCE_NOT_FOUND = -32002
+HEADER_MISMATCH = -32020
+MISSING_CAPABILITY = -32021
+UNSUPPORTED_VERSION = -32022
+URL_ELICITATION_REQUIRED = -32042
 
 
 class AgentgwError(Exception):
@@ -24,31 +47,100 @@ class ConfigError(AgentgwError):
 
 
 class HTTPError(AgentgwError):
-    """An error answered with an HTTP status and a short text body."""
+    """An error with an answer: an HTTP status, a JSON-RPC code, a short text.
+
+    Args:
+        reason: the short, generic text the client gets.
+        status: overrides the class's HTTP status.
+        detail: what went wrong inside, for the log line only.
+        code: overrides the class's JSON-RPC code.
+        data: the JSON-RPC error's ``data``.
+        headers: extra response headers (``Allow``, ``Retry-After``...).
+    """
 
     status: int = 500
+    code: int = INTERNAL_ERROR
 
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        detail: str | None = None,
+        code: int | None = None,
+        data: Any = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
+        self.data = data
+        self.headers = headers or []
         if status is not None:
             self.status = status
+        if code is not None:
+            self.code = code
+
+    @property
+    def log_text(self) -> str:
+        """The reason with its detail: for the log, never for the client."""
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+    def http_body(self) -> bytes:
+        """The plain-text body of an HTTP answer."""
+        return f"{self.reason}\n".encode()
+
+    def rpc_error(self, id: Any) -> dict[str, Any]:
+        """The JSON-RPC error response for request ``id`` (None if unknown)."""
+        error: dict[str, Any] = {"code": self.code, "message": self.reason}
+        if self.data is not None:
+            error["data"] = self.data
+        return {"jsonrpc": "2.0", "id": id, "error": error}
 
 
 class ClientError(HTTPError):
-    """The client sent something we refuse (4xx, 505). The connection closes."""
+    """The client sent something we refuse (4xx, 505)."""
 
     status = 400
+    code = INVALID_REQUEST
+
+
+class NotFound(ClientError):
+    """No route, session or method for this request (404)."""
+
+    status = 404
+
+
+class InvalidParams(ClientError):
+    """A well-formed message whose parameters we cannot serve: an unknown
+    tool or resource name, a bad cursor (-32602)."""
+
+    code = INVALID_PARAMS
+
+
+class MethodNotFound(ClientError):
+    """A method agentgw or the protocol revision does not have (-32601)."""
+
+    status = 404
+    code = METHOD_NOT_FOUND
+
+
+class RateLimited(ClientError):
+    """Over a rate limit (429 with Retry-After, or -32000)."""
+
+    status = 429
+    code = SERVER_ERROR
 
 
 class UpstreamError(HTTPError):
-    """The upstream failed us: 502 protocol error or reset."""
+    """The upstream failed us: a protocol error or a reset (502)."""
 
     status = 502
+    code = INTERNAL_ERROR
 
 
 class UpstreamUnavailable(UpstreamError):
-    """The upstream could not be reached: connection refused (503)."""
+    """The upstream could not be reached: refused, unresolvable, TLS (503)."""
 
     status = 503
 

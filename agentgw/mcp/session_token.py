@@ -31,7 +31,7 @@ import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from agentgw.errors import ClientError
+from agentgw.errors import SESSION_NOT_FOUND, ClientError
 
 TOKEN_VERSION = 1
 MAX_TOKEN_CHARS = 4096
@@ -52,6 +52,7 @@ class InvalidSession(ClientError):
     """
 
     status = 404
+    code = SESSION_NOT_FOUND
 
 
 def _new_sid() -> str:

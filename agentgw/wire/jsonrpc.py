@@ -11,17 +11,26 @@ import itertools
 import json
 from typing import Any
 
-from agentgw.errors import ClientError
+from agentgw.errors import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    RESOURCE_NOT_FOUND,
+    URL_ELICITATION_REQUIRED,
+    ClientError,
+)
 
-# JSON-RPC 2.0
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-# MCP
-RESOURCE_NOT_FOUND = -32002
-URL_ELICITATION_REQUIRED = -32042
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "RESOURCE_NOT_FOUND",
+    "URL_ELICITATION_REQUIRED",
+]
 
 MAX_DEPTH = 64
 
