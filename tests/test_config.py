@@ -444,20 +444,20 @@ BROKEN = [
         """
         binds:
         - listeners:
-          - policies:
-              requestHeaderModifier:
-                add: {"bad name": x, x-ok: "a\\r\\nb"}
-                remove: [server, "no pe"]
-            routes:
-            - matches:
+          - routes:
+            - policies:
+                requestHeaderModifier:
+                  add: {"bad name": x, x-ok: "a\\r\\nb"}
+                  remove: [server, "no pe"]
+              matches:
               - headers: [{name: "x:y", value: {exact: "1"}}]
         """,
         [
-            "binds[0].listeners[0].policies.requestHeaderModifier.add.bad name:"
+            "binds[0].listeners[0].routes[0].policies.requestHeaderModifier.add.bad name:"
             " expected a header name, got 'bad name'",
-            "binds[0].listeners[0].policies.requestHeaderModifier.add.x-ok:"
+            "binds[0].listeners[0].routes[0].policies.requestHeaderModifier.add.x-ok:"
             " expected a header value without control characters, got 'a\\r\\nb'",
-            "binds[0].listeners[0].policies.requestHeaderModifier.remove[1]:"
+            "binds[0].listeners[0].routes[0].policies.requestHeaderModifier.remove[1]:"
             " expected a header name, got 'no pe'",
             "binds[0].listeners[0].routes[0].matches[0].headers[0].name:"
             " expected a header name, got 'x:y'",

@@ -66,6 +66,7 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
     ),
     m.Bind: _keys("tunnelProtocol mode"),
     m.Listener: _keys("namespace tls tcpRoutes"),
+    m.ListenerPolicies: _keys("oidc extAuthz extProc transformations basicAuth apiKey"),
     m.Route: _keys("namespace ruleName"),
     m.Policies: LATER_POLICIES
     | _keys(
@@ -74,10 +75,11 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
         " csrf buffer retry delay"
     ),
     m.Backend: _keys("service backend internal dynamic ai aws routeGroup"),
+    # Backend and MCP target policies (a target takes a subset of these).
     m.BackendPolicies: _keys(
-        "requestHeaderModifier responseHeaderModifier requestRedirect requestMirror"
-        " backendTLS backendTunnel ai a2a mcpAuthorization mcpAuthentication transformations"
-        " http tcp health eviction"
+        "requestHeaderModifier responseHeaderModifier requestRedirect backendTLS backendTunnel"
+        " transformations http tcp health extAuthz authorization mcpAuthorization mcpGuardrails"
+        " a2a ai inferenceRouting sessionAffinity"
     ),
     m.SimpleMcp: _keys("gateways"),
     m.McpTarget: _keys("openapi"),
@@ -86,12 +88,46 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
     m.DirectResponse: _keys("bodyExpression headers"),
     m.BackendSettings: _keys("keepalives"),
     m.Logging: _keys("filter fields database"),
-    m.BackendAuth: _keys("key gcp aws azure jwtSign oauthTokenExchange crossAppAccess"),
+    m.BackendAuth: _keys(
+        "key credentials gcp aws azure jwtSign oauthTokenExchange crossAppAccess"
+    ),
+    m.Passthrough: _keys("location"),
     m.JwtAuth: _keys("location jwtValidationOptions"),
     m.JwtProvider: _keys("jwtValidationOptions"),
     m.McpProvider: _keys("okta descope authentik entra"),
     m.McpAuthentication: _keys("authorizationLocation jwtValidationOptions clientId clientSecret"),
 }
+
+# Route policies agentgateway refuses on a listener, which takes only
+# gateway-level policies (authentication, authorization, CORS...).
+ROUTE_ONLY: dict[type, frozenset[str]] = {
+    m.ListenerPolicies: _keys(
+        "requestHeaderModifier responseHeaderModifier requestRedirect urlRewrite requestMirror"
+        " directResponse mcpAuthorization mcpGuardrails mcpAuthentication a2a ai backendTLS"
+        " backendTunnel backendAuth localRateLimit remoteRateLimit csrf buffer timeout retry"
+        " delay"
+    ),
+}
+
+# Other forms of an object, written as one key, that agentgw does not
+# implement: the key is refused by name and the rest of the object is not
+# checked (the form has other required keys).
+UNSUPPORTED_FORMS: dict[type, frozenset[str]] = {
+    m.DirectResponse: _keys("conditional"),
+}
+
+# agentgateway's plain-string forms of an object that agentgw does not implement.
+UNSUPPORTED_STRINGS: dict[type, frozenset[str]] = {
+    m.BackendAuth: _keys("copilot"),
+}
+
+
+def _refusal(cls: type, key: object) -> str:
+    if key in UNSUPPORTED.get(cls, ()) or key in UNSUPPORTED_FORMS.get(cls, ()):
+        return "not supported by agentgw"
+    if key in ROUTE_ONLY.get(cls, ()):
+        return "only valid on a route"
+    return "unknown key"
 
 
 class Invalid(ValueError):
@@ -664,7 +700,14 @@ def _class_hook(cls: type) -> Hook:
 
     def hook(v: object, t: Any) -> object:
         if not isinstance(v, dict):
+            if isinstance(v, str) and v in UNSUPPORTED_STRINGS.get(cls, ()):
+                raise Invalid(f"{v} is not supported by agentgw")
             raise Invalid(f"expected an object, got {show(v)}")
+        if forms := [k for k in v if k in UNSUPPORTED_FORMS.get(cls, ())]:
+            raise ExceptionGroup(
+                f"While structuring {cls.__name__}",
+                [Invalid("not supported by agentgw", at=(k,)) for k in forms],
+            )
         problems: list[Exception] = []
         if refused & v.keys():
             problems = [Invalid("not supported by agentgw", at=(k,)) for k in v if k in refused]
@@ -698,10 +741,8 @@ def _collect(exc: BaseException, path: Path, out: list[tuple[Path, str]]) -> Non
     if isinstance(exc, Invalid):
         out.append(((*path, *exc.at), exc.problem))
     elif isinstance(exc, ForbiddenExtraKeysError):
-        unsupported = UNSUPPORTED.get(exc.cl, frozenset())
         for key in exc.extra_fields:
-            problem = "not supported by agentgw" if key in unsupported else "unknown key"
-            out.append(((*path, str(key)), problem))
+            out.append(((*path, str(key)), _refusal(exc.cl, key)))
     elif isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
             sub_path = path

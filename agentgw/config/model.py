@@ -197,8 +197,7 @@ class McpAuthentication:
 
 @attrs.frozen
 class Policies:
-    """Route (and listener) policies. Later issues add jwtAuth,
-    mcpAuthentication, mcpAuthorization, authorization and backendAuth."""
+    """Route policies (``routes[].policies`` and the ``mcp:`` shorthand's)."""
 
     request_header_modifier: HeaderModifier | None = None
     response_header_modifier: HeaderModifier | None = None
@@ -210,6 +209,17 @@ class Policies:
     mcp_authorization: RuleSet | None = None
     backend_auth: BackendAuth | None = None
     mcp_authentication: McpAuthentication | None = None
+
+
+@attrs.frozen
+class ListenerPolicies:
+    """A listener's policies, for all its routes: agentgateway takes only
+    gateway-level policies here; the converter refuses route-only keys with
+    "only valid on a route"."""
+
+    cors: Cors | None = None
+    jwt_auth: JwtAuth | None = None
+    authorization: RuleSet | None = None
 
 
 # ---------------------------------------------------------------- backends
@@ -247,11 +257,14 @@ class McpTarget:
 
 @attrs.frozen
 class McpBackend:
+    """``dns_rebinding_protection``: None (not given) lets the gateway decide:
+    on for a loopback bind whose route does not require a token."""
+
     targets: tuple[McpTarget, ...]
     stateful_mode: Literal["stateful", "stateless"] = "stateful"
     prefix_mode: Literal["conditional", "always", "never"] | None = None
     failure_mode: Literal["failClosed", "failOpen"] | None = None
-    dns_rebinding_protection: bool = False
+    dns_rebinding_protection: bool | None = None
 
 
 @attrs.frozen
@@ -282,7 +295,7 @@ class Listener:
     hostname: str | None = None
     protocol: Literal["HTTP"] = "HTTP"
     routes: tuple[Route, ...] = ()
-    policies: Policies | None = None
+    policies: ListenerPolicies | None = None
 
 
 @attrs.frozen
@@ -306,7 +319,7 @@ class SimpleMcp:
     stateful_mode: Literal["stateful", "stateless"] = "stateful"
     prefix_mode: Literal["conditional", "always", "never"] | None = None
     failure_mode: Literal["failClosed", "failOpen"] | None = None
-    dns_rebinding_protection: bool = False
+    dns_rebinding_protection: bool | None = None
     policies: Policies | None = None
 
 

@@ -12,7 +12,14 @@ from typing import Any
 
 import attrs
 
-from agentgw.config.model import Cors, DirectResponse, HeaderModifier, Policies, TimeoutPolicy
+from agentgw.config.model import (
+    Cors,
+    DirectResponse,
+    HeaderModifier,
+    ListenerPolicies,
+    Policies,
+    TimeoutPolicy,
+)
 from agentgw.policy import authz, jwt
 from agentgw.wire.http import Headers, header_value
 
@@ -245,7 +252,7 @@ def upstream_credentials(
     return out
 
 
-def merge_config(*layers: Policies | None) -> Policies:
+def merge_config(*layers: ListenerPolicies | Policies | None) -> Policies:
     """Later layers (more specific) override earlier ones, key by key."""
     out = Policies()
     for layer in layers:
@@ -253,7 +260,7 @@ def merge_config(*layers: Policies | None) -> Policies:
             continue
         changes = {
             a.name: getattr(layer, a.name)
-            for a in attrs.fields(Policies)
+            for a in attrs.fields(type(layer))
             if getattr(layer, a.name) is not None
         }
         out = attrs.evolve(out, **changes)
