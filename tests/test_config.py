@@ -472,6 +472,201 @@ def test_broken_config(text: str, expected: list[str]) -> None:
     assert errors_of(text) == expected
 
 
+# ---------------------------------------------------------------- agentgateway's schema
+
+# Route policies agentgateway's schema (LocalGatewayPolicy) refuses on a listener.
+ROUTE_ONLY_KEYS = [
+    "requestHeaderModifier",
+    "responseHeaderModifier",
+    "directResponse",
+    "timeout",
+    "mcpAuthorization",
+    "mcpAuthentication",
+    "backendAuth",
+    "requestRedirect",
+    "urlRewrite",
+    "requestMirror",
+    "mcpGuardrails",
+    "a2a",
+    "ai",
+    "backendTLS",
+    "backendTunnel",
+    "localRateLimit",
+    "remoteRateLimit",
+    "csrf",
+    "buffer",
+    "retry",
+    "delay",
+]
+
+
+def _listener_with(policies: dict[str, object]) -> dict[str, object]:
+    return {"binds": [{"listeners": [{"policies": policies, "routes": []}]}]}
+
+
+@pytest.mark.parametrize("key", ROUTE_ONLY_KEYS)
+def test_listener_refuses_route_only_policy(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_listener_with({key: {}}))
+    assert info.value.errors == [f"binds[0].listeners[0].policies.{key}: only valid on a route"]
+
+
+def test_listener_takes_gateway_level_policies() -> None:
+    config = config_from_dict(
+        _listener_with(
+            {
+                "cors": {"allowOrigins": ["*"]},
+                "jwtAuth": {"issuer": "i", "jwks": {"file": "keys.json"}},
+                "authorization": {"rules": ["true"]},
+            }
+        )
+    )
+    policies = config.binds[0].listeners[0].policies
+    assert policies is not None and policies.cors is not None
+    assert policies.jwt_auth is not None and policies.authorization is not None
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_listener_with({"oidc": {}, "apiKey": {}, "extAuthz": {}, "cors": 1}))
+    assert info.value.errors == [
+        "binds[0].listeners[0].policies.oidc: not supported by agentgw",
+        "binds[0].listeners[0].policies.apiKey: not supported by agentgw",
+        "binds[0].listeners[0].policies.extAuthz: not supported by agentgw",
+        "binds[0].listeners[0].policies.cors: expected an object, got 1",
+    ]
+
+
+def test_listener_policies_apply_to_its_routes() -> None:
+    from agentgw.app import compile_binds
+
+    config = parse_config(
+        """
+        binds:
+        - port: 0
+          listeners:
+          - policies:
+              cors: {allowOrigins: ["https://a.example"]}
+            routes:
+            - backends: [{host: "127.0.0.1:1"}]
+            - policies:
+                cors: {allowOrigins: ["https://b.example"]}
+              backends: [{host: "127.0.0.1:1"}]
+        """
+    )
+    (bind,) = compile_binds(config)
+    first, second = (bind.routes[id(r)].policies.cors for r in config.binds[0].listeners[0].routes)
+    assert first is not None and first.allow_origins == ("https://a.example",)
+    assert second is not None and second.allow_origins == ("https://b.example",)
+
+
+BACKEND_POLICIES_NOT_SUPPORTED = [
+    "extAuthz",
+    "authorization",
+    "mcpGuardrails",
+    "inferenceRouting",
+    "sessionAffinity",
+]
+
+
+@pytest.mark.parametrize("key", BACKEND_POLICIES_NOT_SUPPORTED)
+def test_backend_policy_refused_by_name(key: str) -> None:
+    errors = errors_of(
+        f"""
+        binds:
+        - listeners:
+          - routes:
+            - backends:
+              - host: "127.0.0.1:1"
+                policies: {{{key}: {{}}}}
+              - mcp:
+                  targets:
+                  - name: a
+                    mcp: {{host: "http://127.0.0.1:1/mcp"}}
+                    policies: {{{key}: {{}}}}
+        """
+    )
+    assert errors == [
+        f"binds[0].listeners[0].routes[0].backends[0].policies.{key}: not supported by agentgw",
+        f"binds[0].listeners[0].routes[0].backends[1].mcp.targets[0].policies.{key}:"
+        " not supported by agentgw",
+    ]
+
+
+def test_backend_auth_kinds_refused_by_name() -> None:
+    errors = errors_of(
+        """
+        binds:
+        - listeners:
+          - routes:
+            - policies:
+                backendAuth:
+                  credentials: [{location: {header: {name: x}}, key: s}]
+              backends:
+              - host: "127.0.0.1:1"
+                policies: {backendAuth: {key: secret}}
+              - host: "127.0.0.1:1"
+                policies: {backendAuth: copilot}
+              - host: "127.0.0.1:1"
+                policies: {backendAuth: {passthrough: {location: {header: {name: x}}}}}
+              - host: "127.0.0.1:1"
+                policies: {backendAuth: {gcp: {}}}
+        """
+    )
+    at = "binds[0].listeners[0].routes[0]"
+    assert errors == [
+        f"{at}.policies.backendAuth.credentials: not supported by agentgw",
+        f"{at}.backends[0].policies.backendAuth.key: not supported by agentgw",
+        f"{at}.backends[1].policies.backendAuth: copilot is not supported by agentgw",
+        f"{at}.backends[2].policies.backendAuth.passthrough.location: not supported by agentgw",
+        f"{at}.backends[3].policies.backendAuth.gcp: not supported by agentgw",
+    ]
+
+
+def test_conditional_direct_response_refused_by_name_only() -> None:
+    errors = errors_of(
+        """
+        binds:
+        - listeners:
+          - routes:
+            - policies:
+                directResponse:
+                  conditional:
+                  - condition: 'request.path == "/a"'
+                    status: 200
+                  - status: 404
+        """
+    )
+    assert errors == [
+        "binds[0].listeners[0].routes[0].policies.directResponse.conditional:"
+        " not supported by agentgw"
+    ]
+
+
+def test_backend_auth_on_one_backend_is_that_backends() -> None:
+    # agentgateway's route backends take backendAuth (LocalBackendPolicies),
+    # and so does agentgw: docs/configuration.md and security.md say so.
+    from agentgw.app import compile_binds
+
+    config = parse_config(
+        """
+        binds:
+        - port: 0
+          listeners:
+          - routes:
+            - backends:
+              - host: "127.0.0.1:1"
+                policies: {backendAuth: {passthrough: {}}}
+              - host: "127.0.0.1:2"
+        """
+    )
+    backend = config.binds[0].listeners[0].routes[0].backends[0]
+    assert backend.policies is not None and backend.policies.has_passthrough
+    (bind,) = compile_binds(config)
+    (route,) = bind.routes.values()
+    assert route.policies_for(0).passthrough and not route.policies_for(1).passthrough
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    assert "backends[].policies.backendAuth" in docs
+    assert "and backend `policies`" not in docs
+
+
 def test_long_values_are_truncated() -> None:
     (error,) = errors_of(f"binds: [{{port: {'x' * 100}, listeners: []}}]")
     assert error == f"binds[0].port: expected an integer, got '{'x' * 40}...'"
