@@ -14,6 +14,7 @@ instead stops everything at once; either way nothing is left behind.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
 import random
@@ -34,6 +35,8 @@ from agentgw.config.model import (
     JwtAuth,
     Listener,
     McpAuthentication,
+    McpBackend,
+    Policies,
     Route,
     RuleSet,
 )
@@ -178,20 +181,51 @@ class Security:
             return None
 
 
+def is_localhost_bind(address: str) -> bool:
+    """A bind on the loopback addresses that DNS-rebinding protection takes as
+    a request's Host (127.0.0.1, ::1, localhost)."""
+    if address.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return ip in (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
+
+def resolve_dns_rebinding(backend: McpBackend, address: str, policies: Policies) -> McpBackend:
+    """``dnsRebindingProtection`` left out is on for a localhost bind whose
+    route takes requests without a token, as the MCP SDKs do for localhost
+    servers: a web page the user visits could otherwise reach the gateway
+    through a DNS name that resolves to 127.0.0.1."""
+    if backend.dns_rebinding_protection is not None:
+        return backend
+    requires_token = (policies.jwt_auth is not None and policies.jwt_auth.mode == "strict") or (
+        policies.mcp_authentication is not None and policies.mcp_authentication.mode == "strict"
+    )
+    protect = is_localhost_bind(address) and not requires_token
+    return attrs.evolve(backend, dns_rebinding_protection=protect)
+
+
 def _compile_route(
-    listener: Listener, route: Route, path: str, errors: list[str], security: Security
+    address: str,
+    listener: Listener,
+    route: Route,
+    path: str,
+    errors: list[str],
+    security: Security,
 ) -> CompiledRoute:
+    merged = merge_config(listener.policies, route.policies)
     origins: dict[int, Origin] = {}
     mcp: dict[int, McpRoute] = {}
     for i, backend in enumerate(route.backends):
         if backend.mcp is not None:
-            mcp[i] = McpRoute.compile(backend.mcp)
+            mcp[i] = McpRoute.compile(resolve_dns_rebinding(backend.mcp, address, merged))
         elif backend.host is not None:
             try:
                 origins[i] = parse_origin(backend.host)
             except ValueError as exc:
                 errors.append(f"{path}.backends[{i}].host: {exc}")
-    merged = merge_config(listener.policies, route.policies)
     policies = RoutePolicies.from_config(merged)
 
     def where(name: str) -> str:
@@ -233,7 +267,9 @@ def compile_binds(config: Config, security: Security | None = None) -> list[Comp
         for li, listener in enumerate(bind.listeners):
             for ri, route in enumerate(listener.routes):
                 path = f"binds[{b}].listeners[{li}].routes[{ri}]"
-                routes[id(route)] = _compile_route(listener, route, path, errors, security)
+                routes[id(route)] = _compile_route(
+                    bind.address, listener, route, path, errors, security
+                )
         compiled.append(CompiledBind(bind, f"bind/{bind.port}", Router.from_bind(bind), routes))
     if errors:
         raise ConfigError(errors)

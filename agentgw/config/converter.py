@@ -88,9 +88,7 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
     m.DirectResponse: _keys("bodyExpression headers"),
     m.BackendSettings: _keys("keepalives"),
     m.Logging: _keys("filter fields database"),
-    m.BackendAuth: _keys(
-        "key credentials gcp aws azure jwtSign oauthTokenExchange crossAppAccess"
-    ),
+    m.BackendAuth: _keys("key credentials gcp aws azure jwtSign oauthTokenExchange crossAppAccess"),
     m.Passthrough: _keys("location"),
     m.JwtAuth: _keys("location jwtValidationOptions"),
     m.JwtProvider: _keys("jwtValidationOptions"),

@@ -92,7 +92,8 @@ class McpRoute:
             prefix_uris=names.should_prefix(mode, n, uris=True),
             fail_open=backend.failure_mode == "failOpen",
             stateful=backend.stateful_mode != "stateless",
-            dns_rebinding_protection=backend.dns_rebinding_protection,
+            # None (not given) is resolved by the gateway before compiling.
+            dns_rebinding_protection=bool(backend.dns_rebinding_protection),
             passthrough_targets=frozenset(
                 t.name
                 for t in backend.targets
