@@ -431,6 +431,100 @@ async def test_client_headers_reach_http_targets() -> None:
     assert call[b"mcp-session-id"] == b"s1"  # the upstream's own session id
 
 
+async def _negotiating_upstream(req: h11.Request, body: bytes, up: Any) -> Any:
+    """A JSON-mode Streamable HTTP server that agrees to the version asked."""
+    message = json.loads(body) if body else {}
+    if "id" not in message:
+        return 202, [], b""
+    if req.method != b"POST":
+        return 405, [], b""
+    result: dict[str, Any] = {"tools": []}
+    if message.get("method") == "initialize":
+        result = {
+            "protocolVersion": message["params"]["protocolVersion"],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "negotiating", "version": "1"},
+        }
+    answer = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+    headers = [(b"content-type", b"application/json"), (b"mcp-session-id", b"up-1")]
+    return 200, headers, json.dumps(answer).encode()
+
+
+def _versions_seen(up: Any) -> list[list[bytes]]:
+    return [[v for n, v in r.headers if n == b"mcp-protocol-version"] for r, _ in up.seen]
+
+
+async def test_initialize_forwards_the_clients_protocol_version_header() -> None:
+    async with serve_upstream(_negotiating_upstream) as up:
+        target = {"name": "neg", "mcp": {"host": f"http://127.0.0.1:{up.port}/mcp"}}
+        async with run_gateway(mcp_config(target)) as (_, port), open_client(port) as client:
+            old = (b"mcp-protocol-version", b"2024-11-05")
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2024-11-05",
+                    "capabilities": {},
+                    "clientInfo": {"name": "old", "version": "1"},
+                },
+            }
+            resp = await client.request(
+                "POST", "/mcp", [ACCEPT, JSON_CT, old], json.dumps(init).encode()
+            )
+            assert resp.status == 200 and b'"2024-11-05"' in resp.body
+            token = resp.header(b"mcp-session-id")
+            assert token is not None
+            session = (b"mcp-session-id", token)
+            for message in (
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+            ):
+                resp = await client.request(
+                    "POST", "/mcp", [ACCEPT, JSON_CT, old, session], json.dumps(message).encode()
+                )
+                assert resp.status in (200, 202)
+        initialize, *later = up.seen
+        assert json.loads(initialize[1])["method"] == "initialize"
+        # as the client sent it, and once; every later request: the negotiated one
+        assert _versions_seen(up) == [[b"2024-11-05"]] * len(up.seen)
+        assert len(later) >= 2
+
+        # No header from the client: none on the upstream's initialize.
+        up.seen.clear()
+        async with run_gateway(mcp_config(target)) as (_, port):
+            await _initialize(port)
+        assert _versions_seen(up)[0] == []
+
+
+async def test_2026_client_version_is_not_sent_on_the_gateways_own_initialize() -> None:
+    # The 2026-07-28 revision has no initialize: the gateway initializes its
+    # shared upstream session itself, with an older revision.
+    async with serve_upstream(_negotiating_upstream) as up:
+        target = {"name": "neg", "mcp": {"host": f"http://127.0.0.1:{up.port}/mcp"}}
+        async with run_gateway(mcp_config(target)) as (_, port):
+            body = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/list",
+                "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}},
+            }
+            modern = [ACCEPT, JSON_CT, (b"mcp-protocol-version", b"2026-07-28")]
+            resp = await request(
+                port,
+                "POST",
+                "/mcp",
+                headers=[*modern, (b"mcp-method", b"tools/list")],
+                body=json.dumps(body).encode(),
+            )
+            assert resp.status == 200, resp.body
+    initialize = up.seen[0]
+    sent = json.loads(initialize[1])
+    assert sent["method"] == "initialize" and sent["params"]["protocolVersion"] < "2026-07-28"
+    assert _versions_seen(up)[0] == []
+    assert _versions_seen(up)[-1] == [sent["params"]["protocolVersion"].encode()]
+
+
 async def test_dead_stdio_target_is_an_error_and_the_next_session_restarts_it(
     tmp_path: Path,
 ) -> None:

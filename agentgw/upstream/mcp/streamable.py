@@ -11,8 +11,10 @@ are in flight at once. Whatever fails after the POST was written is
 answered on the upstream's behalf with a JSON-RPC error for that request
 id, so that no caller waits forever.
 
-The session id comes from the initialize response's ``Mcp-Session-Id``, the
-protocol version from its result; both go on every later request. Once the
+The client's ``Mcp-Protocol-Version`` goes on the initialize POST as it
+came. The session id comes from the initialize response's
+``Mcp-Session-Id``, the protocol version from its result; both go on every
+later request. Once the
 session is initialized, a task holds the standalone GET stream open (405:
 the server has none). An SSE stream that ends early is resumed with a GET
 and ``Last-Event-ID`` when the server gave event ids. A 404 while holding a
@@ -32,6 +34,7 @@ import trio
 
 from agentgw.config.model import HttpTarget
 from agentgw.errors import UpstreamError
+from agentgw.mcp.versions import is_stateless_revision
 from agentgw.upstream.mcp._common import (
     Inbox,
     Message,
@@ -89,6 +92,16 @@ class _Stream:
     events: int = 0
 
 
+def _initialize_version(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
+    """The client's ``Mcp-Protocol-Version`` for an initialize POST, as it
+    came. A 2026-07-28 client has no initialize: its version does not
+    describe the one the gateway sends on its behalf."""
+    values = [v for n, v in headers if n.lower() == b"mcp-protocol-version"]
+    if len(values) != 1 or is_stateless_revision(values[0].decode("latin-1")):
+        return []
+    return [(b"mcp-protocol-version", values[0])]
+
+
 @attrs.define(eq=False)
 class StreamableTransport:
     target: str
@@ -134,7 +147,11 @@ class StreamableTransport:
         initialize = request and message.get("method") == "initialize"
         if initialize:
             self._initializing.add(request_id)
-        post_headers = self._headers(ACCEPT_BOTH, JSON, with_version=not initialize)
+        if initialize:
+            post_headers = self._headers(ACCEPT_BOTH, JSON, with_version=False)
+            post_headers += _initialize_version(headers)
+        else:
+            post_headers = self._headers(ACCEPT_BOTH, JSON)
         try:
             ex = await start_request(
                 self.pool, self.target, self.url, b"POST", post_headers, encode(message)
