@@ -65,12 +65,13 @@ from agentgw.relay.endpoint import McpEndpoint, McpRoute
 from agentgw.relay.session import SessionManager
 from agentgw.routing import Router, choose_backend
 from agentgw.server.connection import ClientConnection, ServerRequest
+from agentgw.server.listen import open_tcp_listeners
 from agentgw.upstream.client import simple_request
 from agentgw.upstream.jwks import JwksSource
 from agentgw.upstream.pool import ConnectionPool, Origin
 from agentgw.wire.http import header_value
 from agentgw.workers import CLIENT_HEADER as WORKER_CLIENT_HEADER
-from agentgw.workers import WorkerSpec, open_reuseport_listeners, open_unix_listener
+from agentgw.workers import WorkerSpec, open_unix_listener
 
 logger = logging.getLogger(__name__)
 
@@ -347,10 +348,8 @@ class Gateway:
         try:
             for b, cb in enumerate(self._binds):
                 host, port = cb.bind.address, cb.bind.port
-                if worker is None:
-                    opened = await trio.open_tcp_listeners(port, host=host)
-                else:
-                    opened = await open_reuseport_listeners(host, port)
+                opened = await open_tcp_listeners(host, port, reuse_port=worker is not None)
+                if worker is not None:
                     path = worker.socket_path(worker.index, b)
                     internal.append((cb, await open_unix_listener(path)))
                 listeners.append((cb, opened))
@@ -590,7 +589,7 @@ class Gateway:
         self, addr: str, *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
         host, port = parse_origin(addr)
-        opened = await trio.open_tcp_listeners(port, host=host or None)
+        opened = await open_tcp_listeners(host or None, port)
 
         async def handle(req: ServerRequest) -> None:
             if req.path != "/healthz/ready":

@@ -97,34 +97,6 @@ def owner_of_sid(sid: str, count: int) -> int | None:
     return index if index < count else None
 
 
-async def open_reuseport_listeners(host: str, port: int) -> list[trio.SocketListener]:
-    """Like ``trio.open_tcp_listeners``, with SO_REUSEPORT set, so that every
-    worker binds the same port."""
-    infos = await trio.socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    listeners: list[trio.SocketListener] = []
-    try:
-        for family, kind, proto, _, address in infos:
-            sock = trio.socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                await sock.bind(address)
-                sock.listen(socket.SOMAXCONN)
-            except BaseException:
-                sock.close()
-                raise
-            listeners.append(trio.SocketListener(sock))
-    except BaseException:
-        for listener in listeners:
-            await listener.aclose()
-        raise
-    return listeners
-
-
 async def open_unix_listener(path: str) -> trio.SocketListener:
     # A crashed predecessor's socket file is in the way.
     with contextlib.suppress(FileNotFoundError):
