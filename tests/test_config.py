@@ -988,3 +988,87 @@ def test_security_policies_fail_at_compile_with_their_path() -> None:
     assert errors[2].startswith(
         "binds[0].listeners[0].routes[0].policies.mcpAuthorization.rules[0].deny: invalid CEL"
     )
+
+
+# ---------------------------------------------------------------- DNS-rebinding default
+
+
+def _protection(address: str, backend: str = "", route: str = "", listener: str = "") -> bool:
+    from agentgw.app import compile_binds
+
+    jwks = f"{{file: '{ROOT / 'tests' / 'configs' / 'agentgateway-examples' / 'jwks.json'}'}}"
+    policies = {
+        "": "",
+        "strict": f"policies: {{jwtAuth: {{mode: strict, issuer: i, jwks: {jwks}}}}}",
+        "optional": f"policies: {{jwtAuth: {{mode: optional, issuer: i, jwks: {jwks}}}}}",
+        "mcpauth": "policies: {mcpAuthentication: {issuer: 'http://i', audiences: [a],"
+        " resourceMetadata: {}}}",
+    }
+    config = parse_config(
+        f"""
+        binds:
+        - port: 0
+          address: "{address}"
+          listeners:
+          - {policies[listener] or "name: l"}
+            routes:
+            - {policies[route] or "name: r"}
+              backends:
+              - mcp:
+                  targets: [{{name: a, stdio: {{cmd: x}}}}]
+                  {backend}
+        """
+    )
+    (bind,) = compile_binds(config)
+    (route_,) = bind.routes.values()
+    return route_.mcp[0].dns_rebinding_protection
+
+
+@pytest.mark.parametrize(
+    ("address", "protected"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("127.0.0.2", False),  # its clients' Host would be refused
+    ],
+)
+def test_dns_rebinding_default_by_address(address: str, protected: bool) -> None:
+    assert _protection(address) is protected
+
+
+def test_dns_rebinding_default_follows_authentication() -> None:
+    assert _protection("127.0.0.1", route="strict") is False
+    assert _protection("127.0.0.1", listener="strict") is False
+    assert _protection("127.0.0.1", route="mcpauth") is False  # strict by default
+    # a token that may be left out protects nothing
+    assert _protection("127.0.0.1", route="optional") is True
+
+
+def test_dns_rebinding_explicit_value_wins() -> None:
+    assert _protection("127.0.0.1", backend="dnsRebindingProtection: false") is False
+    assert _protection("0.0.0.0", backend="dnsRebindingProtection: true") is True
+    assert _protection("127.0.0.1", backend="dnsRebindingProtection: null") is True
+
+
+def test_dns_rebinding_default_for_shorthand_and_legacy() -> None:
+    from agentgw.app import compile_binds
+
+    shorthand = parse_config(
+        "mcp: {port: 0, address: 127.0.0.1, targets: [{name: a, stdio: {cmd: x}}]}"
+    )
+    legacy = config_from_dict(
+        {
+            "type": "static",
+            "listeners": [{"name": "sse", "sse": {"address": "127.0.0.1", "port": 0}}],
+            "targets": {"mcp": [{"name": "a", "stdio": {"cmd": "x"}}]},
+        }
+    )
+    for config in (shorthand, legacy):
+        (bind,) = compile_binds(config)
+        (route,) = bind.routes.values()
+        assert route.mcp[0].dns_rebinding_protection is True

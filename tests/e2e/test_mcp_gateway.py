@@ -276,7 +276,8 @@ async def test_client_disconnect_cancels_the_upstream_call(tmp_path: Path) -> No
         async with open_client(port) as client:
             body = b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"slow"}}'
             await client.stream.send_all(
-                b"POST /mcp HTTP/1.1\r\nHost: a\r\nAccept: application/json, text/event-stream\r\n"
+                b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Accept: application/json, text/event-stream\r\n"
                 b"Content-Type: application/json\r\nMcp-Session-Id: "
                 + token.encode()
                 + b"\r\nContent-Length: "
