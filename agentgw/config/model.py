@@ -258,7 +258,8 @@ class McpTarget:
 @attrs.frozen
 class McpBackend:
     """``dns_rebinding_protection``: None (not given) lets the gateway decide:
-    on for a loopback bind whose route does not require a token."""
+    on for a bind on 127.0.0.1, ::1 or localhost whose route does not require
+    a token."""
 
     targets: tuple[McpTarget, ...]
     stateful_mode: Literal["stateful", "stateless"] = "stateful"
