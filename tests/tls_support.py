@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import datetime
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
+import trio
 import trustme
+
+from tests.support import Client, Response
 
 
 @attrs.define(eq=False)
@@ -30,7 +36,7 @@ class Pki:
     ) -> trustme.LeafCert:
         kw: dict[str, object] = {}
         if expired:
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             kw = {
                 "not_before": now - datetime.timedelta(days=30),
                 "not_after": now - datetime.timedelta(days=1),
@@ -64,3 +70,30 @@ class Pki:
         if cert is not None:
             cert.configure_cert(context)
         return context
+
+
+@asynccontextmanager
+async def open_tls_client(
+    port: int, context: ssl.SSLContext, server_hostname: str = "localhost"
+) -> AsyncIterator[Client]:
+    """One keep-alive HTTPS connection to 127.0.0.1:``port``."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, context, server_hostname=server_hostname, https_compatible=True)
+    client = Client(stream)  # type: ignore[arg-type]
+    try:
+        yield client
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def tls_request(
+    port: int,
+    context: ssl.SSLContext,
+    method: str = "GET",
+    path: str = "/",
+    server_hostname: str = "localhost",
+    **kw: Any,
+) -> Response:
+    kw.setdefault("host", server_hostname)
+    async with open_tls_client(port, context, server_hostname) as client:
+        return await client.request(method, path, **kw)
