@@ -224,8 +224,8 @@ class TlsCompiler:
         try:
             certs = x509.load_pem_x509_certificates(data)
             context.load_verify_locations(cadata=data.decode("ascii", "replace"))
-        except (ValueError, ssl.SSLError) as exc:
-            self.errors.append(f"{at}: {file!r} is not a PEM certificate bundle ({_why(exc)})")
+        except (ValueError, ssl.SSLError):
+            self.errors.append(f"{at}: {file!r} is not a PEM certificate bundle")
             return
         if not certs:  # pragma: no cover - cryptography raises for an empty bundle
             self.errors.append(f"{at}: {file!r} holds no certificate")
@@ -236,13 +236,16 @@ class TlsCompiler:
             return
         try:
             x509.load_pem_x509_certificates(cert_data)
-        except ValueError as exc:
-            self.errors.append(f"{at}.cert: {cert!r} is not a PEM certificate ({_why(exc)})")
+        except ValueError:
+            self.errors.append(f"{at}.cert: {cert!r} is not a PEM certificate chain")
             return
         try:
             serialization.load_pem_private_key(key_data, password=None)
-        except (ValueError, TypeError) as exc:
-            self.errors.append(f"{at}.key: {key!r} is not an unencrypted PEM key ({_why(exc)})")
+        except TypeError:
+            self.errors.append(f"{at}.key: {key!r} is encrypted (agentgw needs it unencrypted)")
+            return
+        except ValueError:
+            self.errors.append(f"{at}.key: {key!r} is not a PEM private key")
             return
         try:
             context.load_cert_chain(cert, key)
