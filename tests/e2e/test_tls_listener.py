@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import h11
 import httpx2
 import pytest
 import trio
+import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -379,3 +381,23 @@ async def test_drain_finishes_an_https_request(tmp_path: Path, pki: Pki) -> None
                 await trio.open_tcp_stream("127.0.0.1", port)
             release.set()
     assert [(a.status, a.body) for a in answers] == [(200, b"finished")]
+
+
+async def test_the_https_example_runs(tmp_path: Path) -> None:
+    await trio.run_process([sys.executable, "-m", "trustme", "-d", str(tmp_path), "-q"])
+    example = Path(__file__).parents[2] / "examples" / "https-mcp.yaml"
+    config = yaml.safe_load(example.read_text().replace("examples/tls", str(tmp_path)))
+    config["binds"][0]["port"] = 0
+    target = config["binds"][0]["listeners"][0]["routes"][0]["backends"][0]["mcp"]["targets"][0]
+    target["stdio"]["cmd"] = sys.executable
+    context = ssl.create_default_context(cafile=str(tmp_path / "client.pem"))
+    async with run_gateway(config) as (_, port):
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {}},
+        }
+        resp = await _mcp_call(port, context, initialize, "")
+        assert resp.status == 200, resp.body
+        assert b'"serverInfo"' in resp.body
