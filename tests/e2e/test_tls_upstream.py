@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -18,7 +19,14 @@ import trio
 import trio_websocket
 
 from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT
-from tests.e2e.test_security import IdentityProvider, fresh, jwt_auth, secured
+from tests.e2e.test_security import (
+    IdentityProvider,
+    OAuthServer,
+    fresh,
+    jwt_auth,
+    mcp_auth_config,
+    secured,
+)
 from tests.e2e.test_upstream_mcp import serve_mcp_websocket
 from tests.support import (
     Upstream,
@@ -30,7 +38,7 @@ from tests.support import (
     run_gateway,
     serve_upstream,
 )
-from tests.test_jwt import token
+from tests.test_jwt import AUDIENCE, token
 from tests.tls_support import Pki
 
 INITIALIZE = {
@@ -502,3 +510,59 @@ async def test_remote_jwks_failing_tls_fails_closed_and_keeps_retrying(
                     await trio.sleep(0.2)
     assert idp.hits >= 1
     assert up.requests >= 1
+
+
+# ---------------------------------------------------------------- the identity provider
+
+
+async def test_mcp_authentication_with_an_https_identity_provider(
+    pki: Pki, stranger: Pki, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keycloak behind https: its metadata, the registration proxy and the
+    JWKS derived from the issuer all go over TLS; an IdP whose certificate
+    fails is "metadata unavailable" and its tokens are refused."""
+    monkeypatch.setenv("SSL_CERT_FILE", pki.ca_file)
+    for trusted in (True, False):
+        idp = OAuthServer()
+        context = (pki if trusted else stranger).server_context(
+            (pki if trusted else stranger).issue("localhost")
+        )
+        async with serve_upstream(idp.handle, context) as idp_server:
+            idp.base = f"https://localhost:{idp_server.port}"
+            config = mcp_auth_config(idp.base, provider={"keycloak": {}})
+            async with run_gateway(config) as (_, port):
+                meta = await request(port, "GET", "/.well-known/oauth-authorization-server/mcp")
+                registration = await request(
+                    port,
+                    "POST",
+                    "/.well-known/oauth-authorization-server/mcp/client-registration",
+                    headers=[JSON_CT],
+                    body=b'{"client_name":"browser"}',
+                )
+                now = time.time()
+                claims = {"iss": idp.base, "aud": AUDIENCE, "sub": "a", "iat": now, "exp": now + 60}
+                bearer = (b"authorization", b"Bearer " + token(claims, kid="idp").encode())
+                with trio.fail_after(10):
+                    while True:
+                        call = await mcp_post_with(port, INITIALIZE, [bearer])
+                        if call.status != 401 or not trusted:
+                            break
+                        await trio.sleep(0.1)
+            if trusted:
+                assert meta.status == 200
+                assert json.loads(meta.body)["token_endpoint"] == f"{idp.base}/token"
+                assert registration.status == 201 and idp.registrations == 1
+                assert call.status == 200, call.body
+            else:
+                assert meta.status == 502
+                assert meta.body == b"authorization server metadata unavailable\n"
+                assert registration.status == 502 and idp.registrations == 0
+                assert call.status == 401
+                assert tls_failures(caplog)
+                assert idp_server.requests == 0 and idp_server.bytes_received == 0
+
+
+async def mcp_post_with(port: int, message: dict[str, Any], headers: list[Any]) -> Any:
+    return await request(
+        port, "POST", "/mcp", headers=[ACCEPT, JSON_CT, *headers], body=json.dumps(message).encode()
+    )
