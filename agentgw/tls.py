@@ -341,6 +341,21 @@ def _dns_matches(pattern: str, name: str) -> bool:
 # ---------------------------------------------------------------- server side
 
 
+async def _refuse_plaintext(stream: trio.SocketStream) -> None:
+    """Answer 400 and close gracefully: the request is still unread, and
+    closing over unread bytes would reset the connection before the client
+    reads the answer."""
+    try:
+        await stream.send_all(PLAINTEXT_ANSWER)
+        await stream.send_eof()
+        with trio.move_on_after(0.5):
+            total = 0
+            while total < 1 << 20 and (data := await stream.receive_some(65536)):
+                total += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
 async def accept_tls(
     stream: trio.SocketStream, tls: ServerTLS, client: str
 ) -> tuple[trio.SSLStream[trio.SocketStream], ConnectionTLS] | None:
@@ -359,10 +374,7 @@ async def accept_tls(
             return None
         if looks_like_http(first):
             logger.debug("plain HTTP from %s on an HTTPS port: refused", client)
-            try:
-                await stream.send_all(PLAINTEXT_ANSWER)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            await _refuse_plaintext(stream)
             return None
         ssl_stream = trio.SSLStream(stream, tls.first, server_side=True, https_compatible=True)
         try:

@@ -446,16 +446,16 @@ class ClientConnection:
             try:
                 await self.stream.send_all(head + body)
                 if isinstance(self.stream, trio.SocketStream):
-                    await self.stream.send_eof()
-                    # Linger: read and drop what the client still sends, so
-                    # closing does not reset the connection before it reads.
-                    with trio.move_on_after(0.5):
-                        total = 0
-                        while total < 1 << 20:
-                            data = await self.stream.receive_some(RECEIVE_SIZE)
-                            if not data:
-                                break
-                            total += len(data)
+                    await self.stream.send_eof()  # (TLS cannot half-close)
+                # Linger: read and drop what the client still sends, so
+                # closing does not reset the connection before it reads.
+                with trio.move_on_after(0.5):
+                    total = 0
+                    while total < 1 << 20:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                        if not data:
+                            break
+                        total += len(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
