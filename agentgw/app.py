@@ -560,6 +560,8 @@ class Gateway:
         if tls is not None:
             try:
                 req.tls = decode_connection(tls)
+                if req.tls.listener >= len(cb.bind.listeners):
+                    raise ValueError(f"no listener {req.tls.listener}")
             except ValueError as exc:
                 logger.error("relayed request with bad TLS facts: %s", exc)
                 await req.respond(500, "internal error\n")

@@ -60,8 +60,7 @@ class ClientTLS:
     context: ssl.SSLContext = attrs.field(repr=False)
     hostname: str | None = None
     subject_alt_names: tuple[str, ...] = ()
-    check_names: bool = True
-    label: str = "system trust"
+    label: str = "system trust"  # for repr
 
 
 @attrs.frozen(eq=False)
@@ -163,7 +162,6 @@ class TlsCompiler:
             context,
             hostname=cfg.hostname,
             subject_alt_names=tuple(cfg.subject_alt_names or ()) if check_names else (),
-            check_names=check_names,
             label=label,
         )
 

@@ -408,6 +408,8 @@ def keys_errors(text: str) -> list[str]:
                   backends:
                   - host: a:1
                     policies: {backendTLS: {key: k, subjectAltNames: [""], keyExchangeGroups: []}}
+                  - host: b:1
+                    policies: {backendTLS: {subjectAltNames: []}}
             """,
             [
                 "binds[0].listeners[0].routes[0].policies.backendTLS.alpn[0]: agentgw speaks"
@@ -424,6 +426,8 @@ def keys_errors(text: str) -> list[str]:
                 ".keyExchangeGroups: not supported by agentgw",
                 "binds[0].listeners[0].routes[0].backends[0].policies.backendTLS.cert: required"
                 " with key (a client certificate needs both)",
+                "binds[0].listeners[0].routes[0].backends[1].policies.backendTLS.subjectAltNames:"
+                " expected at least one name",
             ],
         ),
         (

@@ -368,6 +368,8 @@ def _alpn(v: object) -> tuple[str, ...]:
 def _names(v: object) -> tuple[str, ...]:
     if not isinstance(v, list):
         raise Invalid(f"expected a list, got {show(v)}")
+    if not v:  # no name would match, as agentgateway: say so now
+        raise Invalid("expected at least one name")
     errors = [
         Invalid(f"expected a name, got {show(n)}", at=(i,))
         for i, n in enumerate(v)
