@@ -29,6 +29,8 @@ import trio
 from agentgw.config.load import effective_binds
 from agentgw.config.model import (
     Backend,
+    BackendPolicies,
+    BackendTLS,
     Bind,
     Config,
     Jwks,
@@ -66,11 +68,14 @@ from agentgw.relay.session import SessionManager
 from agentgw.routing import Router, choose_backend
 from agentgw.server.connection import ClientConnection, ServerRequest
 from agentgw.server.listen import open_tcp_listeners
+from agentgw.tls import ClientTLS, ServerTLS, TlsCompiler, accept_tls
 from agentgw.upstream.client import simple_request
 from agentgw.upstream.jwks import JwksSource
 from agentgw.upstream.pool import ConnectionPool, Origin
 from agentgw.wire.http import header_value
+from agentgw.wire.tls import decode_connection
 from agentgw.workers import CLIENT_HEADER as WORKER_CLIENT_HEADER
+from agentgw.workers import TLS_HEADER as WORKER_TLS_HEADER
 from agentgw.workers import WorkerSpec, open_unix_listener
 
 logger = logging.getLogger(__name__)
@@ -80,11 +85,13 @@ _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 @attrs.frozen
 class ListenAddress:
-    """Where a bind listens. ``listeners`` names its listeners."""
+    """Where a bind listens. ``listeners`` names its listeners; ``scheme``
+    is ``https`` for a bind of HTTPS listeners."""
 
     host: str
     port: int
     listeners: tuple[str, ...]
+    scheme: str = "http"
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -109,14 +116,15 @@ class CompiledBind:
     name: str
     router: Router
     routes: dict[int, CompiledRoute]
+    tls: ServerTLS | None = None  # its listeners are HTTPS
 
 
-def parse_origin(host: str) -> Origin:
-    """``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> (host, port)."""
+def parse_origin(host: str, tls: ClientTLS | None = None) -> Origin:
+    """``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> (host, port, tls)."""
     name, sep, port = host.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"expected host:port, got {host!r}")
-    return name.strip("[]"), int(port)
+    return Origin(name.strip("[]"), int(port), tls)
 
 
 @attrs.define(eq=False)
@@ -182,6 +190,61 @@ class Security:
             return None
 
 
+def _backend_tls(policies: BackendPolicies | Policies | None) -> BackendTLS | None:
+    return policies.backend_tls if policies is not None else None
+
+
+def _compile_backend_tls(
+    route: Route, path: str, tls: TlsCompiler
+) -> tuple[dict[int, ClientTLS | None], dict[int, dict[str, ClientTLS]]]:
+    """The TLS settings of a route's host backends (by backend index) and
+    of its MCP targets (by backend index, then target name). The most
+    specific ``backendTLS`` wins: a target's, its backend's, the route's. A
+    host backend speaks TLS only with a ``backendTLS``; an MCP target also
+    for an https:// or wss:// URL (with the system's trust)."""
+    own = _backend_tls(route.policies)
+    hosts: dict[int, ClientTLS | None] = {}
+    targets: dict[int, dict[str, ClientTLS]] = {}
+    for i, backend in enumerate(route.backends):
+        at = f"{path}.backends[{i}]"
+        if backend.host is not None:
+            cfg, where = own, f"{path}.policies.backendTLS"
+            if _backend_tls(backend.policies) is not None:
+                cfg, where = _backend_tls(backend.policies), f"{at}.policies.backendTLS"
+            hosts[i] = tls.client(cfg, where) if cfg is not None else None
+            continue
+        if backend.mcp is None:
+            continue
+        found: dict[str, ClientTLS] = {}
+        for t, target in enumerate(backend.mcp.targets):
+            spec = target.mcp or target.sse or target.websocket
+            if spec is None:
+                continue
+            candidates = [
+                (_backend_tls(target.policies), f"{at}.mcp.targets[{t}].policies.backendTLS"),
+                (_backend_tls(backend.policies), f"{at}.policies.backendTLS"),
+                (own, f"{path}.policies.backendTLS"),
+            ]
+            cfg, where = next(((c, w) for c, w in candidates if c is not None), (None, ""))
+            if (
+                cfg is not None
+                and target.websocket is not None
+                and (cfg.hostname is not None or cfg.subject_alt_names is not None)
+            ):
+                tls.errors.append(
+                    f"{where}: hostname and subjectAltNames are not supported by agentgw "
+                    f"for websocket targets ({at}.mcp.targets[{t}])"
+                )
+                continue
+            secure = spec.port is None and spec.host.startswith(("https://", "wss://"))
+            if cfg is not None or secure:
+                client = tls.client(cfg, where)
+                if client is not None:
+                    found[target.name] = client
+        targets[i] = found
+    return hosts, targets
+
+
 def is_localhost_bind(address: str) -> bool:
     """A bind on the loopback addresses that DNS-rebinding protection takes as
     a request's Host (127.0.0.1, ::1, localhost)."""
@@ -215,16 +278,20 @@ def _compile_route(
     path: str,
     errors: list[str],
     security: Security,
+    tls: TlsCompiler,
 ) -> CompiledRoute:
     merged = merge_config(listener.policies, route.policies)
     origins: dict[int, Origin] = {}
     mcp: dict[int, McpRoute] = {}
+    host_tls, target_tls = _compile_backend_tls(route, path, tls)
     for i, backend in enumerate(route.backends):
         if backend.mcp is not None:
-            mcp[i] = McpRoute.compile(resolve_dns_rebinding(backend.mcp, address, merged))
+            mcp[i] = McpRoute.compile(
+                resolve_dns_rebinding(backend.mcp, address, merged), target_tls.get(i)
+            )
         elif backend.host is not None:
             try:
-                origins[i] = parse_origin(backend.host)
+                origins[i] = parse_origin(backend.host, host_tls.get(i))
             except ValueError as exc:
                 errors.append(f"{path}.backends[{i}].host: {exc}")
     policies = RoutePolicies.from_config(merged)
@@ -258,20 +325,46 @@ def _compile_route(
     return CompiledRoute(policies, route.backends, origins, mcp, per_backend)
 
 
-def compile_binds(config: Config, security: Security | None = None) -> list[CompiledBind]:
+def _compile_listeners(bind: Bind, path: str, config: Config, tls: TlsCompiler) -> ServerTLS | None:
+    """The bind's HTTPS listeners, or None for a plain HTTP bind."""
+    https = [li.protocol == "HTTPS" for li in bind.listeners]
+    if not any(https):
+        return None
+    if not all(https):
+        plain = https.index(False)
+        tls.errors.append(
+            f"{path}.listeners[{plain}].protocol: a bind serves HTTP or HTTPS listeners, "
+            "not both (put them on two ports)"
+        )
+        return None
+    server = tls.server(
+        [li.tls for li in bind.listeners], [li.hostname or "" for li in bind.listeners], path
+    )
+    if server is None:
+        return None
+    return attrs.evolve(server, handshake_timeout=config.frontend_policies.tls.handshake_timeout)
+
+
+def compile_binds(
+    config: Config, security: Security | None = None, tls: TlsCompiler | None = None
+) -> list[CompiledBind]:
     errors: list[str] = []
     security = security if security is not None else Security(errors)
     security.errors = errors
+    tls = tls if tls is not None else TlsCompiler(errors)
+    tls.errors = errors
     compiled = []
     for b, bind in enumerate(effective_binds(config)):
         routes: dict[int, CompiledRoute] = {}
+        server = _compile_listeners(bind, f"binds[{b}]", config, tls)
         for li, listener in enumerate(bind.listeners):
             for ri, route in enumerate(listener.routes):
                 path = f"binds[{b}].listeners[{li}].routes[{ri}]"
                 routes[id(route)] = _compile_route(
-                    bind.address, listener, route, path, errors, security
+                    bind.address, listener, route, path, errors, security, tls
                 )
-        compiled.append(CompiledBind(bind, f"bind/{bind.port}", Router.from_bind(bind), routes))
+        router = Router.from_bind(bind)
+        compiled.append(CompiledBind(bind, f"bind/{bind.port}", router, routes, server))
     if errors:
         raise ConfigError(errors)
     return compiled
@@ -291,7 +384,8 @@ class Gateway:
         self.config = config
         self.worker = worker
         self._security = Security([])
-        self._binds = compile_binds(config, self._security)
+        tls = TlsCompiler([])
+        self._binds = compile_binds(config, self._security, tls)
         self._jwks_by_issuer = {
             issuer: source for source in self._security.jwks.values() for _, issuer in source.users
         }
@@ -302,6 +396,9 @@ class Gateway:
             connect_timeout=settings.backend.connect_timeout,
             idle_timeout=settings.backend.pool_idle_timeout,
             max_idle_per_origin=settings.backend.pool_max_size or 64,
+            # One trust store for https URLs the config names (JWKS, IdP
+            # metadata): built now rather than on the first request.
+            tls=tls.default() if tls.has_default or self._needs_default_tls() else None,
         )
         self.sessions = SessionManager(self.pool, ttl=settings.mcp.session_ttl)
         key = settings.session.key if settings.session else None
@@ -320,6 +417,14 @@ class Gateway:
         self._shutdown = trio.Event()
         self._slots = trio.Semaphore(self.limits.max_connections)
         self._last_accept_error = -1e9
+
+    def _needs_default_tls(self) -> bool:
+        urls = [*self._security.jwks]
+        for cb in self._binds:
+            for route in cb.routes.values():
+                if route.policies.mcp_auth is not None:
+                    urls.append(route.policies.mcp_auth.issuer)
+        return any(url.startswith("https://") for url in urls)
 
     def __repr__(self) -> str:
         state = "draining" if self.is_draining else "serving"
@@ -401,7 +506,7 @@ class Gateway:
         names = tuple(
             listener.name or f"listener{i}" for i, listener in enumerate(cb.bind.listeners)
         )
-        return ListenAddress(host, port, names)
+        return ListenAddress(host, port, names, "https" if cb.tls is not None else "http")
 
     async def _accept_loop(
         self,
@@ -439,13 +544,24 @@ class Gateway:
             except OSError:
                 await stream.aclose()
                 return
+            served: trio.abc.Stream = stream
+            tls = None
+            if cb.tls is not None and not from_worker:
+                # Here, in the connection's own task and slot: a slow or
+                # hostile handshake holds up nobody else.
+                accepted = await accept_tls(stream, cb.tls, f"{client[0]}:{client[1]}")
+                if accepted is None:
+                    await trio.aclose_forcefully(stream)
+                    return
+                served, tls = accepted
             conn = ClientConnection(
-                stream,
+                served,
                 client,
                 cb.name,
                 self.limits,
                 partial(self._handle_relayed if from_worker else self._handle, cb),
                 self.log_format,
+                tls=tls,
             )
             self._connections.add(conn)
             if self.is_draining:
@@ -461,11 +577,23 @@ class Gateway:
         """A request a sibling worker relayed here (``agentgw.workers``): the
         client it names is the real one."""
         named = header_value(req.headers, WORKER_CLIENT_HEADER)
-        req.headers = [(n, v) for n, v in req.headers if n != WORKER_CLIENT_HEADER]
+        tls = header_value(req.headers, WORKER_TLS_HEADER)
+        req.headers = [
+            (n, v) for n, v in req.headers if n not in (WORKER_CLIENT_HEADER, WORKER_TLS_HEADER)
+        ]
         if named is not None:
             host, _, port = named.decode("latin-1").rpartition(":")
             req.client = (host, int(port) if port.isdigit() else 0)
             req.record.src_addr = f"{host}:{port}"
+        if tls is not None:
+            try:
+                req.tls = decode_connection(tls)
+                if req.tls.listener >= len(cb.bind.listeners):
+                    raise ValueError(f"no listener {req.tls.listener}")
+            except ValueError as exc:
+                logger.error("relayed request with bad TLS facts: %s", exc)
+                await req.respond(500, "internal error\n")
+                return
         req.record.extra["worker.relayed"] = "true"
         await self._handle(cb, req, relayed=True)
 
@@ -477,6 +605,10 @@ class Gateway:
             await req.respond(404, "route not found\n")
             return
         record.listener, record.route = selected.listener_name, selected.route_name
+        if req.tls is not None and cb.bind.listeners[req.tls.listener] is not selected.listener:
+            record.error = "host does not match the TLS server name"
+            await req.respond(421, "misdirected request\n")
+            return
         route = cb.routes[id(selected.route)]
         worker = self.worker
         if worker is not None and len(route.mcp) == 1 and not relayed:
@@ -488,7 +620,15 @@ class Gateway:
                     record.extra["worker.owner"] = str(owner)
                     return
                 logger.info("worker %d is not there: serving its session here", owner)
-        view = RequestView(req.method, req.path, req.headers, req.host, req.client)
+        view = RequestView(
+            req.method,
+            req.path,
+            req.headers,
+            req.host,
+            req.client,
+            req.scheme,
+            req.tls.peer if req.tls is not None else None,
+        )
         decision = run_request(route.policies, view)
         if isinstance(decision, Respond):
             record.extra["policy"] = decision.step
@@ -588,7 +728,7 @@ class Gateway:
     async def _serve_readiness(
         self, addr: str, *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        host, port = parse_origin(addr)
+        host, port, _ = parse_origin(addr)
         opened = await open_tcp_listeners(host or None, port)
 
         async def handle(req: ServerRequest) -> None:

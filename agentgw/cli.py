@@ -92,7 +92,10 @@ async def _run(gw: Gateway) -> None:
             addresses = await nursery.start(_serve_then_stop, gw, nursery.cancel_scope)
             for addr in addresses:
                 for name in addr.listeners:
-                    print(f"agentgw: listener {name} listening on http://{addr}", flush=True)
+                    print(
+                        f"agentgw: listener {name} listening on {addr.scheme}://{addr}",
+                        flush=True,
+                    )
             nursery.start_soon(_on_signals, signals, gw, nursery.cancel_scope)
             if gw.worker is not None:
                 nursery.start_soon(stop_when_orphaned, gw.shutdown)

@@ -35,7 +35,9 @@ from agentgw.policy.pipeline import response_headers as route_response_headers
 from agentgw.server.connection import ServerRequest
 from agentgw.upstream.pool import ConnectionPool, Exchange, Origin
 from agentgw.wire.http import Headers, header_value, is_websocket_upgrade, strip_hop_by_hop
+from agentgw.wire.tls import encode_connection
 from agentgw.workers import CLIENT_HEADER as WORKER_CLIENT_HEADER
+from agentgw.workers import TLS_HEADER as WORKER_TLS_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ async def proxy_request(
     headers = strip_hop_by_hop(req.headers, keep_upgrade=upgrade)
     headers = modify_headers(policies.request_headers, headers)
     headers = upstream_credentials(policies, req.identity, headers)
-    headers = forwarded_headers(headers, req.client[0])
+    headers = forwarded_headers(headers, req.client[0], req.scheme.encode())
 
     def answer_headers(headers: Headers) -> Headers:
         return route_response_headers(policies, view, headers)
@@ -101,10 +103,12 @@ async def relay_to_worker(req: ServerRequest, pool: ConnectionPool, path: str) -
     headers = [
         (name, value)
         for name, value in strip_hop_by_hop(req.headers, keep_upgrade=upgrade)
-        if name != WORKER_CLIENT_HEADER
+        if name not in (WORKER_CLIENT_HEADER, WORKER_TLS_HEADER)
     ]
     headers.append((WORKER_CLIENT_HEADER, f"{req.client[0]}:{req.client[1]}".encode()))
-    exchange = pool.open_exchange((path, 0))
+    if req.tls is not None:
+        headers.append((WORKER_TLS_HEADER, encode_connection(req.tls)))
+    exchange = pool.open_exchange(Origin(path, 0))
     try:
         try:
             await exchange.connect()

@@ -44,8 +44,11 @@ logger = logging.getLogger(__name__)
 ENV_WORKER = "AGENTGW_WORKER"  # "<index>/<count>"
 ENV_DIR = "AGENTGW_WORKER_DIR"
 ENV_KEY = "AGENTGW_WORKER_SESSION_KEY"
-# Set by a relaying worker; trusted only on the workers' own Unix sockets.
+# Set by a relaying worker; trusted only on the workers' own Unix sockets:
+# the client's address, and what its TLS connection established (the
+# listener chosen by SNI, the verified client certificate).
 CLIENT_HEADER = b"x-agentgw-worker-client"
+TLS_HEADER = b"x-agentgw-worker-tls"
 MAX_WORKERS = 64
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 CRASH_WINDOW = 60.0

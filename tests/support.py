@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -137,12 +138,13 @@ class Upstream:
     port: int = 0
     connections: int = 0
     requests: int = 0
+    bytes_received: int = 0  # after TLS, if any: what the client sent in the clear
     seen: list[tuple[h11.Request, bytes]] = attrs.field(factory=list)
     open_streams: int = 0
     closed: trio.Event = attrs.field(factory=trio.Event)
 
 
-async def _send_response(stream: trio.SocketStream, conn: h11.Connection, result: Any) -> None:
+async def _send_response(stream: trio.abc.Stream, conn: h11.Connection, result: Any) -> None:
     status, headers, body = result
     await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
     if isinstance(body, bytes):
@@ -156,12 +158,16 @@ async def _send_response(stream: trio.SocketStream, conn: h11.Connection, result
 
 
 @asynccontextmanager
-async def serve_upstream(handler: UpstreamHandler) -> AsyncIterator[Upstream]:
+async def serve_upstream(
+    handler: UpstreamHandler, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[Upstream]:
     """An h11 server calling ``handler(request, body, upstream)`` which
-    returns ``(status, headers, body)``; body is bytes or an async iterator."""
+    returns ``(status, headers, body)``; body is bytes or an async iterator.
+    With ``ssl_context``, an HTTPS server (a failed handshake ends the
+    connection before anything is read)."""
     up = Upstream()
 
-    async def serve_one(stream: trio.SocketStream) -> None:
+    async def serve_one(stream: trio.abc.Stream) -> None:
         up.connections += 1
         up.open_streams += 1
         conn = h11.Connection(h11.SERVER)
@@ -170,7 +176,8 @@ async def serve_upstream(handler: UpstreamHandler) -> AsyncIterator[Upstream]:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
                     data = await stream.receive_some(65536)
-                    conn.receive_data(data)
+                    up.bytes_received += len(data)
+                    conn.receive_data(bytes(data))
                     if not data and conn.their_state is h11.IDLE:
                         return
                     continue
@@ -179,7 +186,9 @@ async def serve_upstream(handler: UpstreamHandler) -> AsyncIterator[Upstream]:
                     while True:
                         ev = conn.next_event()
                         if ev is h11.NEED_DATA:
-                            conn.receive_data(await stream.receive_some(65536))
+                            data = await stream.receive_some(65536)
+                            up.bytes_received += len(data)
+                            conn.receive_data(bytes(data))
                         elif isinstance(ev, h11.Data):
                             chunks.append(bytes(ev.data))
                         else:
@@ -201,8 +210,21 @@ async def serve_upstream(handler: UpstreamHandler) -> AsyncIterator[Upstream]:
             await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, serve_one, 0, host="127.0.0.1"))
-        up.port = listeners[0].socket.getsockname()[1]
+        if ssl_context is None:
+            serve = partial(trio.serve_tcp, serve_one, 0, host="127.0.0.1")
+        else:
+            serve = partial(
+                trio.serve_ssl_over_tcp,
+                serve_one,
+                0,
+                ssl_context,
+                host="127.0.0.1",
+                https_compatible=True,
+            )
+        listeners = await nursery.start(serve)
+        listener = listeners[0]
+        sock = listener.transport_listener.socket if ssl_context else listener.socket
+        up.port = sock.getsockname()[1]
         yield up
         nursery.cancel_scope.cancel()
 

@@ -219,7 +219,7 @@ BROKEN = [
         gateways: {}
         binds:
         - listeners:
-          - tls: {}
+          - tcpRoutes: []
             routes:
             - policies:
                 requestRedirect: {}
@@ -230,7 +230,7 @@ BROKEN = [
         """,
         [
             "gateways: not supported by agentgw",
-            "binds[0].listeners[0].tls: not supported by agentgw",
+            "binds[0].listeners[0].tcpRoutes: not supported by agentgw",
             "binds[0].listeners[0].routes[0].policies.requestRedirect: not supported by agentgw",
             "binds[0].listeners[0].routes[0].policies.retry: not supported by agentgw",
             "binds[0].listeners[0].routes[0].policies.extAuthz: not supported by agentgw",
@@ -340,7 +340,7 @@ BROKEN = [
         """
         binds:
         - listeners:
-          - protocol: HTTPS
+          - protocol: TLS
           - protocol: FTP
           - routes:
             - policies:
@@ -349,8 +349,8 @@ BROKEN = [
                 directResponse: {body: x}
         """,
         [
-            "binds[0].listeners[0].protocol: protocol HTTPS is not supported by agentgw",
-            "binds[0].listeners[1].protocol: expected HTTP, got 'FTP'",
+            "binds[0].listeners[0].protocol: protocol TLS is not supported by agentgw",
+            "binds[0].listeners[1].protocol: expected HTTP or HTTPS, got 'FTP'",
             "binds[0].listeners[2].routes[0].policies.directResponse.status:"
             " expected an HTTP status 100..599, got 99",
             "binds[0].listeners[2].routes[1].policies.directResponse.status: required",

@@ -54,9 +54,13 @@ def _keys(names: str) -> frozenset[str]:
 
 UNSUPPORTED: dict[type, frozenset[str]] = {
     m.Config: _keys(
-        "frontendPolicies policies workloads services backends routeGroups gateways routes"
-        " tcpRoutes llm ui"
+        "policies workloads services backends routeGroups gateways routes tcpRoutes llm ui"
     ),
+    m.FrontendPolicies: _keys(
+        "http tcp networkAuthorization networkExtAuthz proxy proxyProtocol connect accessLog"
+        " logging tracing"
+    ),
+    m.FrontendTLS: _keys("alpn minVersion maxVersion cipherSuites keyExchangeGroups"),
     m.Settings: _keys(
         "enableIpv6 dns localXdsPath modelCatalog database storage caAddress caAuthToken"
         " xdsAddress xdsAuthToken spiffe namespace gateway trustDomain additionalTrustDomains"
@@ -65,19 +69,21 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
         " tracing metrics hbone"
     ),
     m.Bind: _keys("tunnelProtocol mode"),
-    m.Listener: _keys("namespace tls tcpRoutes"),
+    m.Listener: _keys("namespace tcpRoutes"),
     m.ListenerPolicies: _keys("oidc extAuthz extProc transformations basicAuth apiKey"),
+    m.ListenerTLS: _keys("mode spiffe cipherSuites keyExchangeGroups"),
+    m.BackendTLS: _keys("keyExchangeGroups spiffe"),
     m.Route: _keys("namespace ruleName"),
     m.Policies: LATER_POLICIES
     | _keys(
-        "requestRedirect urlRewrite requestMirror mcpGuardrails a2a ai backendTLS backendTunnel"
+        "requestRedirect urlRewrite requestMirror mcpGuardrails a2a ai backendTunnel"
         " localRateLimit remoteRateLimit oidc basicAuth apiKey extAuthz extProc transformations"
         " csrf buffer retry delay"
     ),
     m.Backend: _keys("service backend internal dynamic ai aws routeGroup"),
     # Backend and MCP target policies (a target takes a subset of these).
     m.BackendPolicies: _keys(
-        "requestHeaderModifier responseHeaderModifier requestRedirect backendTLS backendTunnel"
+        "requestHeaderModifier responseHeaderModifier requestRedirect backendTunnel"
         " transformations http tcp health extAuthz authorization mcpAuthorization mcpGuardrails"
         " a2a ai inferenceRouting sessionAffinity"
     ),
@@ -151,7 +157,22 @@ def show(v: object) -> str:
     return repr(v)
 
 
+# Where agentgateway's key is not plain camelCase of the field name.
+_KEYS = {
+    "backend_tls": "backendTLS",
+    "min_tls_version": "minTLSVersion",
+    "max_tls_version": "maxTLSVersion",
+}
+
+# Other spellings agentgateway accepts for a key: {class: {alias: key}}.
+ALIASES: dict[type, dict[str, str]] = {
+    m.ListenerTLS: {"minTlsVersion": "minTLSVersion", "maxTlsVersion": "maxTLSVersion"},
+}
+
+
 def camel(name: str) -> str:
+    if name in _KEYS:
+        return _KEYS[name]
     first, *rest = name.split("_")
     return first + "".join(w.title() for w in rest)
 
@@ -346,11 +367,65 @@ def _target_name(v: object) -> str:
 
 def _protocol(v: object) -> str:
     text = parse_str(v)
-    if text in ("HTTPS", "TLS", "TCP", "HBONE"):
+    if text in ("TLS", "TCP", "HBONE"):
         raise Invalid(f"protocol {text} is not supported by agentgw")
-    if text != "HTTP":
-        raise Invalid(f"expected HTTP, got {show(v)}")
+    if text not in ("HTTP", "HTTPS"):
+        raise Invalid(f"expected HTTP or HTTPS, got {show(v)}")
     return text
+
+
+_TLS_VERSIONS = ("TLS_V1_2", "TLS_V1_3")
+
+
+def _tls_version(v: object) -> str:
+    text = parse_str(v)
+    if text in ("TLS_V1_0", "TLS_V1_1"):
+        raise Invalid(f"{text} is not supported (only TLS_V1_2 and TLS_V1_3)")
+    if text not in _TLS_VERSIONS:
+        raise Invalid(f"expected TLS_V1_2 or TLS_V1_3, got {show(v)}")
+    return text
+
+
+def _alpn(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise Invalid(f"expected a list, got {show(v)}")
+    errors = [
+        Invalid(f"agentgw speaks HTTP/1.1 only: expected http/1.1, got {show(p)}", at=(i,))
+        for i, p in enumerate(v)
+        if p != "http/1.1"
+    ]
+    if errors:
+        raise ExceptionGroup("While structuring alpn", errors)
+    return tuple(v)
+
+
+def _names(v: object) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise Invalid(f"expected a list, got {show(v)}")
+    if not v:  # no name would match, as agentgateway: say so now
+        raise Invalid("expected at least one name")
+    errors = [
+        Invalid(f"expected a name, got {show(n)}", at=(i,))
+        for i, n in enumerate(v)
+        if not isinstance(n, str) or not n.strip()
+    ]
+    if errors:
+        raise ExceptionGroup("While structuring names", errors)
+    return tuple(v)
+
+
+def _non_empty(v: object) -> str:
+    text = parse_str(v)
+    if not text.strip():
+        raise Invalid("expected a non-empty string")
+    return text
+
+
+def _positive_duration(v: object) -> float:
+    seconds = parse_duration(v)
+    if seconds <= 0:
+        raise Invalid(f"expected a duration above zero, got {show(v)}")
+    return seconds
 
 
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]/\s]+):([0-9]{1,5})")
@@ -462,6 +537,18 @@ FIELDS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (m.McpAuthentication, "jwks"): _jwks,
     (m.McpAuthentication, "resource_metadata"): _json_object,
     (m.BackendSettings, "pool_max_size"): _non_negative,
+    (m.BackendTLS, "alpn"): _alpn,
+    (m.BackendTLS, "subject_alt_names"): _names,
+    (m.BackendTLS, "hostname"): _non_empty,
+    (m.BackendTLS, "root"): _non_empty,
+    (m.BackendTLS, "cert"): _non_empty,
+    (m.BackendTLS, "key"): _non_empty,
+    (m.ListenerTLS, "cert"): _non_empty,
+    (m.ListenerTLS, "key"): _non_empty,
+    (m.ListenerTLS, "root"): _non_empty,
+    (m.ListenerTLS, "min_tls_version"): _tls_version,
+    (m.ListenerTLS, "max_tls_version"): _tls_version,
+    (m.FrontendTLS, "handshake_timeout"): _positive_duration,
     (m.HttpLimits, "max_connections"): _positive,
     (m.HttpLimits, "max_header_bytes"): parse_size,
     (m.HttpLimits, "max_request_line_bytes"): parse_size,
@@ -601,6 +688,34 @@ def _jwt_auth(d: dict[Any, Any]) -> list[Invalid]:
     return [Invalid("required", at=(k,)) for k in missing]
 
 
+def _listener(d: dict[Any, Any]) -> list[Invalid]:
+    protocol, tls = d.get("protocol") or "HTTP", d.get("tls")
+    if protocol == "HTTPS" and tls is None:
+        return [Invalid("required with protocol HTTPS", at=("tls",))]
+    if protocol == "HTTP" and tls is not None:
+        return [Invalid("only valid with protocol HTTPS", at=("tls",))]
+    return []
+
+
+def _backend_tls(d: dict[Any, Any]) -> list[Invalid]:
+    given = [k for k in ("cert", "key") if d.get(k) is not None]
+    if len(given) == 1:
+        missing = "key" if given == ["cert"] else "cert"
+        return [Invalid(f"required with {given[0]} (a client certificate needs both)", (missing,))]
+    return []
+
+
+_VERSION_ORDER = {"TLS_V1_2": 0, "TLS_V1_3": 1}
+
+
+def _listener_tls(d: dict[Any, Any]) -> list[Invalid]:
+    low = _VERSION_ORDER.get(str(d.get("minTLSVersion")))
+    high = _VERSION_ORDER.get(str(d.get("maxTLSVersion")))
+    if low is not None and high is not None and low > high:
+        return [Invalid("minTLSVersion is above maxTLSVersion", at=("minTLSVersion",))]
+    return []
+
+
 CHECKS: dict[type, Check] = {
     m.PathMatch: _one_of(m.PathMatch, "exact", "pathPrefix", "regex"),
     m.ValueMatch: _one_of(m.ValueMatch, "exact", "regex"),
@@ -611,6 +726,9 @@ CHECKS: dict[type, Check] = {
     m.Config: _config,
     m.JwtAuth: _jwt_auth,
     m.McpProvider: _one_of(m.McpProvider, "auth0", "keycloak"),
+    m.Listener: _listener,
+    m.BackendTLS: _backend_tls,
+    m.ListenerTLS: _listener_tls,
 }
 
 # ---------------------------------------------------------------- the converter
@@ -695,6 +813,7 @@ def _class_hook(cls: type) -> Hook:
     check = CHECKS.get(cls)
     # Modelled keys that are still refused (a policy not enforced yet).
     refused = UNSUPPORTED.get(cls, frozenset()) & {camel(a.name) for a in attrs.fields(cls)}
+    aliases = ALIASES.get(cls, {})
 
     def hook(v: object, t: Any) -> object:
         if not isinstance(v, dict):
@@ -707,6 +826,8 @@ def _class_hook(cls: type) -> Hook:
                 [Invalid("not supported by agentgw", at=(k,)) for k in forms],
             )
         problems: list[Exception] = []
+        if aliases.keys() & v.keys():
+            v, problems = _unalias(v, aliases)
         if refused & v.keys():
             problems = [Invalid("not supported by agentgw", at=(k,)) for k in v if k in refused]
             v = {k: x for k, x in v.items() if k not in refused}
@@ -720,6 +841,18 @@ def _class_hook(cls: type) -> Hook:
         return obj
 
     return hook
+
+
+def _unalias(v: dict[Any, Any], aliases: dict[str, str]) -> tuple[dict[Any, Any], list[Exception]]:
+    out: dict[Any, Any] = {}
+    problems: list[Exception] = []
+    for key, value in v.items():
+        name = aliases.get(key, key)
+        if name != key and name in v:
+            problems.append(Invalid(f"expected {name} or {key}, not both", at=(key,)))
+            continue
+        out[name] = value
+    return out, problems
 
 
 converter.register_structure_hook_factory(attrs.has, _class_hook)

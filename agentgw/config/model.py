@@ -155,11 +155,32 @@ class BackendAuth:
 
 
 @attrs.frozen
+class BackendTLS:
+    """``backendTLS``: speak TLS to the upstream. Files are PEM, read when
+    the config is compiled. ``root`` replaces the system trust store;
+    ``cert`` and ``key`` (both or neither) are a client certificate;
+    ``hostname`` is the name sent as SNI and verified; ``insecure`` skips
+    all verification, ``insecureHost`` only the name check;
+    ``subjectAltNames`` are the names accepted instead of the host's; agentgw
+    speaks HTTP/1.1 only, so ``alpn`` may only offer ``http/1.1``."""
+
+    root: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    hostname: str | None = None
+    insecure: bool = False
+    insecure_host: bool = False
+    alpn: tuple[str, ...] | None = None
+    subject_alt_names: tuple[str, ...] | None = None
+
+
+@attrs.frozen
 class BackendPolicies:
     """Policies on one backend or one MCP target (agentgateway's backend
-    policies); agentgw supports ``backendAuth`` there."""
+    policies); agentgw supports ``backendAuth`` and ``backendTLS`` there."""
 
     backend_auth: BackendAuth | None = None
+    backend_tls: BackendTLS | None = None
 
     @property
     def has_passthrough(self) -> bool:
@@ -209,6 +230,7 @@ class Policies:
     mcp_authorization: RuleSet | None = None
     backend_auth: BackendAuth | None = None
     mcp_authentication: McpAuthentication | None = None
+    backend_tls: BackendTLS | None = None  # on a route only
 
 
 @attrs.frozen
@@ -290,11 +312,31 @@ class Route:
     backends: tuple[Backend, ...] = ()
 
 
+TLSVersion = Literal["TLS_V1_2", "TLS_V1_3"]
+
+
+@attrs.frozen
+class ListenerTLS:
+    """A listener's ``tls``: its certificate chain and key (PEM files), and
+    with ``root`` the CAs that client certificates must chain to (mTLS: a
+    client without a valid certificate is refused)."""
+
+    cert: str
+    key: str
+    root: str | None = None
+    min_tls_version: TLSVersion | None = None
+    max_tls_version: TLSVersion | None = None
+
+
 @attrs.frozen
 class Listener:
+    """``protocol: HTTPS`` needs ``tls``; a bind's listeners are all HTTP or
+    all HTTPS."""
+
     name: str | None = None
     hostname: str | None = None
-    protocol: Literal["HTTP"] = "HTTP"
+    protocol: Literal["HTTP", "HTTPS"] = "HTTP"
+    tls: ListenerTLS | None = None
     routes: tuple[Route, ...] = ()
     policies: ListenerPolicies | None = None
 
@@ -382,9 +424,25 @@ class Settings:
 
 
 @attrs.frozen
+class FrontendTLS:
+    """``frontendPolicies.tls``: how long a client may take to finish the
+    TLS handshake on an HTTPS listener (seconds; agentgateway's default)."""
+
+    handshake_timeout: float = 15.0
+
+
+@attrs.frozen
+class FrontendPolicies:
+    """``frontendPolicies``: settings for every incoming connection."""
+
+    tls: FrontendTLS = FrontendTLS()
+
+
+@attrs.frozen
 class Config:
     """A whole configuration file."""
 
     binds: tuple[Bind, ...] = ()
     mcp: SimpleMcp | None = None
     config: Settings = Settings()
+    frontend_policies: FrontendPolicies = FrontendPolicies()

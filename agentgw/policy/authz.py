@@ -38,6 +38,7 @@ import attrs
 import cel
 
 from agentgw.errors import ConfigError
+from agentgw.wire.tls import PeerCertificate
 
 logger = logging.getLogger(__name__)
 
@@ -385,6 +386,7 @@ def http_variables(
     source_address: str,
     source_port: int,
     claims: Mapping[str, object] | None,
+    peer: PeerCertificate | None = None,
 ) -> dict[str, object]:
     """The CEL variables of an HTTP request, named as agentgateway names them.
 
@@ -407,11 +409,18 @@ def http_variables(
             nested deeper than ``MAX_CLAIM_DEPTH`` or holding non-JSON values
             become ``UNREPRESENTABLE``, and a rule set that reads ``jwt``
             then denies.
+        peer: the client certificate an HTTPS listener verified (mTLS), for
+            ``source.subject``, ``source.issuer``, ``source.subjectCn``,
+            ``source.subjectAltNames``, ``source.spiffeId`` and
+            ``source.certificate``, absent without one (as agentgateway).
 
     Returns:
         ``{"request": ..., "source": ..., "jwt": ...}``.
     """
     target = _text(path)
+    source: dict[str, object] = {"address": _text(source_address), "port": source_port}
+    if peer is not None:
+        source.update(peer.cel_fields())
     return {
         "request": {
             "method": _text(method),
@@ -420,7 +429,7 @@ def http_variables(
             "host": _text(host),
             "headers": _header_map(headers),
         },
-        "source": {"address": _text(source_address), "port": source_port},
+        "source": source,
         "jwt": _claims(claims),
     }
 

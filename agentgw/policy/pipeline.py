@@ -22,6 +22,7 @@ from agentgw.config.model import (
 )
 from agentgw.policy import authz, jwt
 from agentgw.wire.http import Headers, header_value
+from agentgw.wire.tls import PeerCertificate
 
 
 @attrs.frozen
@@ -55,11 +56,16 @@ class Respond:
 
 @attrs.frozen
 class RequestView:
+    """``scheme`` is how the client reached the gateway (``https`` over an
+    HTTPS listener); ``peer`` its verified client certificate (mTLS)."""
+
     method: str
     path: str
     headers: Headers
     host: str = ""
     source: tuple[str, int] = ("", 0)
+    scheme: str = "http"
+    peer: PeerCertificate | None = None
 
 
 @attrs.frozen
@@ -100,13 +106,14 @@ def is_oauth_metadata(path: str) -> bool:
 
 def external_base(req: RequestView, resource: object = None) -> str:
     """``scheme://host`` as the client sees the gateway: the configured
-    ``resource``'s origin, else X-Forwarded-Proto/-Host, else Host."""
+    ``resource``'s origin, else X-Forwarded-Proto/-Host, else the scheme it
+    used and Host."""
     if isinstance(resource, str) and "://" in resource:
         scheme, rest = resource.split("://", 1)
         return f"{scheme}://{rest.split('/', 1)[0]}"
     proto = header_value(req.headers, b"x-forwarded-proto")
     host = header_value(req.headers, b"x-forwarded-host") or header_value(req.headers, b"host")
-    scheme = proto.decode("latin-1").split(",")[0].strip() if proto else "http"
+    scheme = proto.decode("latin-1").split(",")[0].strip() if proto else req.scheme
     return f"{scheme}://{(host or b'localhost').decode('latin-1').split(',')[0].strip()}"
 
 
@@ -235,7 +242,7 @@ def authenticate(step: JwtStep, req: RequestView) -> Identity | Respond | None:
 def request_variables(req: RequestView, identity: Identity | None) -> dict[str, object]:
     claims = identity.claims if identity is not None else None
     return authz.http_variables(
-        req.method, req.path, req.host, req.headers, req.source[0], req.source[1], claims
+        req.method, req.path, req.host, req.headers, req.source[0], req.source[1], claims, req.peer
     )
 
 

@@ -18,7 +18,7 @@ import logging
 import secrets
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -43,6 +43,7 @@ from agentgw.policy.pipeline import (
 from agentgw.proxy import run_watching_client
 from agentgw.relay.session import CHANNEL_SIZE, Message, RelaySession, SessionManager
 from agentgw.server.connection import ServerRequest
+from agentgw.tls import ClientTLS
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire import jsonrpc
 from agentgw.wire.http import header_value, is_websocket_upgrade, strip_hop_by_hop
@@ -75,6 +76,7 @@ class McpRoute:
     stateful: bool
     dns_rebinding_protection: bool = False
     passthrough_targets: frozenset[str] = frozenset()
+    tls: Mapping[str, ClientTLS] = attrs.field(factory=dict)  # by target name
 
     @property
     def resumable(self) -> bool:
@@ -83,7 +85,7 @@ class McpRoute:
         return all(t.mcp is not None for t in self.targets)
 
     @classmethod
-    def compile(cls, backend: McpBackend) -> McpRoute:
+    def compile(cls, backend: McpBackend, tls: Mapping[str, ClientTLS] | None = None) -> McpRoute:
         mode = backend.prefix_mode or "conditional"
         n = len(backend.targets)
         return cls(
@@ -99,6 +101,7 @@ class McpRoute:
                 for t in backend.targets
                 if t.policies is not None and t.policies.has_passthrough
             ),
+            tls=dict(tls or {}),
         )
 
     @property
@@ -128,7 +131,10 @@ class Caller:
         cls, req: ServerRequest, policies: RoutePolicies | None, view: RequestView | None = None
     ) -> Caller:
         if view is None:
-            view = RequestView(req.method, req.path, req.headers, req.host, req.client)
+            peer = req.tls.peer if req.tls is not None else None
+            view = RequestView(
+                req.method, req.path, req.headers, req.host, req.client, req.scheme, peer
+            )
         return cls(policies, req.identity, view)
 
     @property
@@ -378,6 +384,7 @@ class McpEndpoint:
         session = RelaySession(
             sid=self._new_sid(),
             targets=route.targets,
+            tls=route.tls,
             pool=self.pool,
             ttl=ttl or self.ttl,
         )
@@ -524,6 +531,7 @@ class McpEndpoint:
             session = RelaySession(
                 sid=secrets.token_urlsafe(16),
                 targets=route.targets,
+                tls=route.tls,
                 pool=self.pool,
                 ttl=self.ttl,
                 is_shared=True,
@@ -580,6 +588,7 @@ class McpEndpoint:
         session = RelaySession(
             sid=state.sid,
             targets=route.targets,
+            tls=route.tls,
             pool=self.pool,
             ttl=self.ttl,
             upstream_sessions=dict(state.targets),

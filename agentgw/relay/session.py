@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,7 @@ import trio
 
 from agentgw.config.model import McpTarget
 from agentgw.errors import UpstreamError
+from agentgw.tls import ClientTLS
 from agentgw.upstream.mcp.base import McpTransport, open_transport
 from agentgw.upstream.pool import ConnectionPool
 
@@ -60,6 +61,7 @@ class RelaySession:
     targets: tuple[McpTarget, ...]
     pool: ConnectionPool
     ttl: float
+    tls: Mapping[str, ClientTLS] = attrs.field(factory=dict)  # by target name
     upstream_sessions: dict[str, str | None] = attrs.field(factory=dict)
     transports: dict[str, McpTransport] = attrs.field(factory=dict)
     dead: dict[str, str] = attrs.field(factory=dict)
@@ -106,6 +108,7 @@ class RelaySession:
                             open_transport(
                                 target,
                                 pool=self.pool,
+                                tls=self.tls.get(target.name),
                                 session_id=self.upstream_sessions.get(target.name),
                                 protocol_version=self.protocol_version,
                                 server_stream=not self.is_replica,

@@ -39,6 +39,7 @@ from agentgw.wire.http import (
     simple_response_headers,
     split_target,
 )
+from agentgw.wire.tls import ConnectionTLS
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class ServerRequest:
     _h11: h11.Connection
     body_bytes: int = 0
     status: int | None = None
+    # What the client's TLS connection established (None: plain HTTP).
+    tls: ConnectionTLS | None = None
     identity: Any = None  # who a validated token says the caller is (policy.pipeline)
     mcp_caller: Any = None  # the MCP endpoint's view of the caller (relay.endpoint)
     _body_done: bool = False
@@ -84,6 +87,10 @@ class ServerRequest:
             if name == b"host":
                 return value.decode("latin-1")
         return ""
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
 
     @property
     def has_body(self) -> bool:
@@ -214,6 +221,7 @@ class ClientConnection:
     limits: HttpLimits
     handler: Handler
     log_format: Literal["text", "json"] = "text"
+    tls: ConnectionTLS | None = None
     is_draining: bool = False
     is_idle: bool = True
     is_tunnelled: bool = False
@@ -351,6 +359,7 @@ class ClientConnection:
             headers=[(n, v) for n, v in event.headers],
             head=head,
             client=self.client,
+            tls=self.tls,
             record=record,
             conn=self,
             h11=conn,
@@ -437,16 +446,16 @@ class ClientConnection:
             try:
                 await self.stream.send_all(head + body)
                 if isinstance(self.stream, trio.SocketStream):
-                    await self.stream.send_eof()
-                    # Linger: read and drop what the client still sends, so
-                    # closing does not reset the connection before it reads.
-                    with trio.move_on_after(0.5):
-                        total = 0
-                        while total < 1 << 20:
-                            data = await self.stream.receive_some(RECEIVE_SIZE)
-                            if not data:
-                                break
-                            total += len(data)
+                    await self.stream.send_eof()  # (TLS cannot half-close)
+                # Linger: read and drop what the client still sends, so
+                # closing does not reset the connection before it reads.
+                with trio.move_on_after(0.5):
+                    total = 0
+                    while total < 1 << 20:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                        if not data:
+                            break
+                        total += len(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 

@@ -9,7 +9,7 @@ from contextlib import aclosing
 import trio
 
 from agentgw.errors import UpstreamError
-from agentgw.upstream.pool import ConnectionPool
+from agentgw.upstream.pool import ConnectionPool, Origin
 from agentgw.wire.http import Headers
 
 TIMEOUT = 10.0
@@ -26,16 +26,19 @@ async def simple_request(
     """One request, the whole answer read (at most 1 MiB, 10 s).
 
     Raises:
-        UpstreamError: not an http:// URL, unreachable, too slow or too large.
+        UpstreamError: not an http(s):// URL, unreachable (TLS failures
+            included), too slow or too large.
     """
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise UpstreamError(f"only http:// URLs can be fetched, got {url!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UpstreamError(f"only http(s):// URLs can be fetched, got {url!r}")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     all_headers: Headers = [(b"host", parts.netloc.encode()), *(headers or [])]
     if body or method == b"POST":
         all_headers.append((b"content-length", str(len(body)).encode()))
-    exchange = pool.open_exchange((parts.hostname, parts.port or 80))
+    https = parts.scheme == "https"
+    tls = pool.default_tls() if https else None
+    exchange = pool.open_exchange(Origin(parts.hostname, parts.port or (443 if https else 80), tls))
     try:
         with trio.fail_after(TIMEOUT):
             await exchange.send_head(method, target.encode(), all_headers, body)

@@ -61,7 +61,8 @@ class JwksSource:
             except (UpstreamError, JwksError) as exc:
                 failures += 1
                 wait = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
-                logger.warning("JWKS %s: %s (retry in %.0fs)", self.url, exc, wait)
+                why = exc.log_text if isinstance(exc, UpstreamError) else exc
+                logger.warning("JWKS %s: %s (retry in %.0fs)", self.url, why, wait)
             else:
                 failures = 0
                 self.fetches += 1

@@ -8,6 +8,12 @@ Anything else (a client that went away, a timeout, a protocol error) closes
 it. Before reuse, a connection that became readable while idle (the upstream
 closed it, or sent garbage) is dropped.
 
+An origin with TLS settings (``Origin.tls``, a ``ClientTLS`` built once when
+the config was compiled) gets a TLS handshake right after the TCP connect,
+under the same connect timeout and before any request byte; a failure is
+``UpstreamUnavailable`` and never a plaintext retry. The TLS settings are
+part of the pool key: origins with other settings never share a connection.
+
 An ``Exchange`` is one request/response on one connection. A reused
 connection whose request head could not be written is retried once on a new
 connection: the upstream never saw the request, so it cannot run twice.
@@ -21,18 +27,28 @@ import select
 import socket
 import time
 from collections.abc import AsyncGenerator
+from typing import NamedTuple
 
 import attrs
 import h11
 import trio
 
 from agentgw.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from agentgw.tls import ClientTLS, default_client_tls, open_tls
 from agentgw.wire.http import Headers
 
 logger = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
-Origin = tuple[str, int]
+
+
+class Origin(NamedTuple):
+    """Where a pooled connection goes, and the pool key: (host, port), or
+    (path, 0) for a Unix socket, and how to speak TLS there (None: plain)."""
+
+    host: str
+    port: int
+    tls: ClientTLS | None = None
 
 
 @attrs.frozen
@@ -46,7 +62,8 @@ class PoolStatistics:
 @attrs.define(eq=False)
 class UpstreamConnection:
     origin: Origin
-    stream: trio.SocketStream
+    stream: trio.abc.Stream  # the socket stream, or TLS over it
+    raw: trio.SocketStream
     created_at: float = attrs.field(factory=time.monotonic)
     idle_since: float = attrs.field(factory=time.monotonic)
     requests: int = 0
@@ -62,7 +79,13 @@ class UpstreamConnection:
 
     def is_readable(self) -> bool:
         """True if the idle socket has data or EOF waiting: not reusable."""
-        sock = self.stream.socket
+        if isinstance(self.stream, trio.SSLStream):
+            # Bytes already read off the socket: decrypted, or still encrypted
+            # in trio's buffer (a close_notify that came with the response).
+            incoming = getattr(self.stream, "_incoming", None)
+            if self.stream.pending() or (incoming is not None and incoming.pending):
+                return True
+        sock = self.raw.socket
         try:
             readable, _, _ = select.select([sock.fileno()], [], [], 0)
         except (OSError, ValueError):
@@ -73,21 +96,29 @@ class UpstreamConnection:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
     def close(self) -> None:
-        self.stream.socket.close()
+        self.raw.socket.close()
 
 
 @attrs.define(eq=False)
 class ConnectionPool:
-    """Keep-alive connections per origin, bounded and expiring."""
+    """Keep-alive connections per origin, bounded and expiring. ``tls`` is
+    the trust for https URLs without TLS settings of their own (built on
+    first use if not given)."""
 
     connect_timeout: float = 10.0
     idle_timeout: float = 90.0
     max_lifetime: float = 600.0
     max_idle_per_origin: int = 64
+    tls: ClientTLS | None = None
     _idle: dict[Origin, list[UpstreamConnection]] = attrs.field(factory=dict)
     _active: int = 0
     _opened: int = 0
     _reused: int = 0
+
+    def default_tls(self) -> ClientTLS:
+        if self.tls is None:
+            self.tls = default_client_tls()
+        return self.tls
 
     def statistics(self) -> PoolStatistics:
         idle = sum(len(conns) for conns in self._idle.values())
@@ -141,27 +172,46 @@ class ConnectionPool:
             self.evict_expired()
 
     async def connect(self, origin: Origin) -> UpstreamConnection:
-        """A new connection to ``origin``: (host, port), or (path, 0) for a
-        Unix socket (a sibling worker)."""
-        host, port = origin
+        """A new connection to ``origin``, TLS handshake included.
+
+        Raises:
+            UpstreamUnavailable: refused, unreachable, or the TLS handshake
+                failed (the certificate could not be verified...).
+            UpstreamTimeout: no connection (and handshake) in time.
+        """
+        host, port, tls = origin
         unix = host.startswith("/")
+        where = f"{host}:{port}"
+        what = "connect"
         with trio.move_on_after(self.connect_timeout) as scope:
             try:
                 if unix:
-                    stream = await trio.open_unix_socket(host)
+                    raw = await trio.open_unix_socket(host)
                 else:
-                    stream = await trio.open_tcp_stream(host, port)
+                    raw = await trio.open_tcp_stream(host, port)
             except OSError as exc:
                 if _is_refused(exc) or unix:
-                    raise UpstreamUnavailable(f"upstream {host}:{port} refused the connection")
-                raise UpstreamUnavailable(f"upstream {host}:{port} unreachable: {exc}")
+                    detail = f"{where} refused the connection"
+                else:
+                    detail = f"{where} unreachable: {exc}"
+                raise UpstreamUnavailable("upstream unavailable", detail=detail) from None
+            if not unix:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream: trio.abc.Stream = raw
+            if tls is not None:
+                what = "TLS handshake"
+                try:
+                    stream = await open_tls(raw, tls, host, port)
+                except BaseException as exc:
+                    raw.socket.close()
+                    if isinstance(exc, UpstreamUnavailable):
+                        logger.warning("upstream %s", exc.detail)
+                    raise
         if scope.cancelled_caught:
-            raise UpstreamTimeout(f"upstream {host}:{port} connect timeout")
-        if not unix:
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raise UpstreamTimeout("upstream timeout", detail=f"{where}: {what} timed out")
         self._opened += 1
         self._active += 1
-        return UpstreamConnection(origin, stream)
+        return UpstreamConnection(origin, stream, raw)
 
     def open_exchange(self, origin: Origin) -> Exchange:
         return Exchange(self, origin)
@@ -296,7 +346,7 @@ class Exchange:
                     raise UpstreamError(f"upstream {self._name} reset the connection") from exc
             if scope.cancelled_caught:
                 raise UpstreamTimeout(f"upstream {self._name} timed out")
-            conn.h11.receive_data(data)
+            conn.h11.receive_data(bytes(data))
 
     async def receive_response(self, timeout: float) -> UpstreamResponse:
         """The response head; informational responses other than 101 are
@@ -330,7 +380,7 @@ class Exchange:
             else:  # pragma: no cover
                 raise UpstreamError(f"upstream {self._name} sent an unexpected event")
 
-    def take_stream(self) -> tuple[trio.SocketStream, bytes]:
+    def take_stream(self) -> tuple[trio.abc.Stream, bytes]:
         """Hand over the raw stream after a 101 (for a tunnel)."""
         conn = self._live()
         self.conn = None

@@ -34,12 +34,8 @@ EXPECTED: dict[str, list[str]] = {
         "binds[0].listeners[0].routes[0].backends[0].mcp.targets[0].openapi:"
         " not supported by agentgw"
     ],
-    "mcp-telemetry.yaml": ["frontendPolicies: not supported by agentgw"],
-    # Loads once TLS lands (issue 9, section 2).
-    "mcp-tls.yaml": [
-        "binds[0].listeners[0].protocol: protocol HTTPS is not supported by agentgw",
-        "binds[0].listeners[0].tls: not supported by agentgw",
-    ],
+    "mcp-telemetry.yaml": ["frontendPolicies.tracing: not supported by agentgw"],
+    "mcp-tls.yaml": [],
 }
 
 

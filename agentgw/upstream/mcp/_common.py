@@ -60,7 +60,7 @@ def named(target: str, exc: UpstreamError) -> UpstreamError:
         return exc
     # Subclasses with other constructors (SSEError) become plain UpstreamErrors.
     kind = type(exc) if type(exc) in _PLAIN_ERRORS else UpstreamError
-    return kind(prefix + exc.reason, status=exc.status)
+    return kind(prefix + exc.reason, status=exc.status, detail=exc.detail)
 
 
 def forward_headers(headers: Sequence[tuple[bytes, bytes]]) -> Headers:

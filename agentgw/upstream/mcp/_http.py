@@ -11,8 +11,9 @@ import attrs
 
 from agentgw.config.model import HttpTarget
 from agentgw.errors import UpstreamError
+from agentgw.tls import ClientTLS
 from agentgw.upstream.mcp._common import MAX_MESSAGE_SIZE, named
-from agentgw.upstream.pool import ConnectionPool, Exchange, UpstreamResponse
+from agentgw.upstream.pool import ConnectionPool, Exchange, Origin, UpstreamResponse
 from agentgw.wire.http import Headers, header_value
 from agentgw.wire.sse import SSEDecoder, SSEEvent
 
@@ -28,10 +29,13 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 @attrs.frozen
 class Url:
+    """An upstream URL, and how to speak TLS to its origin (None: plain)."""
+
     scheme: str
     host: str
     port: int
     target: str  # path and query
+    tls: ClientTLS | None = attrs.field(default=None, eq=False, repr=False)
 
     @classmethod
     def parse(cls, url: str) -> Url:
@@ -46,8 +50,8 @@ class Url:
         return cls(parts.scheme, parts.hostname, port, target)
 
     @property
-    def origin(self) -> tuple[str, int]:
-        return self.host, self.port
+    def origin(self) -> Origin:
+        return Origin(self.host, self.port, self.tls)
 
     @property
     def authority(self) -> str:
@@ -60,8 +64,9 @@ class Url:
         return (self.scheme, self.host, self.port) == (other.scheme, other.host, other.port)
 
     def resolve(self, reference: str) -> Url:
-        """``reference`` (absolute, or relative to this URL) as a Url."""
-        return Url.parse(urllib.parse.urljoin(str(self), reference))
+        """``reference`` (absolute, or relative to this URL) as a Url, with
+        this URL's TLS settings."""
+        return attrs.evolve(Url.parse(urllib.parse.urljoin(str(self), reference)), tls=self.tls)
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.authority}{self.target}"
@@ -76,13 +81,20 @@ def target_url(spec: HttpTarget, scheme: str = "http") -> str:
     return f"{scheme}://{host}:{spec.port}{spec.path or '/'}"
 
 
-def http_url(target: str, spec: HttpTarget) -> Url:
-    """Raises UpstreamError (naming the target) for what the pool cannot
-    reach: it speaks plain HTTP only."""
+def http_url(target: str, spec: HttpTarget, tls: ClientTLS | None, pool: ConnectionPool) -> Url:
+    """The target's URL with its TLS settings: ``tls`` (from ``backendTLS``,
+    which means TLS even for an http:// URL), else the pool's default trust
+    for https://.
+
+    Raises:
+        UpstreamError: (naming the target) not an http(s) URL.
+    """
     url = Url.parse(target_url(spec))
-    if url.scheme != "http":
+    if url.scheme not in ("http", "https"):
         raise UpstreamError(f"target {target}: {url.scheme} upstreams are not supported")
-    return url
+    if tls is None and url.scheme == "https":
+        tls = pool.default_tls()
+    return attrs.evolve(url, tls=tls)
 
 
 def media_type(response: UpstreamResponse) -> bytes:

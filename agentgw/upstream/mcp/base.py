@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from agentgw.config.model import McpTarget
 from agentgw.errors import ConfigError
+from agentgw.tls import ClientTLS
 from agentgw.upstream.mcp._common import TransportClosed
 from agentgw.upstream.mcp.sse import open_sse_transport
 from agentgw.upstream.mcp.stdio import open_stdio_transport
@@ -78,6 +79,7 @@ def open_transport(
     target: McpTarget,
     *,
     pool: ConnectionPool,
+    tls: ClientTLS | None = None,
     session_id: str | None = None,
     protocol_version: str | None = None,
     log_prefix: str = "",
@@ -87,7 +89,10 @@ def open_transport(
 
     Args:
         target: the configured target.
-        pool: the HTTP connection pool (Streamable HTTP and SSE).
+        pool: the HTTP connection pool (Streamable HTTP and SSE), and the
+            default trust for https:// and wss:// URLs.
+        tls: the target's TLS settings (its ``backendTLS``, compiled): TLS
+            even to an http:// or ws:// URL.
         session_id: resume this upstream session without initializing
             again (Streamable HTTP).
         protocol_version: the protocol version already negotiated, sent as
@@ -110,6 +115,7 @@ def open_transport(
     return _open_transport(
         target,
         pool=pool,
+        tls=tls,
         session_id=session_id,
         protocol_version=protocol_version,
         log_prefix=log_prefix,
@@ -122,6 +128,7 @@ async def _open_transport(
     target: McpTarget,
     *,
     pool: ConnectionPool,
+    tls: ClientTLS | None,
     session_id: str | None,
     protocol_version: str | None,
     log_prefix: str,
@@ -135,15 +142,20 @@ async def _open_transport(
             target.name,
             target.mcp,
             pool=pool,
+            tls=tls,
             session_id=session_id,
             protocol_version=protocol_version,
             log_prefix=log_prefix,
             server_stream=server_stream,
         )
     elif target.sse is not None:
-        transport = open_sse_transport(target.name, target.sse, pool=pool, log_prefix=log_prefix)
+        transport = open_sse_transport(
+            target.name, target.sse, pool=pool, tls=tls, log_prefix=log_prefix
+        )
     elif target.websocket is not None:
-        transport = open_websocket_transport(target.name, target.websocket, log_prefix=log_prefix)
+        transport = open_websocket_transport(
+            target.name, target.websocket, pool=pool, tls=tls, log_prefix=log_prefix
+        )
     else:
         raise ConfigError([f"target {target.name}: expected one of mcp, sse, stdio, websocket"])
     async with transport as opened:

@@ -21,6 +21,7 @@ import trio
 
 from agentgw.config.model import HttpTarget
 from agentgw.errors import UpstreamError, UpstreamTimeout
+from agentgw.tls import ClientTLS
 from agentgw.upstream.mcp._common import (
     Inbox,
     Message,
@@ -170,15 +171,20 @@ class SseTransport:
 
 @asynccontextmanager
 async def open_sse_transport(
-    target: str, spec: HttpTarget, *, pool: ConnectionPool, log_prefix: str = ""
+    target: str,
+    spec: HttpTarget,
+    *,
+    pool: ConnectionPool,
+    tls: ClientTLS | None = None,
+    log_prefix: str = "",
 ) -> AsyncIterator[SseTransport]:
     """A legacy HTTP+SSE client of ``spec``; the stream opens on the first
     ``send``.
 
     Raises:
-        UpstreamError: the URL is one the pool cannot reach (https).
+        UpstreamError: the URL is not http(s).
     """
-    url = http_url(target, spec)
+    url = http_url(target, spec, tls, pool)
     async with open_task_nursery() as nursery:
         transport = SseTransport(target, url, pool, nursery, log_prefix=log_prefix)
         try:

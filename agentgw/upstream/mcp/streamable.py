@@ -35,6 +35,7 @@ import trio
 from agentgw.config.model import HttpTarget
 from agentgw.errors import UpstreamError
 from agentgw.mcp.versions import is_stateless_revision
+from agentgw.tls import ClientTLS
 from agentgw.upstream.mcp._common import (
     Inbox,
     Message,
@@ -470,6 +471,7 @@ async def open_streamable_transport(
     spec: HttpTarget,
     *,
     pool: ConnectionPool,
+    tls: ClientTLS | None = None,
     session_id: str | None = None,
     protocol_version: str | None = None,
     log_prefix: str = "",
@@ -478,9 +480,9 @@ async def open_streamable_transport(
     """A Streamable HTTP client of ``spec``; nothing is sent until ``send``.
 
     Raises:
-        UpstreamError: the URL is one the pool cannot reach (https).
+        UpstreamError: the URL is not http(s).
     """
-    url = http_url(target, spec)
+    url = http_url(target, spec, tls, pool)
     async with open_task_nursery() as nursery:
         transport = StreamableTransport(
             target,

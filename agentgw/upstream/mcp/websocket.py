@@ -11,7 +11,6 @@ transport closes the connection, bounded in time.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -28,6 +27,7 @@ from trio_websocket import (
 
 from agentgw.config.model import HttpTarget
 from agentgw.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from agentgw.tls import ClientTLS
 from agentgw.upstream.mcp._common import (
     MAX_MESSAGE_SIZE,
     Inbox,
@@ -40,6 +40,7 @@ from agentgw.upstream.mcp._common import (
     printable,
 )
 from agentgw.upstream.mcp._http import Url, target_url
+from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire.http import Headers
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class WebSocketTransport:
     target: str
     url: str
     nursery: trio.Nursery
+    tls: ClientTLS | None = None
     inbox: Inbox = attrs.field(factory=Inbox.create)
     log_prefix: str = ""
     session_id: str | None = None
@@ -101,7 +103,7 @@ class WebSocketTransport:
         try:
             async with open_websocket_url(
                 self.url,
-                _ssl_context(self.url),
+                self.tls.context if self.tls is not None else None,
                 subprotocols=[SUBPROTOCOL],
                 extra_headers=headers,
                 max_message_size=MAX_MESSAGE_SIZE,
@@ -170,27 +172,38 @@ def _closed(exc: ConnectionClosed) -> str:
     return f"WebSocket closed ({reason.code}{text})"
 
 
-def _ssl_context(url: str) -> ssl.SSLContext | None:
-    return ssl.create_default_context() if url.startswith("wss://") else None
+def websocket_url(target: str, spec: HttpTarget, tls: bool = False) -> str:
+    """The ws:// or wss:// URL (wss:// with ``tls``).
 
-
-def websocket_url(target: str, spec: HttpTarget) -> str:
-    """Raises UpstreamError for a URL that is not ws(s) or http(s)."""
+    Raises:
+        UpstreamError: not a ws(s) or http(s) URL.
+    """
     try:
         url = Url.parse(target_url(spec, scheme="ws"))
     except ValueError as exc:
         raise UpstreamError(f"target {target}: {exc}") from None
-    return str(attrs.evolve(url, scheme=_SCHEMES[url.scheme]))
+    return str(attrs.evolve(url, scheme="wss" if tls else _SCHEMES[url.scheme]))
 
 
 @asynccontextmanager
 async def open_websocket_transport(
-    target: str, spec: HttpTarget, *, log_prefix: str = ""
+    target: str,
+    spec: HttpTarget,
+    *,
+    pool: ConnectionPool,
+    tls: ClientTLS | None = None,
+    log_prefix: str = "",
 ) -> AsyncIterator[WebSocketTransport]:
-    """A WebSocket client of ``spec``; it connects on the first ``send``."""
-    url = websocket_url(target, spec)
+    """A WebSocket client of ``spec``; it connects on the first ``send``.
+    ``tls`` (a target's ``backendTLS``) means wss:// even for ws://; a
+    wss:// URL without it trusts the pool's default roots. ``tls.hostname``
+    and ``subjectAltNames`` are refused for WebSocket targets when the config
+    is compiled."""
+    url = websocket_url(target, spec, tls=tls is not None)
+    if tls is None and url.startswith("wss://"):
+        tls = pool.default_tls()
     async with open_task_nursery() as nursery:
-        transport = WebSocketTransport(target, url, nursery, log_prefix=log_prefix)
+        transport = WebSocketTransport(target, url, nursery, tls, log_prefix=log_prefix)
         try:
             yield transport
         finally:
