@@ -65,7 +65,7 @@ from agentgw.server.connection import ClientConnection, ServerRequest
 from agentgw.upstream.client import simple_request
 from agentgw.upstream.jwks import JwksSource
 from agentgw.upstream.pool import ConnectionPool, Origin
-from agentgw.wire.http import header_value
+from agentgw.wire.http import HeadLimits, header_value
 from agentgw.workers import CLIENT_HEADER as WORKER_CLIENT_HEADER
 from agentgw.workers import WorkerSpec, open_reuseport_listeners, open_unix_listener
 
@@ -265,6 +265,7 @@ class Gateway:
             connect_timeout=settings.backend.connect_timeout,
             idle_timeout=settings.backend.pool_idle_timeout,
             max_idle_per_origin=settings.backend.pool_max_size or 64,
+            head_limits=HeadLimits.from_config(settings.http),
         )
         self.sessions = SessionManager(self.pool, ttl=settings.mcp.session_ttl)
         key = settings.session.key if settings.session else None

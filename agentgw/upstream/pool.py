@@ -9,14 +9,23 @@ it. Before reuse, a connection that became readable while idle (the upstream
 closed it, or sent garbage) is dropped.
 
 An ``Exchange`` is one request/response on one connection. A reused
-connection whose request head could not be written is retried once on a new
-connection: the upstream never saw the request, so it cannot run twice.
+connection that failed on the very first write of the request is retried
+once on a new connection: not one byte left us, so the upstream cannot run
+the request twice. Any later failure is never retried.
+
+A response head is not fed to h11 until it is complete and has passed
+``wire.http.check_response_head`` (the head limits of requests, one framing,
+no obsolete folding), so h11 never parses what the gateway refuses, and an
+upstream that is not speaking HTTP at all (an SSH banner) is refused at its
+first bytes. Errors carry a generic ``reason`` for the client and the
+upstream's address and the cause in ``detail``, for the log.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import select
 import socket
 import time
@@ -27,12 +36,21 @@ import h11
 import trio
 
 from agentgw.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from agentgw.wire.http import Headers
+from agentgw.wire.http import (
+    Headers,
+    HeadLimits,
+    check_response_head,
+    check_response_head_start,
+    find_head_end,
+)
 
 logger = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
 Origin = tuple[str, int]
+PROTOCOL_ERROR = "upstream protocol error"
+UNAVAILABLE = "upstream unavailable"
+TIMEOUT = "upstream timeout"
 
 
 @attrs.frozen
@@ -50,9 +68,14 @@ class UpstreamConnection:
     created_at: float = attrs.field(factory=time.monotonic)
     idle_since: float = attrs.field(factory=time.monotonic)
     requests: int = 0
+    # h11 sees response heads only once checked against the pool's head
+    # limits; its own limit bounds chunk-size lines and trailers.
     h11: h11.Connection = attrs.field(
         factory=lambda: h11.Connection(h11.CLIENT, max_incomplete_event_size=65536)
     )
+    # Received bytes not yet given to h11: a response head still arriving or
+    # just checked, and whatever came after it.
+    unparsed: bytearray = attrs.field(factory=bytearray)
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.origin[0]}:{self.origin[1]} requests={self.requests}>"
@@ -70,7 +93,14 @@ class UpstreamConnection:
         return bool(readable)
 
     def is_reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        # Bytes after the end of the response would be read as the start of
+        # the next one: such a connection is not reused.
+        return (
+            self.h11.our_state is h11.DONE
+            and self.h11.their_state is h11.DONE
+            and not self.unparsed
+            and not self.h11.trailing_data[0]
+        )
 
     def close(self) -> None:
         self.stream.socket.close()
@@ -84,6 +114,7 @@ class ConnectionPool:
     idle_timeout: float = 90.0
     max_lifetime: float = 600.0
     max_idle_per_origin: int = 64
+    head_limits: HeadLimits = attrs.field(factory=HeadLimits)
     _idle: dict[Origin, list[UpstreamConnection]] = attrs.field(factory=dict)
     _active: int = 0
     _opened: int = 0
@@ -222,7 +253,11 @@ class Exchange:
         self, method: bytes, target: bytes, headers: Headers, body: bytes | None = None
     ) -> None:
         """Send the request head; with ``body``, the whole request in one
-        write (then do not call ``send_body``/``end_body``)."""
+        write (then do not call ``send_body``/``end_body``).
+
+        Raises:
+            UpstreamError: the connection failed, or h11 refused the request.
+        """
         request = h11.Request(method=method, target=target, headers=headers)
         for attempt in (0, 1):
             conn: UpstreamConnection | None
@@ -241,25 +276,39 @@ class Exchange:
                     if body:
                         data += conn.h11.send(h11.Data(data=body)) or b""
                     data += conn.h11.send(h11.EndOfMessage()) or b""
-                await conn.stream.send_all(data)
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.pool.discard(conn)
-                self.conn = None
-                if not reused:
-                    raise UpstreamError(f"upstream {self._name} reset the connection") from exc
-                logger.debug("stale pooled connection to %s, retrying once", self._name)
             except h11.LocalProtocolError as exc:
-                raise UpstreamError(f"cannot forward request: {exc}") from exc
+                raise UpstreamError("cannot forward request", detail=str(exc)) from exc
+            try:
+                await _write_request(conn.stream, data)
+                return
+            except _NothingSent as exc:
+                self._drop(conn)
+                if not reused:
+                    raise self._unavailable(f"cannot send the request: {exc}") from exc
+                logger.debug("stale pooled connection to %s, retrying once", self._name)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # Some of the request may have reached the upstream: never resent.
+                self._drop(conn)
+                raise self._unavailable(f"connection lost while sending the request: {exc}")
         raise AssertionError("unreachable")  # pragma: no cover
 
     @property
     def _name(self) -> str:
         return f"{self.origin[0]}:{self.origin[1]}"
 
+    def _unavailable(self, detail: str) -> UpstreamError:
+        return UpstreamError(UNAVAILABLE, detail=f"{self._name}: {detail}")
+
+    def _protocol_error(self, detail: str) -> UpstreamError:
+        return UpstreamError(PROTOCOL_ERROR, detail=f"{self._name}: {detail}")
+
+    def _drop(self, conn: UpstreamConnection) -> None:
+        self.pool.discard(conn)
+        self.conn = None
+
     def _live(self) -> UpstreamConnection:
         if self.conn is None:
-            raise UpstreamError("no upstream connection")
+            raise self._unavailable("no connection")
         return self.conn
 
     async def _send(self, event: h11.Data | h11.EndOfMessage) -> None:
@@ -269,9 +318,9 @@ class Exchange:
             if data:
                 await conn.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise UpstreamError(f"upstream {self._name} reset the connection") from exc
+            raise self._unavailable(f"connection lost while sending the request body: {exc}")
         except h11.LocalProtocolError as exc:
-            raise UpstreamError(f"cannot forward request body: {exc}") from exc
+            raise UpstreamError("cannot forward request body", detail=str(exc)) from exc
 
     async def send_body(self, data: bytes) -> None:
         if data:
@@ -280,29 +329,71 @@ class Exchange:
     async def end_body(self) -> None:
         await self._send(h11.EndOfMessage())
 
-    async def _next_event(self, timeout: float) -> object:
+    async def _receive(
+        self, conn: UpstreamConnection, timeout: float, deadline: float = math.inf
+    ) -> bytes:
+        with trio.move_on_at(min(deadline, trio.current_time() + timeout)):
+            try:
+                return await conn.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise self._unavailable(f"connection reset: {exc.__cause__ or exc}") from exc
+        raise UpstreamTimeout(TIMEOUT, detail=f"{self._name}: nothing received in {timeout:g}s")
+
+    async def _next_event(self, timeout: float, deadline: float = math.inf) -> object:
         conn = self._live()
         while True:
             try:
                 event = conn.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                raise UpstreamError(f"upstream {self._name} protocol error: {exc}") from exc
+                raise self._protocol_error(str(exc)) from exc
             if event is not h11.NEED_DATA:
                 return event
-            with trio.move_on_after(timeout) as scope:
-                try:
-                    data = await conn.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise UpstreamError(f"upstream {self._name} reset the connection") from exc
-            if scope.cancelled_caught:
-                raise UpstreamTimeout(f"upstream {self._name} timed out")
-            conn.h11.receive_data(data)
+            if conn.h11.their_state is h11.SEND_RESPONSE:
+                await self._read_head(conn, timeout, deadline)
+            elif conn.unparsed:
+                conn.h11.receive_data(bytes(conn.unparsed))
+                conn.unparsed.clear()
+            else:
+                conn.h11.receive_data(await self._receive(conn, timeout, deadline))
+
+    async def _read_head(self, conn: UpstreamConnection, timeout: float, deadline: float) -> None:
+        """Give h11 the next response head once it is whole and checked."""
+        limits = self.pool.head_limits
+        buf = conn.unparsed
+        searched = 0
+        while (end := find_head_end(buf, searched)) < 0:
+            try:
+                check_response_head_start(buf, limits)
+            except UpstreamError as exc:
+                raise self._protocol_error(exc.detail or exc.reason) from None
+            searched = max(0, len(buf) - 3)
+            data = await self._receive(conn, timeout, deadline)
+            if not data:
+                if buf:
+                    raise self._protocol_error("connection closed inside the response head")
+                conn.h11.receive_data(b"")  # h11 reports ConnectionClosed
+                return
+            buf += data
+        head = bytes(buf[:end])
+        try:
+            check_response_head(head, limits)
+        except UpstreamError as exc:
+            raise self._protocol_error(exc.detail or exc.reason) from None
+        del buf[:end]
+        conn.h11.receive_data(head)
 
     async def receive_response(self, timeout: float) -> UpstreamResponse:
-        """The response head; informational responses other than 101 are
-        skipped."""
+        """The response head, which must arrive whole within ``timeout``
+        seconds; informational responses other than 101 are skipped (each
+        one starts the wait again).
+
+        Raises:
+            UpstreamError: a reset, a close, or a head that is refused.
+            UpstreamTimeout: no whole head in time.
+        """
         while True:
-            event = await self._next_event(timeout)
+            deadline = trio.current_time() + timeout
+            event = await self._next_event(timeout, deadline)
             if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
                 continue
             if isinstance(event, h11.Response | h11.InformationalResponse):
@@ -310,8 +401,8 @@ class Exchange:
                     event.status_code, list(event.headers), event.reason, event.http_version
                 )
             if isinstance(event, h11.ConnectionClosed):
-                raise UpstreamError(f"upstream {self._name} closed the connection")
-            raise UpstreamError(f"upstream {self._name} sent an unexpected {type(event).__name__}")
+                raise self._unavailable("closed the connection without answering")
+            raise self._protocol_error(f"unexpected {type(event).__name__}")
 
     async def body(self, idle_timeout: float) -> AsyncGenerator[bytes, None]:
         """Yield the response body as it arrives.
@@ -326,17 +417,18 @@ class Exchange:
             elif isinstance(event, h11.EndOfMessage):
                 return
             elif isinstance(event, h11.ConnectionClosed):
-                raise UpstreamError(f"upstream {self._name} closed the connection mid-body")
+                raise self._protocol_error("closed the connection inside the body")
             else:  # pragma: no cover
-                raise UpstreamError(f"upstream {self._name} sent an unexpected event")
+                raise self._protocol_error(f"unexpected {type(event).__name__}")
 
     def take_stream(self) -> tuple[trio.SocketStream, bytes]:
-        """Hand over the raw stream after a 101 (for a tunnel)."""
+        """Hand over the raw stream after a 101 (for a tunnel), with the
+        bytes that came after the head."""
         conn = self._live()
         self.conn = None
         self._released = True
         self.pool._active -= 1
-        return conn.stream, bytes(conn.h11.trailing_data[0])
+        return conn.stream, bytes(conn.h11.trailing_data[0]) + bytes(conn.unparsed)
 
     def release(self) -> None:
         """Return the connection to the pool if the exchange completed,
@@ -346,3 +438,22 @@ class Exchange:
         self._released = True
         self.pool.put_back(self.conn)
         self.conn = None
+
+
+class _NothingSent(Exception):
+    """The first write of a request failed: not one byte left us."""
+
+
+async def _write_request(stream: trio.abc.Stream, data: bytes) -> None:
+    """``send_all``, but a failure before any byte was written raises
+    ``_NothingSent`` (a send either writes at least one byte or fails)."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            sent = await stream.socket.send(data)
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise _NothingSent(str(exc)) from exc
+        view = memoryview(data)[sent:]
+        if view:
+            await stream.send_all(view)
+        return
+    await stream.send_all(data)
