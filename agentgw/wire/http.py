@@ -147,19 +147,23 @@ def check_request_head(head: bytes, limits: HeadLimits) -> RequestHead:
         if not line:
             continue
         fields += 1
+        # Details name the header, never show a value: it may be a credential.
         if fields > limits.max_headers:
-            raise ClientError("too many header fields", status=431)
-        if len(line) > limits.max_header_line:
-            raise ClientError("header line too long", status=431)
-        if line[:1] in (b" ", b"\t"):
-            raise ClientError("obsolete header line folding")
+            raise ClientError(
+                "too many header fields", status=431, detail=f"over {limits.max_headers}"
+            )
         name, sep, value = line.partition(b":")
+        if len(line) > limits.max_header_line:
+            detail = f"{name[:64]!r}: {len(line)} bytes, over {limits.max_header_line}"
+            raise ClientError("header line too long", status=431, detail=detail)
+        if line[:1] in (b" ", b"\t"):
+            raise ClientError("obsolete header line folding", detail=f"header line {fields}")
         if not sep or not _TOKEN.fullmatch(name):
-            raise ClientError("malformed header line")
+            raise ClientError("malformed header line", detail=f"header line {fields}")
         name = name.lower()
         value = value.strip(b" \t")
         if not _FIELD_VALUE.fullmatch(value):
-            raise ClientError("control character in header value")
+            raise ClientError("control character in header value", detail=f"{name[:64]!r}")
         if name == b"content-length":
             if content_length is not None:
                 raise ClientError("duplicate Content-Length")
@@ -176,7 +180,7 @@ def check_request_head(head: bytes, limits: HeadLimits) -> RequestHead:
         elif name == b"host":
             hosts += 1
             if not is_valid_host(value):
-                raise ClientError("invalid Host header")
+                raise ClientError("invalid Host header", detail=repr(value[:128]))
     if chunked and content_length is not None:
         raise ClientError("both Content-Length and Transfer-Encoding")
     if chunked and http10:
@@ -212,10 +216,10 @@ def _target_authority(method: bytes, target: bytes) -> bytes | None:
         return None
     match = _ABSOLUTE.match(target)
     if match is None:
-        raise ClientError("malformed request target")
+        raise ClientError("malformed request target", detail=repr(target[:128]))
     authority = match.group(1)
     if not is_valid_host(authority):
-        raise ClientError("invalid request target authority")
+        raise ClientError("invalid request target authority", detail=repr(authority[:128]))
     return authority
 
 
@@ -270,7 +274,7 @@ def check_response_head(head: bytes, limits: HeadLimits) -> None:
         if fields > limits.max_headers:
             raise _bad_response(f"more than {limits.max_headers} header fields")
         if len(line) > limits.max_header_line:
-            raise _bad_response("a response header line too long")
+            raise _bad_response(f"a response head line longer than {limits.max_header_line} bytes")
         if line[:1] in (b" ", b"\t"):
             raise _bad_response("obsolete line folding in the response head")
         name, sep, value = line.partition(b":")
