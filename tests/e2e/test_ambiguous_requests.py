@@ -96,7 +96,8 @@ async def test_malformed_targets_are_400(target: bytes, reason: bytes) -> None:
 
 async def test_connect_is_refused() -> None:
     async with serve_upstream(recording) as up, run_gateway(proxy_config(up.port)) as (_, port):
-        reply = await raw_exchange(port, b"CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\n\r\n")
+        connect = b"CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\n\r\n"
+        reply = await raw_exchange(port, connect)
         assert reply.startswith(b"HTTP/1.1 400 ")
         assert up.connections == 0
 

@@ -84,7 +84,9 @@ async def test_mcp_authentication_says_invalid_token_for_a_bad_token() -> None:
                 (b"accept", b"application/json, text/event-stream"),
                 (b"content-type", b"application/json"),
             ]
-            metadata = b'resource_metadata="http://127.0.0.1/.well-known/oauth-protected-resource/mcp"'
+            metadata = (
+                b'resource_metadata="http://127.0.0.1/.well-known/oauth-protected-resource/mcp"'
+            )
             none = await request(port, "POST", "/mcp", headers=headers, body=b"{}")
             bad_token = [(b"authorization", b"Bearer " + good(iss=idp.base).encode())]  # kid rsa
             bad = await request(port, "POST", "/mcp", headers=headers + bad_token, body=b"{}")
