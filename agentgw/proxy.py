@@ -133,6 +133,14 @@ async def _exchange(
 ) -> None:
     if req.head.chunked:
         headers.append((b"transfer-encoding", b"chunked"))
+    if header_value(headers, b"host") is None:
+        # An HTTP/1.0 request may come without Host; HTTP/1.1 needs one:
+        # name the upstream itself, as nginx does by default.
+        host, port = exchange.origin
+        authority = (
+            "localhost" if port == 0 else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        )
+        headers.insert(0, (b"host", authority.encode()))
     method = req.method.encode()
     length = req.head.content_length
     if not req.head.chunked and (length or 0) <= SMALL_BODY:

@@ -258,7 +258,10 @@ class Exchange:
         Raises:
             UpstreamError: the connection failed, or h11 refused the request.
         """
-        request = h11.Request(method=method, target=target, headers=headers)
+        try:
+            request = h11.Request(method=method, target=target, headers=headers)
+        except h11.LocalProtocolError as exc:
+            raise UpstreamError("cannot forward request", detail=str(exc)) from exc
         for attempt in (0, 1):
             conn: UpstreamConnection | None
             if attempt == 0 and self.conn is not None:  # from connect()
