@@ -247,7 +247,7 @@ class Exchange:
         if self.conn is None:
             conn = self.pool.take_idle(self.origin)
             self._took_idle = conn is not None
-            self.conn = conn or await self.pool.connect(self.origin)
+            self.conn = conn or await self._open()
 
     async def send_head(
         self, method: bytes, target: bytes, headers: Headers, body: bytes | None = None
@@ -270,7 +270,7 @@ class Exchange:
                 conn = self.pool.take_idle(self.origin) if attempt == 0 else None
                 reused = conn is not None
             if conn is None:
-                conn = await self.pool.connect(self.origin)
+                conn = await self._open()
             self.conn = conn
             conn.requests += 1
             try:
@@ -294,6 +294,17 @@ class Exchange:
                 self._drop(conn)
                 raise self._unavailable(f"connection lost while sending the request: {exc}")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _open(self) -> UpstreamConnection:
+        try:
+            return await self.pool.connect(self.origin)
+        except UpstreamError as exc:
+            if exc.detail is not None:
+                raise
+            # The client gets the generic text; the address goes to the log.
+            kind = type(exc)
+            reason = TIMEOUT if kind is UpstreamTimeout else UNAVAILABLE
+            raise kind(reason, detail=exc.reason) from exc
 
     @property
     def _name(self) -> str:

@@ -176,7 +176,9 @@ async def test_client_disconnect_closes_upstream_quickly() -> None:
         assert gw.pool.statistics().idle == 0
 
 
-async def test_upstream_refused_is_503() -> None:
+async def test_upstream_refused_is_503(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agentgw.access")
+
     async def nothing(stream: trio.SocketStream) -> None:
         pass
 
@@ -185,7 +187,9 @@ async def test_upstream_refused_is_503() -> None:
     async with run_gateway(proxy_config(closed_port)) as (_, port):
         resp = await request(port, "GET", "/")
         assert resp.status == 503
-        assert b"refused" in resp.body
+        assert resp.body == b"upstream unavailable\n"  # no address in the body
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "agentgw.access"]
+    assert f"127.0.0.1:{closed_port}" in line and "refused" in line
 
 
 async def test_upstream_garbage_is_502() -> None:
