@@ -7,9 +7,9 @@ then feeds the bytes to a fresh ``h11.Connection``. An absolute-form
 target's authority replaces the Host header (RFC 9112 section 3.2.2) and the
 target becomes origin-form, so routing and the upstream see one host. Header
 names with an underscore are dropped unless ``allowUnderscoreHeaders``. The
-handler gets a
-``ServerRequest`` to read the body from and write the response to. After the
-cycle, bytes h11 did not consume (a pipelined request) seed the next cycle.
+handler gets a ``ServerRequest`` to read the body from and write the response
+to. After the cycle, bytes h11 did not consume (a pipelined request) seed the
+next cycle.
 
 Refusals close the connection after a short response. A response that cannot
 be completed (``AbortResponse``) closes the socket without ending the message.

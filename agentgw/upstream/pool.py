@@ -292,7 +292,9 @@ class Exchange:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 # Some of the request may have reached the upstream: never resent.
                 self._drop(conn)
-                raise self._unavailable(f"connection lost while sending the request: {exc}")
+                raise self._unavailable(
+                    f"connection lost while sending the request: {exc}"
+                ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _open(self) -> UpstreamConnection:
@@ -332,7 +334,8 @@ class Exchange:
             if data:
                 await conn.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise self._unavailable(f"connection lost while sending the request body: {exc}")
+            detail = f"connection lost while sending the request body: {exc}"
+            raise self._unavailable(detail) from exc
         except h11.LocalProtocolError as exc:
             raise UpstreamError("cannot forward request body", detail=str(exc)) from exc
 
@@ -346,12 +349,14 @@ class Exchange:
     async def _receive(
         self, conn: UpstreamConnection, timeout: float, deadline: float = math.inf
     ) -> bytes:
-        with trio.move_on_at(min(deadline, trio.current_time() + timeout)):
+        idle_end = trio.current_time() + timeout
+        with trio.move_on_at(min(deadline, idle_end)):
             try:
                 return await conn.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise self._unavailable(f"connection reset: {exc.__cause__ or exc}") from exc
-        raise UpstreamTimeout(TIMEOUT, detail=f"{self._name}: nothing received in {timeout:g}s")
+        what = "no whole response head" if deadline < idle_end else "nothing received"
+        raise UpstreamTimeout(TIMEOUT, detail=f"{self._name}: {what} in {timeout:g}s")
 
     async def _next_event(self, timeout: float, deadline: float = math.inf) -> object:
         conn = self._live()
