@@ -211,9 +211,12 @@ async def test_extra_bytes_after_a_response_keep_it_out_of_the_pool() -> None:
     assert script.connections == 2
 
 
-async def test_response_head_timeout_is_for_the_whole_head() -> None:
+async def test_response_head_timeout_is_for_the_whole_head(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """An upstream that drips its head a byte at a time does not extend the
     wait: upstreamResponseTimeout bounds the whole head."""
+    caplog.set_level(logging.INFO, logger="agentgw.access")
 
     async def drip(stream: trio.SocketStream) -> None:
         await read_head(stream)
@@ -229,6 +232,8 @@ async def test_response_head_timeout_is_for_the_whole_head() -> None:
                 resp = await request(port, "GET", "/")
             assert trio.current_time() - start < 2.5
     assert resp.status == 504 and resp.body == b"upstream timeout\n"
+    (line,) = access_lines(caplog)
+    assert f"127.0.0.1:{up_port}: no whole response head in 0.5s" in line
 
 
 async def test_upstream_reset_after_the_request_is_not_retried(
