@@ -44,12 +44,17 @@ async def run_sockets(seconds: float, seed: int) -> Results:
         return await fuzz(target, random.Random(seed), seconds=seconds)
 
 
-def report(args: argparse.Namespace, pure: tuple[bool, str, float] | None, results: Results) -> str:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+def report(
+    args: argparse.Namespace,
+    pure: tuple[bool, str, float] | None,
+    results: Results,
+    started: str,
+    commit: str,
+) -> str:
     lines = [
         "# Fuzz run",
         "",
-        f"- When: {now}; commit `{_commit()}`",
+        f"- Started: {started}; commit `{commit}` (the code under test)",
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}. The machine was shared with other work while"
         " this ran, so the rates below are lower bounds, not benchmarks.",
@@ -112,9 +117,11 @@ def main() -> int:
     parser.add_argument("--pure-examples", type=int, default=5000, help="0 skips them")
     parser.add_argument("--report", type=Path, default=None)
     args = parser.parse_args()
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    commit = _commit()
     pure = run_pure(args.pure_examples) if args.pure_examples else None
     results = trio.run(run_sockets, args.minutes * 60, args.seed)
-    text = report(args, pure, results)
+    text = report(args, pure, results, started, commit)
     date = datetime.date.today().isoformat()
     path = args.report or ROOT / "bench" / "results" / f"{date}-fuzz.md"
     path.write_text(text)
