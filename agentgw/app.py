@@ -72,7 +72,7 @@ from agentgw.tls import ClientTLS, ServerTLS, TlsCompiler, accept_tls
 from agentgw.upstream.client import simple_request
 from agentgw.upstream.jwks import JwksSource
 from agentgw.upstream.pool import ConnectionPool, Origin
-from agentgw.wire.http import header_value
+from agentgw.wire.http import HeadLimits, header_value
 from agentgw.wire.tls import decode_connection
 from agentgw.workers import CLIENT_HEADER as WORKER_CLIENT_HEADER
 from agentgw.workers import TLS_HEADER as WORKER_TLS_HEADER
@@ -399,6 +399,7 @@ class Gateway:
             # One trust store for https URLs the config names (JWKS, IdP
             # metadata): built now rather than on the first request.
             tls=tls.default() if tls.has_default or self._needs_default_tls() else None,
+            head_limits=HeadLimits.from_config(settings.http),
         )
         self.sessions = SessionManager(self.pool, ttl=settings.mcp.session_ttl)
         key = settings.session.key if settings.session else None

@@ -7,6 +7,10 @@ cancels the exchange at once. The response is streamed back chunk by chunk:
 each chunk is written to the client before the next is read from the
 upstream, so a client that stops reading pauses the upstream read and memory
 stays flat. The upstream connection is pooled only if the exchange completed.
+
+An upstream failure answers the client with the error's generic reason
+("upstream protocol error"); the upstream's address and the cause go to the
+access log's ``error`` only.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing, nullcontext
 
+import h11
 import trio
 
 from agentgw.errors import (
@@ -76,7 +81,8 @@ async def proxy_request(
         with trio.fail_after(request_timeout) if request_timeout else nullcontext():
             await _exchange(req, exchange, headers, answer_headers, response_timeout)
     except trio.TooSlowError:
-        await _upstream_failed(req, UpstreamTimeout("request timeout"))
+        detail = f"{origin[0]}:{origin[1]}: no complete answer in {request_timeout:g}s"
+        await _upstream_failed(req, UpstreamTimeout("upstream timeout", detail=detail))
     except UpstreamError as exc:
         await _upstream_failed(req, exc)
     finally:
@@ -84,11 +90,11 @@ async def proxy_request(
 
 
 async def _upstream_failed(req: ServerRequest, exc: UpstreamError) -> None:
-    req.record.error = exc.reason
-    logger.debug("upstream failure: %s", exc.reason)
+    req.record.error = exc.log_text
+    logger.debug("upstream failure: %s", exc.log_text)
     if req.is_response_started:
-        raise AbortResponse(exc.reason) from exc
-    await req.respond(exc.status, f"{exc.reason}\n", [(b"connection", b"close")])
+        raise AbortResponse(exc.log_text) from exc
+    await req.respond(exc.status, exc.http_body(), [(b"connection", b"close"), *exc.headers])
 
 
 async def relay_to_worker(req: ServerRequest, pool: ConnectionPool, path: str) -> bool:
@@ -131,6 +137,14 @@ async def _exchange(
 ) -> None:
     if req.head.chunked:
         headers.append((b"transfer-encoding", b"chunked"))
+    if header_value(headers, b"host") is None:
+        # An HTTP/1.0 request may come without Host; HTTP/1.1 needs one:
+        # name the upstream itself, as nginx does by default.
+        host, port, _ = exchange.origin
+        authority = (
+            "localhost" if port == 0 else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        )
+        headers.insert(0, (b"host", authority.encode()))
     method = req.method.encode()
     length = req.head.content_length
     if not req.head.chunked and (length or 0) <= SMALL_BODY:
@@ -157,11 +171,18 @@ async def _exchange(
         # A Content-Length response goes out with its first bytes in one
         # write; a stream (SSE, chunked) gets its head at once.
         framed = header_value(response.headers, b"content-length") is not None
-        await req.send_head(response.status, out, response.reason, flush=not framed)
-        async with aclosing(exchange.body(response_timeout)) as body:
-            async for chunk in body:
-                await req.send_data(chunk)
-        await req.end()
+        try:
+            await req.send_head(response.status, out, response.reason, flush=not framed)
+            async with aclosing(exchange.body(response_timeout)) as body:
+                async for chunk in body:
+                    await req.send_data(chunk)
+            await req.end()
+        except h11.LocalProtocolError as exc:
+            # The pool refuses what could be framed two ways; this is the
+            # last guard: an answer we cannot relay as it came is never sent.
+            raise UpstreamError(
+                "upstream protocol error", detail=f"cannot relay the response: {exc}"
+            ) from exc
 
     await run_watching_client(req, forward)
     if response_head:

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from agentgw.errors import ClientError
+from agentgw.errors import ClientError, UpstreamError
 from agentgw.wire.http import (
     HeadLimits,
     check_request_head,
+    check_response_head,
+    check_response_head_start,
     split_target,
     strip_hop_by_hop,
+    underscore_header_names,
 )
 
 LIMITS = HeadLimits(max_request_line=8192, max_head=32768)
@@ -102,3 +105,136 @@ def test_log_escape() -> None:
     text = format_text(record)
     assert "\n" not in text and 'http.path="/p\\"\\n"' in text
     assert '"http.path":"/p\\\\\\"\\\\n"' in format_json(record)
+
+
+def test_header_line_and_count_limits() -> None:
+    limits = HeadLimits(max_header_line=100, max_headers=3)
+    ok = head("GET / HTTP/1.1", "Host: a", "X-A: " + "v" * 95, "X-B: 1")
+    check_request_head(ok, limits)
+    long = refused_with(head("GET / HTTP/1.1", "Host: a", "X-A: " + "v" * 96), limits)
+    assert long.status == 431 and long.reason == "header line too long"
+    assert long.detail is not None and "X-A" in long.detail and "v" * 10 not in long.detail
+    many = refused_with(head("GET / HTTP/1.1", "Host: a", "X-A: 1", "X-B: 1", "X-C: 1"), limits)
+    assert many.status == 431 and many.reason == "too many header fields"
+
+
+def refused_with(data: bytes, limits: HeadLimits) -> ClientError:
+    with pytest.raises(ClientError) as info:
+        check_request_head(data, limits)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "a b", "a:b", "a:65536", "a:1:2", "user@a", "[::1", "a/b", "%zz", "a,b:"],
+)
+def test_invalid_host_values(value: str) -> None:
+    exc = refused(head("GET / HTTP/1.1", f"Host: {value}"))
+    assert exc.status == 400 and exc.reason == "invalid Host header"
+
+
+@pytest.mark.parametrize(
+    "value", ["a", "a:0", "a:65535", "127.0.0.1:80", "[::1]", "[::1]:3000", "a%41.b", "a_b.c"]
+)
+def test_valid_host_values(value: str) -> None:
+    check_request_head(head("GET / HTTP/1.1", f"Host: {value}"), LIMITS)
+
+
+def test_absolute_form_authority_replaces_host() -> None:
+    h = check_request_head(head("GET http://gw.test:81/x?y HTTP/1.1", "Host: other"), LIMITS)
+    assert h.authority == b"gw.test:81" and h.origin_target == b"/x?y"
+    h = check_request_head(head("GET HTTPS://gw.test?q HTTP/1.0"), LIMITS)
+    assert h.authority == b"gw.test" and h.origin_target == b"/?q"
+    h = check_request_head(head("GET http://gw.test HTTP/1.1"), LIMITS)  # no Host needed
+    assert h.origin_target == b"/"
+    assert check_request_head(head("OPTIONS * HTTP/1.1", "Host: a"), LIMITS).authority is None
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("GET http://u@a/ HTTP/1.1", "invalid request target authority"),
+        ("GET http:///x HTTP/1.1", "invalid request target authority"),
+        ("GET ftp://a/ HTTP/1.1", "malformed request target"),
+        ("CONNECT a:443 HTTP/1.1", "malformed request target"),
+        ("GET * HTTP/1.1", "malformed request target"),
+        ("GET a/b HTTP/1.1", "malformed request target"),
+    ],
+)
+def test_target_forms_refused(line: str, reason: str) -> None:
+    assert refused(head(line, "Host: a")).reason == reason
+
+
+# ---------------------------------------------------------------- response heads
+
+
+def response_refused(data: bytes, limits: HeadLimits = LIMITS) -> str:
+    with pytest.raises(UpstreamError) as info:
+        check_response_head(data, limits)
+    assert info.value.reason == "upstream protocol error" and info.value.status == 502
+    return info.value.detail or ""
+
+
+def test_plain_responses_pass() -> None:
+    for data in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 204\r\n\r\n",
+        b"HTTP/1.0 404 Not Found\r\nContent-Length: 2, 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n",
+    ):
+        check_response_head(data, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", "both"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", "disagree"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\n", "malformed Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "unsupported"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "unsupported",
+        ),
+        (b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", "folding"),
+        (b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n", "malformed response header line"),
+        (b"HTTP/1.1 200 OK\r\nX: a\x7fb\r\n\r\n", "control character"),
+        (b"HTTP/1.1 20 OK\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.2 200 OK\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200 OK\nX: a\r\n\r\n", "bare LF"),
+        (b"SSH-2.0-x\r\n\r\n", "not an HTTP/1.x"),
+    ],
+)
+def test_response_refusals(data: bytes, detail: str) -> None:
+    assert detail in response_refused(data)
+
+
+def test_response_head_limits() -> None:
+    limits = HeadLimits(max_head=1000, max_header_line=100, max_headers=3)
+    fields = b"".join(b"X-%d: v\r\n" % i for i in range(3))
+    check_response_head(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n", limits)
+    assert "more than 3" in response_refused(
+        b"HTTP/1.1 200 OK\r\n" + fields + b"X-4: v\r\n\r\n", limits
+    )
+    assert "longer than 100" in response_refused(
+        b"HTTP/1.1 200 OK\r\nX: " + b"v" * 98 + b"\r\n\r\n", limits
+    )
+    assert "larger than 1000" in response_refused(
+        b"HTTP/1.1 200 OK\r\n" + b"X: v\r\n" * 200 + b"\r\n", limits
+    )
+
+
+def test_response_head_start_refuses_early() -> None:
+    check_response_head_start(b"", LIMITS)
+    check_response_head_start(b"HTT", LIMITS)
+    check_response_head_start(b"HTTP/1.1 200 OK\r\nX: a", LIMITS)
+    for data in (b"SSH-", b"\r\n", b"HTTP/2 ", b"HTTP/1.1 200 OK\nX"):
+        with pytest.raises(UpstreamError):
+            check_response_head_start(data, LIMITS)
+    with pytest.raises(UpstreamError):
+        check_response_head_start(b"HTTP/1.1 200 OK\r\nX: " + b"v" * 9000, LIMITS)
+
+
+def test_underscore_header_names() -> None:
+    headers = [(b"x_user", b"admin"), (b"x-user", b"a"), (b"_", b"")]
+    assert underscore_header_names(headers) == [b"x_user", b"_"]

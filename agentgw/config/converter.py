@@ -281,6 +281,13 @@ def parse_size(v: object) -> int:
     raise Invalid(f"expected a size like 65536 or 64KiB, got {show(v)}")
 
 
+def _positive_size(v: object) -> int:
+    n = parse_size(v)
+    if n < 1:
+        raise Invalid(f"expected a size of at least 1 byte, got {show(v)}")
+    return n
+
+
 def _regex(v: object) -> str:
     text = parse_str(v)
     try:
@@ -552,6 +559,8 @@ FIELDS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (m.HttpLimits, "max_connections"): _positive,
     (m.HttpLimits, "max_header_bytes"): parse_size,
     (m.HttpLimits, "max_request_line_bytes"): parse_size,
+    (m.HttpLimits, "max_header_line_bytes"): _positive_size,
+    (m.HttpLimits, "max_headers"): _positive,
     (m.HttpLimits, "max_body_bytes"): parse_size,
     **_durations(m.TimeoutPolicy, "request_timeout", "backend_request_timeout"),
     **_durations(m.Cors, "max_age"),

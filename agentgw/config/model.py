@@ -394,6 +394,9 @@ class HttpLimits:
 
     max_header_bytes: int = 32768
     max_request_line_bytes: int = 8192
+    max_header_line_bytes: int = 8192
+    max_headers: int = 100
+    allow_underscore_headers: bool = False
     max_body_bytes: int | None = None
     header_timeout: float = 10.0
     body_timeout: float = 30.0

@@ -71,6 +71,7 @@ DEFAULT_CACHE_SIZE = 10_000
 
 NO_TOKEN = "no bearer token found"
 UNKNOWN_KEY = "unknown key id"
+MULTIPLE_HEADERS = "multiple authorization headers"
 
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _EC_ALGORITHM = {"P-256": "ES256", "P-384": "ES384"}
@@ -695,7 +696,7 @@ def _bearer_token(values: Sequence[bytes]) -> str | Failure:
     if not values:
         return Failure(NO_TOKEN)
     if len(values) > 1:
-        return Failure("multiple authorization headers")
+        return Failure(MULTIPLE_HEADERS)
     value = bytes(values[0]).decode("latin-1").strip(" \t")
     scheme, _, rest = value.partition(" ")
     token = rest.strip(" \t")

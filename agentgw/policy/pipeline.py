@@ -52,6 +52,7 @@ class Respond:
     reason: str | None = None  # for the access log
     refresh_issuer: str | None = None  # an unknown key id: keys may have rotated
     content_type: bytes = b"text/plain; charset=utf-8"
+    bearer_error: str | None = None  # RFC 6750 error code when a token was refused
 
 
 @attrs.frozen
@@ -139,17 +140,34 @@ def protected_resource_document(step: McpAuthStep, req: RequestView) -> dict[str
     return doc
 
 
+def bearer_challenge(error: str | None, *params: str) -> bytes:
+    """A ``WWW-Authenticate: Bearer`` value (RFC 6750 section 3): ``error``
+    only when a token was presented, then any other ``name="value"``."""
+    items = ([f'error="{error}"'] if error else []) + list(params)
+    return ("Bearer " + ", ".join(items) if items else "Bearer").encode("latin-1")
+
+
+def _bearer_error(failure: jwt.Failure) -> str | None:
+    if failure.is_missing_token:
+        return None
+    if failure.reason == jwt.MULTIPLE_HEADERS:
+        return "invalid_request"
+    return "invalid_token"
+
+
 def mcp_unauthorized(step: McpAuthStep, req: RequestView, failure: Respond) -> Respond:
     base = external_base(req, step.resource_metadata.get("resource"))
-    challenge = f'Bearer resource_metadata="{base}{PROTECTED_RESOURCE}{req.path}"'
+    metadata = f'resource_metadata="{base}{PROTECTED_RESOURCE}{req.path}"'
+    challenge = bearer_challenge(failure.bearer_error, metadata)
     return Respond(
         401,
         MCP_UNAUTHORIZED,
         "mcpAuthentication",
-        [(b"www-authenticate", challenge.encode("latin-1"))],
+        [(b"www-authenticate", challenge)],
         reason=failure.reason,
         refresh_issuer=failure.refresh_issuer,
         content_type=JSON,
+        bearer_error=failure.bearer_error,
     )
 
 
@@ -206,9 +224,10 @@ def run_request(policies: RoutePolicies, req: RequestView) -> Continue | Respond
     if policies.mcp_auth is not None:
         step = policies.mcp_auth
         if identity is not None:
-            return mcp_unauthorized(
-                step, req, Respond(401, b"", "", reason="token taken by jwtAuth")
+            taken = Respond(
+                401, b"", "", reason="token taken by jwtAuth", bearer_error="invalid_token"
             )
+            return mcp_unauthorized(step, req, taken)
         found = authenticate(step.jwt, req)
         if isinstance(found, Respond):
             return mcp_unauthorized(step, req, found)
@@ -230,9 +249,20 @@ def authenticate(step: JwtStep, req: RequestView) -> Identity | Respond | None:
     result = step.verifier.verify(values)
     decision = jwt.decide(step.mode, result)
     if isinstance(decision, jwt.Deny):
-        refresh = result.refresh_issuer if isinstance(result, jwt.Failure) else None
+        # A Deny always comes from a Failure.
+        assert isinstance(result, jwt.Failure)
         body = f"authentication failure: {decision.reason}".encode()
-        return Respond(401, body, "jwtAuth", reason=decision.reason, refresh_issuer=refresh)
+        error = _bearer_error(result)
+        # RFC 9110 section 11.6.1: every 401 carries a challenge.
+        return Respond(
+            401,
+            body,
+            "jwtAuth",
+            [(b"www-authenticate", bearer_challenge(error))],
+            reason=decision.reason,
+            refresh_issuer=result.refresh_issuer,
+            bearer_error=error,
+        )
     if decision.claims is None:
         return None
     token = values[0].decode("latin-1").split(None, 1)[-1].strip()

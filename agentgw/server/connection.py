@@ -3,9 +3,13 @@
 How this works: each request cycle reads raw bytes until the head is complete
 (within ``header_timeout``; the wait for the first byte of a later request is
 ``idle_timeout``), checks the raw head with ``wire.http.check_request_head``,
-then feeds the bytes to a fresh ``h11.Connection``. The handler gets a
-``ServerRequest`` to read the body from and write the response to. After the
-cycle, bytes h11 did not consume (a pipelined request) seed the next cycle.
+then feeds the bytes to a fresh ``h11.Connection``. An absolute-form
+target's authority replaces the Host header (RFC 9112 section 3.2.2) and the
+target becomes origin-form, so routing and the upstream see one host. Header
+names with an underscore are dropped unless ``allowUnderscoreHeaders``. The
+handler gets a ``ServerRequest`` to read the body from and write the response
+to. After the cycle, bytes h11 did not consume (a pipelined request) seed the
+next cycle.
 
 Refusals close the connection after a short response. A response that cannot
 be completed (``AbortResponse``) closes the socket without ending the message.
@@ -38,6 +42,7 @@ from agentgw.wire.http import (
     find_head_end,
     simple_response_headers,
     split_target,
+    underscore_header_names,
 )
 from agentgw.wire.tls import ConnectionTLS
 
@@ -231,10 +236,7 @@ class ClientConnection:
     _buf: bytearray = attrs.field(factory=bytearray)
 
     def __attrs_post_init__(self) -> None:
-        self.head_limits = HeadLimits(
-            max_request_line=self.limits.max_request_line_bytes,
-            max_head=self.limits.max_header_bytes,
-        )
+        self.head_limits = HeadLimits.from_config(self.limits)
 
     def __repr__(self) -> str:
         state = "idle" if self.is_idle else "busy"
@@ -274,7 +276,7 @@ class ClientConnection:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                raise ClientError(f"malformed request body: {exc}") from exc
+                raise ClientError("malformed request body", detail=str(exc)) from exc
             if event is not h11.NEED_DATA:
                 return event
             if conn.they_are_waiting_for_100_continue:
@@ -332,7 +334,7 @@ class ClientConnection:
                 return False
             head = check_request_head(head_bytes, self.head_limits)
         except ClientError as exc:
-            record.error = exc.reason
+            record.error = exc.log_text
             record.status = exc.status
             await self._refuse(exc)
             self._log(record, start)
@@ -344,19 +346,31 @@ class ClientConnection:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            await self._refuse(ClientError(f"malformed request: {exc}"))
-            record.status, record.error = 400, "malformed request"
+            refusal = ClientError("malformed request", detail=str(exc))
+            await self._refuse(refusal)
+            record.status, record.error = 400, refusal.log_text
             self._log(record, start)
             return False
         assert isinstance(event, h11.Request)
-        path, query = split_target(event.target)
+        headers = [(n, v) for n, v in event.headers]
+        target = event.target
+        if head.authority is not None:
+            headers = [(b"host", head.authority), *((n, v) for n, v in headers if n != b"host")]
+            target = head.origin_target
+        if not self.limits.allow_underscore_headers and (
+            dropped := underscore_header_names(headers)
+        ):
+            names = ", ".join(name.decode("latin-1") for name in dropped)
+            logger.debug("dropped request headers with an underscore: %s", names)
+            headers = [(n, v) for n, v in headers if b"_" not in n]
+        path, query = split_target(target)
         request = ServerRequest(
             method=event.method.decode("ascii"),
-            target=event.target,
+            target=target,
             path=path,
             query=query,
             http_version=event.http_version.decode("ascii"),
-            headers=[(n, v) for n, v in event.headers],
+            headers=headers,
             head=head,
             client=self.client,
             tls=self.tls,
@@ -375,7 +389,7 @@ class ClientConnection:
             await self.handler(request)
             completed = True
         except ClientError as exc:
-            record.error = exc.reason
+            record.error = exc.log_text
             if not request.is_response_started:
                 record.status = exc.status
                 await self._refuse(exc, conn)

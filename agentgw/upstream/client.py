@@ -8,7 +8,7 @@ from contextlib import aclosing
 
 import trio
 
-from agentgw.errors import UpstreamError
+from agentgw.errors import UpstreamError, UpstreamTimeout
 from agentgw.upstream.pool import ConnectionPool, Origin
 from agentgw.wire.http import Headers
 
@@ -31,7 +31,7 @@ async def simple_request(
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UpstreamError(f"only http(s):// URLs can be fetched, got {url!r}")
+        raise UpstreamError("upstream unavailable", detail=f"only http(s):// URLs: {url!r}")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     all_headers: Headers = [(b"host", parts.netloc.encode()), *(headers or [])]
     if body or method == b"POST":
@@ -48,9 +48,12 @@ async def simple_request(
                 async for chunk in chunks:
                     data += chunk
                     if len(data) > MAX_BODY:
-                        raise UpstreamError(f"{url}: answer too large")
+                        raise UpstreamError(
+                            "upstream protocol error", detail=f"{url}: answer over {MAX_BODY} bytes"
+                        )
     except trio.TooSlowError:
-        raise UpstreamError(f"{url}: timed out") from None
+        detail = f"{url}: no answer in {TIMEOUT:g}s"
+        raise UpstreamTimeout("upstream timeout", detail=detail) from None
     finally:
         exchange.release()
     return response.status, response.headers, bytes(data)

@@ -7,7 +7,10 @@ and retries a failed fetch after 10 s, then less and less often. A token
 whose key id is unknown asks for an early refresh (``request_refresh``); the
 task honours it at most once a minute, so key rotation needs no restart.
 Until the first fetch succeeds, the providers have no keys and requests that
-need them fail closed (401); everything else keeps being served.
+need them fail closed (401); everything else keeps being served. A fetch that
+fails (unreachable, not 200, not a JWKS, or a JWKS without one usable key,
+such as one with only symmetric ``oct`` keys) changes nothing: the last good
+keys stay in force and the fetch is retried.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ class JwksSource:
             except (UpstreamError, JwksError) as exc:
                 failures += 1
                 wait = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
-                why = exc.log_text if isinstance(exc, UpstreamError) else exc
-                logger.warning("JWKS %s: %s (retry in %.0fs)", self.url, why, wait)
+                why = exc.log_text if isinstance(exc, UpstreamError) else str(exc)
+                kept = "keeping the last good keys" if self.has_keys else "no keys yet"
+                logger.warning("JWKS %s: %s (%s; retry in %.0fs)", self.url, why, kept, wait)
             else:
                 failures = 0
                 self.fetches += 1
@@ -95,13 +99,17 @@ async def fetch_jwks(pool: ConnectionPool, url: str) -> tuple[KeySet, float]:
     """GET ``url``; the key set and how long it may be cached.
 
     Raises:
-        UpstreamError: unreachable, not 200, too large, or not JSON keys.
-        JwksError: a document with no usable key set.
+        UpstreamError: unreachable, not 200, too large.
+        JwksError: not a JWKS, or not one usable key in it.
     """
     status, headers, body = await simple_request(
         pool, b"GET", url, [(b"accept", b"application/json")]
     )
     if status != 200:
-        raise UpstreamError(f"JWKS fetch answered HTTP {status}")
+        raise UpstreamError("upstream protocol error", detail=f"JWKS answered HTTP {status}")
     cache_control = next((v for n, v in headers if n == b"cache-control"), None)
-    return KeySet.from_jwks(body), _ttl(cache_control)
+    keys = KeySet.from_jwks(body)
+    if not len(keys):
+        reasons = "; ".join(k.reason for k in keys.skipped[:5]) or "the set is empty"
+        raise JwksError(f"no usable key ({reasons})")
+    return keys, _ttl(cache_control)

@@ -15,14 +15,23 @@ under the same connect timeout and before any request byte; a failure is
 part of the pool key: origins with other settings never share a connection.
 
 An ``Exchange`` is one request/response on one connection. A reused
-connection whose request head could not be written is retried once on a new
-connection: the upstream never saw the request, so it cannot run twice.
+connection that failed on the very first write of the request is retried
+once on a new connection: not one byte left us, so the upstream cannot run
+the request twice. Any later failure is never retried.
+
+A response head is not fed to h11 until it is complete and has passed
+``wire.http.check_response_head`` (the head limits of requests, one framing,
+no obsolete folding), so h11 never parses what the gateway refuses, and an
+upstream that is not speaking HTTP at all (an SSH banner) is refused at its
+first bytes. Errors carry a generic ``reason`` for the client and the
+upstream's address and the cause in ``detail``, for the log.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import select
 import socket
 import time
@@ -35,7 +44,13 @@ import trio
 
 from agentgw.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from agentgw.tls import ClientTLS, default_client_tls, open_tls
-from agentgw.wire.http import Headers
+from agentgw.wire.http import (
+    Headers,
+    HeadLimits,
+    check_response_head,
+    check_response_head_start,
+    find_head_end,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +64,11 @@ class Origin(NamedTuple):
     host: str
     port: int
     tls: ClientTLS | None = None
+
+
+PROTOCOL_ERROR = "upstream protocol error"
+UNAVAILABLE = "upstream unavailable"
+TIMEOUT = "upstream timeout"
 
 
 @attrs.frozen
@@ -67,9 +87,14 @@ class UpstreamConnection:
     created_at: float = attrs.field(factory=time.monotonic)
     idle_since: float = attrs.field(factory=time.monotonic)
     requests: int = 0
+    # h11 sees response heads only once checked against the pool's head
+    # limits; its own limit bounds chunk-size lines and trailers.
     h11: h11.Connection = attrs.field(
         factory=lambda: h11.Connection(h11.CLIENT, max_incomplete_event_size=65536)
     )
+    # Received bytes not yet given to h11: a response head still arriving or
+    # just checked, and whatever came after it.
+    unparsed: bytearray = attrs.field(factory=bytearray)
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.origin[0]}:{self.origin[1]} requests={self.requests}>"
@@ -93,7 +118,14 @@ class UpstreamConnection:
         return bool(readable)
 
     def is_reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        # Bytes after the end of the response would be read as the start of
+        # the next one: such a connection is not reused.
+        return (
+            self.h11.our_state is h11.DONE
+            and self.h11.their_state is h11.DONE
+            and not self.unparsed
+            and not self.h11.trailing_data[0]
+        )
 
     def close(self) -> None:
         self.raw.socket.close()
@@ -110,6 +142,7 @@ class ConnectionPool:
     max_lifetime: float = 600.0
     max_idle_per_origin: int = 64
     tls: ClientTLS | None = None
+    head_limits: HeadLimits = attrs.field(factory=HeadLimits)
     _idle: dict[Origin, list[UpstreamConnection]] = attrs.field(factory=dict)
     _active: int = 0
     _opened: int = 0
@@ -266,14 +299,21 @@ class Exchange:
         if self.conn is None:
             conn = self.pool.take_idle(self.origin)
             self._took_idle = conn is not None
-            self.conn = conn or await self.pool.connect(self.origin)
+            self.conn = conn or await self._open()
 
     async def send_head(
         self, method: bytes, target: bytes, headers: Headers, body: bytes | None = None
     ) -> None:
         """Send the request head; with ``body``, the whole request in one
-        write (then do not call ``send_body``/``end_body``)."""
-        request = h11.Request(method=method, target=target, headers=headers)
+        write (then do not call ``send_body``/``end_body``).
+
+        Raises:
+            UpstreamError: the connection failed, or h11 refused the request.
+        """
+        try:
+            request = h11.Request(method=method, target=target, headers=headers)
+        except h11.LocalProtocolError as exc:
+            raise UpstreamError("cannot forward request", detail=str(exc)) from exc
         for attempt in (0, 1):
             conn: UpstreamConnection | None
             if attempt == 0 and self.conn is not None:  # from connect()
@@ -282,7 +322,7 @@ class Exchange:
                 conn = self.pool.take_idle(self.origin) if attempt == 0 else None
                 reused = conn is not None
             if conn is None:
-                conn = await self.pool.connect(self.origin)
+                conn = await self._open()
             self.conn = conn
             conn.requests += 1
             try:
@@ -291,25 +331,52 @@ class Exchange:
                     if body:
                         data += conn.h11.send(h11.Data(data=body)) or b""
                     data += conn.h11.send(h11.EndOfMessage()) or b""
-                await conn.stream.send_all(data)
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.pool.discard(conn)
-                self.conn = None
-                if not reused:
-                    raise UpstreamError(f"upstream {self._name} reset the connection") from exc
-                logger.debug("stale pooled connection to %s, retrying once", self._name)
             except h11.LocalProtocolError as exc:
-                raise UpstreamError(f"cannot forward request: {exc}") from exc
+                raise UpstreamError("cannot forward request", detail=str(exc)) from exc
+            try:
+                await _write_request(conn.stream, data)
+                return
+            except _NothingSent as exc:
+                self._drop(conn)
+                if not reused:
+                    raise self._unavailable(f"cannot send the request: {exc}") from exc
+                logger.debug("stale pooled connection to %s, retrying once", self._name)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # Some of the request may have reached the upstream: never resent.
+                self._drop(conn)
+                raise self._unavailable(
+                    f"connection lost while sending the request: {exc}"
+                ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _open(self) -> UpstreamConnection:
+        try:
+            return await self.pool.connect(self.origin)
+        except UpstreamError as exc:
+            if exc.detail is not None:
+                raise
+            # The client gets the generic text; the address goes to the log.
+            kind = type(exc)
+            reason = TIMEOUT if kind is UpstreamTimeout else UNAVAILABLE
+            raise kind(reason, detail=exc.reason) from exc
 
     @property
     def _name(self) -> str:
         return f"{self.origin[0]}:{self.origin[1]}"
 
+    def _unavailable(self, detail: str) -> UpstreamError:
+        return UpstreamError(UNAVAILABLE, detail=f"{self._name}: {detail}")
+
+    def _protocol_error(self, detail: str) -> UpstreamError:
+        return UpstreamError(PROTOCOL_ERROR, detail=f"{self._name}: {detail}")
+
+    def _drop(self, conn: UpstreamConnection) -> None:
+        self.pool.discard(conn)
+        self.conn = None
+
     def _live(self) -> UpstreamConnection:
         if self.conn is None:
-            raise UpstreamError("no upstream connection")
+            raise self._unavailable("no connection")
         return self.conn
 
     async def _send(self, event: h11.Data | h11.EndOfMessage) -> None:
@@ -319,9 +386,10 @@ class Exchange:
             if data:
                 await conn.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise UpstreamError(f"upstream {self._name} reset the connection") from exc
+            detail = f"connection lost while sending the request body: {exc}"
+            raise self._unavailable(detail) from exc
         except h11.LocalProtocolError as exc:
-            raise UpstreamError(f"cannot forward request body: {exc}") from exc
+            raise UpstreamError("cannot forward request body", detail=str(exc)) from exc
 
     async def send_body(self, data: bytes) -> None:
         if data:
@@ -330,29 +398,73 @@ class Exchange:
     async def end_body(self) -> None:
         await self._send(h11.EndOfMessage())
 
-    async def _next_event(self, timeout: float) -> object:
+    async def _receive(
+        self, conn: UpstreamConnection, timeout: float, deadline: float = math.inf
+    ) -> bytes:
+        idle_end = trio.current_time() + timeout
+        with trio.move_on_at(min(deadline, idle_end)):
+            try:
+                return bytes(await conn.stream.receive_some(RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise self._unavailable(f"connection reset: {exc.__cause__ or exc}") from exc
+        what = "no whole response head" if deadline < idle_end else "nothing received"
+        raise UpstreamTimeout(TIMEOUT, detail=f"{self._name}: {what} in {timeout:g}s")
+
+    async def _next_event(self, timeout: float, deadline: float = math.inf) -> object:
         conn = self._live()
         while True:
             try:
                 event = conn.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                raise UpstreamError(f"upstream {self._name} protocol error: {exc}") from exc
+                raise self._protocol_error(str(exc)) from exc
             if event is not h11.NEED_DATA:
                 return event
-            with trio.move_on_after(timeout) as scope:
-                try:
-                    data = await conn.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise UpstreamError(f"upstream {self._name} reset the connection") from exc
-            if scope.cancelled_caught:
-                raise UpstreamTimeout(f"upstream {self._name} timed out")
-            conn.h11.receive_data(bytes(data))
+            if conn.h11.their_state is h11.SEND_RESPONSE:
+                await self._read_head(conn, timeout, deadline)
+            elif conn.unparsed:
+                conn.h11.receive_data(bytes(conn.unparsed))
+                conn.unparsed.clear()
+            else:
+                conn.h11.receive_data(await self._receive(conn, timeout, deadline))
+
+    async def _read_head(self, conn: UpstreamConnection, timeout: float, deadline: float) -> None:
+        """Give h11 the next response head once it is whole and checked."""
+        limits = self.pool.head_limits
+        buf = conn.unparsed
+        searched = 0
+        while (end := find_head_end(buf, searched)) < 0:
+            try:
+                check_response_head_start(buf, limits)
+            except UpstreamError as exc:
+                raise self._protocol_error(exc.detail or exc.reason) from None
+            searched = max(0, len(buf) - 3)
+            data = await self._receive(conn, timeout, deadline)
+            if not data:
+                if buf:
+                    raise self._protocol_error("connection closed inside the response head")
+                conn.h11.receive_data(b"")  # h11 reports ConnectionClosed
+                return
+            buf += data
+        head = bytes(buf[:end])
+        try:
+            check_response_head(head, limits)
+        except UpstreamError as exc:
+            raise self._protocol_error(exc.detail or exc.reason) from None
+        del buf[:end]
+        conn.h11.receive_data(head)
 
     async def receive_response(self, timeout: float) -> UpstreamResponse:
-        """The response head; informational responses other than 101 are
-        skipped."""
+        """The response head, which must arrive whole within ``timeout``
+        seconds; informational responses other than 101 are skipped (each
+        one starts the wait again).
+
+        Raises:
+            UpstreamError: a reset, a close, or a head that is refused.
+            UpstreamTimeout: no whole head in time.
+        """
         while True:
-            event = await self._next_event(timeout)
+            deadline = trio.current_time() + timeout
+            event = await self._next_event(timeout, deadline)
             if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
                 continue
             if isinstance(event, h11.Response | h11.InformationalResponse):
@@ -360,8 +472,8 @@ class Exchange:
                     event.status_code, list(event.headers), event.reason, event.http_version
                 )
             if isinstance(event, h11.ConnectionClosed):
-                raise UpstreamError(f"upstream {self._name} closed the connection")
-            raise UpstreamError(f"upstream {self._name} sent an unexpected {type(event).__name__}")
+                raise self._unavailable("closed the connection without answering")
+            raise self._protocol_error(f"unexpected {type(event).__name__}")
 
     async def body(self, idle_timeout: float) -> AsyncGenerator[bytes, None]:
         """Yield the response body as it arrives.
@@ -376,17 +488,18 @@ class Exchange:
             elif isinstance(event, h11.EndOfMessage):
                 return
             elif isinstance(event, h11.ConnectionClosed):
-                raise UpstreamError(f"upstream {self._name} closed the connection mid-body")
+                raise self._protocol_error("closed the connection inside the body")
             else:  # pragma: no cover
-                raise UpstreamError(f"upstream {self._name} sent an unexpected event")
+                raise self._protocol_error(f"unexpected {type(event).__name__}")
 
     def take_stream(self) -> tuple[trio.abc.Stream, bytes]:
-        """Hand over the raw stream after a 101 (for a tunnel)."""
+        """Hand over the raw stream after a 101 (for a tunnel), with the
+        bytes that came after the head."""
         conn = self._live()
         self.conn = None
         self._released = True
         self.pool._active -= 1
-        return conn.stream, bytes(conn.h11.trailing_data[0])
+        return conn.stream, bytes(conn.h11.trailing_data[0]) + bytes(conn.unparsed)
 
     def release(self) -> None:
         """Return the connection to the pool if the exchange completed,
@@ -396,3 +509,22 @@ class Exchange:
         self._released = True
         self.pool.put_back(self.conn)
         self.conn = None
+
+
+class _NothingSent(Exception):
+    """The first write of a request failed: not one byte left us."""
+
+
+async def _write_request(stream: trio.abc.Stream, data: bytes) -> None:
+    """``send_all``, but a failure before any byte was written raises
+    ``_NothingSent`` (a send either writes at least one byte or fails)."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            sent = await stream.socket.send(data)
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise _NothingSent(str(exc)) from exc
+        view = memoryview(data)[sent:]
+        if view:
+            await stream.send_all(view)
+        return
+    await stream.send_all(data)

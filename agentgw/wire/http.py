@@ -1,20 +1,25 @@
-"""HTTP/1.1 values with no I/O: request-head checks, hop-by-hop headers.
+"""HTTP/1.1 values with no I/O: request- and response-head checks, hop-by-hop headers.
 
 How this works: h11 checks framing, not policy. Before a request head is fed
 to h11, ``check_request_head`` scans the raw bytes of the whole head once and
-refuses what a gateway must not pass on (request smuggling vectors and
-oversized heads), each with its status: 400, 414, 431 or 505. h11 then parses
-the same bytes, so the two never disagree about what was checked.
+refuses what a gateway must not pass on (request smuggling vectors, ambiguous
+targets and hosts, oversized heads), each with its status: 400, 414, 431 or
+505. h11 then parses the same bytes, so the two never disagree about what was
+checked. An upstream's response head gets the same treatment from
+``check_response_head`` (and ``check_response_head_start`` while it is still
+arriving) before the pool feeds it to h11: anything refused there is an
+``UpstreamError`` (502) and is never relayed.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import attrs
 
-from agentgw.errors import ClientError
+from agentgw.errors import ClientError, UpstreamError
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -37,13 +42,35 @@ _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _DIGITS = re.compile(rb"^[0-9]{1,18}$")
 _VERSION = re.compile(rb"^HTTP/([0-9])\.([0-9])$")
 _FIELD_VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
-_TARGET = re.compile(rb"^[\x21-\x7e\x80-\xff]+$")
+_TARGET = re.compile(rb"^[\x21-\x7e]+$")  # h11's too: no obs-text
+# RFC 9112 section 3.2 Host = uri-host [ ":" port ]; uri-host is an IP literal
+# in brackets or a reg-name (IPv4 addresses are reg-names too). No userinfo.
+_HOST = re.compile(
+    rb"^(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)(?::([0-9]{1,5}))?$"
+)
+_ABSOLUTE = re.compile(rb"^(?i:https?)://([^/?#]*)")
+_STATUS_LINE = re.compile(rb"^HTTP/1\.[01] [0-9]{3}(?: [\t\x20-\x7e\x80-\xff]*)?$")
 
 
 @attrs.frozen
 class HeadLimits:
+    """Bounds of one message head: the request (or status) line, each header
+    line, the number of header lines, and the whole head."""
+
     max_request_line: int = 8192
     max_head: int = 65536
+    max_header_line: int = 8192
+    max_headers: int = 100
+
+    @classmethod
+    def from_config(cls, http: Any) -> HeadLimits:
+        """From ``config.http`` (an ``agentgw.config.model.HttpLimits``)."""
+        return cls(
+            max_request_line=http.max_request_line_bytes,
+            max_head=http.max_header_bytes,
+            max_header_line=http.max_header_line_bytes,
+            max_headers=http.max_headers,
+        )
 
 
 @attrs.frozen
@@ -55,6 +82,16 @@ class RequestHead:
     http_version: bytes
     content_length: int | None
     chunked: bool
+    authority: bytes | None = None  # of an absolute-form target: it replaces Host
+
+    @property
+    def origin_target(self) -> bytes:
+        """The target in origin form (an absolute-form target without its
+        scheme and authority)."""
+        if self.authority is None:
+            return self.target
+        rest = self.target.split(b"://", 1)[1][len(self.authority) :]
+        return rest if rest.startswith(b"/") else b"/" + rest
 
 
 def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
@@ -85,14 +122,16 @@ def check_request_head(head: bytes, limits: HeadLimits) -> RequestHead:
     if len(request_line) > limits.max_request_line:
         raise ClientError("request line too long", status=414)
     parts = request_line.split(b" ")
+    shown = repr(request_line[:128])  # for the log line only
     if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise ClientError("malformed request line")
+        raise ClientError("malformed request line", detail=shown)
     method, target, version = parts
-    if not _TOKEN.match(method):
-        raise ClientError("malformed request method")
-    if not _TARGET.match(target):
-        raise ClientError("malformed request target")
-    match = _VERSION.match(version)
+    if not _TOKEN.fullmatch(method):
+        raise ClientError("malformed request method", detail=shown)
+    if not _TARGET.fullmatch(target):
+        raise ClientError("malformed request target", detail=shown)
+    authority = _target_authority(method, target)
+    match = _VERSION.fullmatch(version)
     if match is None:
         raise ClientError("malformed HTTP version")
     if match.group(1) != b"1" or match.group(2) not in (b"0", b"1"):
@@ -103,22 +142,32 @@ def check_request_head(head: bytes, limits: HeadLimits) -> RequestHead:
     transfer_encodings = 0
     chunked = False
     hosts = 0
+    fields = 0
     for line in lines[1:]:
         if not line:
             continue
-        if line[:1] in (b" ", b"\t"):
-            raise ClientError("obsolete header line folding")
+        fields += 1
+        # Details name the header, never show a value: it may be a credential.
+        if fields > limits.max_headers:
+            raise ClientError(
+                "too many header fields", status=431, detail=f"over {limits.max_headers}"
+            )
         name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
-            raise ClientError("malformed header line")
+        if len(line) > limits.max_header_line:
+            detail = f"{name[:64]!r}: {len(line)} bytes, over {limits.max_header_line}"
+            raise ClientError("header line too long", status=431, detail=detail)
+        if line[:1] in (b" ", b"\t"):
+            raise ClientError("obsolete header line folding", detail=f"header line {fields}")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise ClientError("malformed header line", detail=f"header line {fields}")
         name = name.lower()
         value = value.strip(b" \t")
-        if not _FIELD_VALUE.match(value):
-            raise ClientError("control character in header value")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise ClientError("control character in header value", detail=f"{name[:64]!r}")
         if name == b"content-length":
             if content_length is not None:
                 raise ClientError("duplicate Content-Length")
-            if not _DIGITS.match(value):
+            if not _DIGITS.fullmatch(value):
                 raise ClientError("malformed Content-Length")
             content_length = int(value)
         elif name == b"transfer-encoding":
@@ -130,15 +179,136 @@ def check_request_head(head: bytes, limits: HeadLimits) -> RequestHead:
             chunked = True
         elif name == b"host":
             hosts += 1
+            if not is_valid_host(value):
+                raise ClientError("invalid Host header", detail=repr(value[:128]))
     if chunked and content_length is not None:
         raise ClientError("both Content-Length and Transfer-Encoding")
     if chunked and http10:
         raise ClientError("Transfer-Encoding on HTTP/1.0")
     if hosts > 1:
         raise ClientError("duplicate Host header")
-    if hosts == 0 and not http10:
+    if hosts == 0 and not http10 and authority is None:
         raise ClientError("missing Host header")
-    return RequestHead(method, target, version, content_length, chunked)
+    return RequestHead(method, target, version, content_length, chunked, authority)
+
+
+def is_valid_host(value: bytes) -> bool:
+    """A Host value (RFC 9112 section 3.2): a host name, IPv4 address or
+    bracketed IPv6 address, optionally ``:port`` (0-65535). Empty is invalid:
+    an ``http`` URI has a host (RFC 9110 section 4.2.1)."""
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    port = match.group(1)
+    return port is None or int(port) <= 65535
+
+
+def _target_authority(method: bytes, target: bytes) -> bytes | None:
+    """The authority of an absolute-form target, None for origin form.
+
+    Raises:
+        ClientError: authority-form (CONNECT), a misplaced ``*``, another
+            scheme, or an absolute-form target without a valid authority.
+    """
+    if target.startswith(b"/"):
+        return None
+    if target == b"*" and method == b"OPTIONS":
+        return None
+    match = _ABSOLUTE.match(target)
+    if match is None:
+        raise ClientError("malformed request target", detail=repr(target[:128]))
+    authority = match.group(1)
+    if not is_valid_host(authority):
+        raise ClientError("invalid request target authority", detail=repr(authority[:128]))
+    return authority
+
+
+def check_response_head_start(buf: bytes | bytearray, limits: HeadLimits) -> None:
+    """Refuse a response head that is still arriving as soon as it is
+    already wrong: not starting like ``HTTP/1.x`` (an SSH banner, say), a bare
+    LF, too large, too many lines, or a line too long. Only C-speed scans:
+    it runs again on every read of a head that arrives in pieces.
+
+    Raises:
+        UpstreamError: "upstream protocol error"; ``detail`` says why.
+    """
+    if len(buf) > limits.max_head:
+        raise _bad_response(f"response head larger than {limits.max_head} bytes")
+    prefix = bytes(buf[:7])
+    if prefix != b"HTTP/1."[: len(prefix)]:
+        raise _bad_response(f"not an HTTP/1.x response: starts with {prefix!r}")
+    lines = buf.count(b"\n")
+    if lines != buf.count(b"\r\n"):
+        raise _bad_response("bare LF in the response head")
+    if lines > limits.max_headers + 2:  # the status line, the fields, the blank line
+        raise _bad_response(f"more than {limits.max_headers} header fields")
+    line_start = buf.rfind(b"\n") + 1
+    if len(buf) - line_start > limits.max_header_line:
+        raise _bad_response(f"a response head line longer than {limits.max_header_line} bytes")
+
+
+def check_response_head(head: bytes, limits: HeadLimits) -> None:
+    """Refuse what a gateway must not relay. ``head`` ends with the blank line.
+
+    Beyond h11's own checks: the head limits of requests, no obsolete line
+    folding, no bare LF, a field syntax h11 also demands, and framing that
+    cannot be read two ways: Content-Length and Transfer-Encoding together,
+    Content-Length values that disagree, or a Transfer-Encoding other than
+    one ``chunked``.
+
+    Raises:
+        UpstreamError: "upstream protocol error"; ``detail`` says why.
+    """
+    check_response_head_start(head, limits)
+    lines = head.split(b"\r\n")
+    status_line = lines[0]
+    if len(status_line) > limits.max_header_line or not _STATUS_LINE.fullmatch(status_line):
+        raise _bad_response(f"malformed status line {status_line[:64]!r}")
+    lengths: set[bytes] = set()
+    encodings = 0
+    fields = 0
+    for line in lines[1:]:
+        if not line:
+            continue
+        fields += 1
+        if fields > limits.max_headers:
+            raise _bad_response(f"more than {limits.max_headers} header fields")
+        if len(line) > limits.max_header_line:
+            raise _bad_response(f"a response head line longer than {limits.max_header_line} bytes")
+        if line[:1] in (b" ", b"\t"):
+            raise _bad_response("obsolete line folding in the response head")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise _bad_response(f"malformed response header line {line[:64]!r}")
+        name = name.lower()
+        value = value.strip(b" \t")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise _bad_response(f"control character in response header {name.decode()}")
+        if name == b"content-length":
+            for item in value.split(b","):
+                item = item.strip(b" \t")
+                if not _DIGITS.fullmatch(item):
+                    raise _bad_response(f"malformed Content-Length {value[:64]!r}")
+                lengths.add(item.lstrip(b"0") or b"0")
+        elif name == b"transfer-encoding":
+            encodings += 1
+            if encodings > 1 or value.lower() != b"chunked":
+                raise _bad_response(f"unsupported Transfer-Encoding {value[:64]!r}")
+    if len(lengths) > 1:
+        raise _bad_response("Content-Length values that disagree")
+    if lengths and encodings:
+        raise _bad_response("both Content-Length and Transfer-Encoding")
+
+
+def _bad_response(detail: str) -> UpstreamError:
+    return UpstreamError("upstream protocol error", detail=detail)
+
+
+def underscore_header_names(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """The names with an underscore (``X_User``): many frameworks read them
+    as their dashed twin (``X-User``), so they can spoof a header a policy or
+    an upstream trusts."""
+    return [name for name, _ in headers if b"_" in name]
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
