@@ -34,6 +34,8 @@ from agentgw.config.model import (
     JwtAuth,
     Listener,
     McpAuthentication,
+    McpRateLimit,
+    RateLimit,
     Route,
     RuleSet,
 )
@@ -57,6 +59,7 @@ from agentgw.policy.pipeline import (
     response_headers,
     run_request,
 )
+from agentgw.policy.ratelimit import McpRateLimits, RateLimiter, compile_mcp_limits
 from agentgw.proxy import proxy_request, relay_to_worker
 from agentgw.relay.endpoint import McpEndpoint, McpRoute
 from agentgw.relay.session import SessionManager
@@ -123,6 +126,25 @@ class Security:
     errors: list[str]
     steps: dict[int, JwtStep] = attrs.field(factory=dict)
     jwks: dict[str, JwksSource] = attrs.field(factory=dict)
+    limiters: dict[int, RateLimiter] = attrs.field(factory=dict)
+    rulesets: list[authz.RuleSet] = attrs.field(factory=list)
+    mcp_limits: list[McpRateLimits] = attrs.field(factory=list)
+
+    def rate_limiter(self, specs: tuple[RateLimit, ...], path: str) -> RateLimiter:
+        # A listener's policy is one set of buckets for all its routes.
+        if id(specs) not in self.limiters:
+            self.limiters[id(specs)] = RateLimiter(path, specs)
+        return self.limiters[id(specs)]
+
+    def mcp_rate_limits(self, specs: tuple[McpRateLimit, ...], path: str) -> McpRateLimits | None:
+        try:
+            limits = compile_mcp_limits(specs, path=path)
+        except ConfigError as exc:
+            self.errors.extend(exc.errors)
+            return None
+        if limits is not None:
+            self.mcp_limits.append(limits)
+        return limits
 
     def jwt_step(self, cfg: JwtAuth, path: str) -> JwtStep:
         if id(cfg) in self.steps:
@@ -172,20 +194,31 @@ class Security:
     def rules(self, ruleset: RuleSet, path: str) -> authz.RuleSet | None:
         raw = [r.expression if r.kind == "allow" else {r.kind: r.expression} for r in ruleset.rules]
         try:
-            return authz.compile_rules(raw, path=f"{path}.rules")
+            compiled = authz.compile_rules(raw, path=f"{path}.rules")
         except ConfigError as exc:
             self.errors.extend(exc.errors)
             return None
+        self.rulesets.append(compiled)
+        return compiled
 
 
 def _compile_route(
-    listener: Listener, route: Route, path: str, errors: list[str], security: Security
+    listener: Listener,
+    route: Route,
+    path: str,
+    errors: list[str],
+    security: Security,
+    mcp_path: str | None = None,
 ) -> CompiledRoute:
     origins: dict[int, Origin] = {}
     mcp: dict[int, McpRoute] = {}
     for i, backend in enumerate(route.backends):
         if backend.mcp is not None:
             mcp[i] = McpRoute.compile(backend.mcp)
+            if backend.mcp.rate_limits:
+                at = mcp_path or f"{path}.backends[{i}].mcp"
+                limits = security.mcp_rate_limits(backend.mcp.rate_limits, f"{at}.rateLimits")
+                mcp[i] = attrs.evolve(mcp[i], rate_limits=limits)
         elif backend.host is not None:
             try:
                 origins[i] = parse_origin(backend.host)
@@ -214,6 +247,13 @@ def _compile_route(
         policies = attrs.evolve(
             policies, mcp_authorization=security.rules(merged.mcp_authorization, at)
         )
+    limiters = []
+    for base, layer in ((path.rsplit(".routes", 1)[0], listener.policies), (path, route.policies)):
+        if layer is not None and layer.local_rate_limit:
+            at = f"{mcp_path or base}.policies.localRateLimit"
+            limiters.append(security.rate_limiter(layer.local_rate_limit, at))
+    if limiters:
+        policies = attrs.evolve(policies, rate_limits=tuple(limiters))
     # backendAuth on one backend: that backend's requests carry the token.
     per_backend = {
         i: attrs.evolve(policies, passthrough=True)
@@ -230,10 +270,13 @@ def compile_binds(config: Config, security: Security | None = None) -> list[Comp
     compiled = []
     for b, bind in enumerate(effective_binds(config)):
         routes: dict[int, CompiledRoute] = {}
+        shorthand = "mcp" if b == len(config.binds) else None  # the ``mcp:`` shorthand's bind
         for li, listener in enumerate(bind.listeners):
             for ri, route in enumerate(listener.routes):
                 path = f"binds[{b}].listeners[{li}].routes[{ri}]"
-                routes[id(route)] = _compile_route(listener, route, path, errors, security)
+                routes[id(route)] = _compile_route(
+                    listener, route, path, errors, security, shorthand
+                )
         compiled.append(CompiledBind(bind, f"bind/{bind.port}", Router.from_bind(bind), routes))
     if errors:
         raise ConfigError(errors)

@@ -663,7 +663,8 @@ def _bucket(d: dict[Any, Any]) -> list[Invalid]:
     # agentgateway refuses a fill larger than the bucket.
     most, fill = d.get("maxTokens", 0), d.get("tokensPerFill", 0)
     if _is_int(most) and _is_int(fill) and fill > most:
-        return [Invalid(f"tokensPerFill ({fill}) exceeds maxTokens ({most})", at=("tokensPerFill",))]
+        problem = f"tokensPerFill ({fill}) exceeds maxTokens ({most})"
+        return [Invalid(problem, at=("tokensPerFill",))]
     return []
 
 
