@@ -93,6 +93,9 @@ async def _run(gw: Gateway) -> None:
             for addr in addresses:
                 for name in addr.listeners:
                     print(f"agentgw: listener {name} listening on http://{addr}", flush=True)
+            for name, (host, port) in gw.management_addresses.items():
+                shown = f"[{host}]" if ":" in host else host
+                print(f"agentgw: {name} server on http://{shown}:{port}", flush=True)
             nursery.start_soon(_on_signals, signals, gw, nursery.cancel_scope)
             if gw.worker is not None:
                 nursery.start_soon(stop_when_orphaned, gw.shutdown)

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import h11
@@ -39,6 +39,12 @@ from agentgw.wire.http import (
     simple_response_headers,
     split_target,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from agentgw.observability.metrics import Metrics
+    from agentgw.observability.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +81,9 @@ class ServerRequest:
     status: int | None = None
     identity: Any = None  # who a validated token says the caller is (policy.pipeline)
     mcp_caller: Any = None  # the MCP endpoint's view of the caller (relay.endpoint)
+    # The downstream span when tracing is on: the parent of upstream spans
+    # (``observability.tracing.trace_upstream``).
+    span: Span | None = None
     _body_done: bool = False
     _pending: bytes = b""
 
@@ -214,6 +223,11 @@ class ClientConnection:
     limits: HttpLimits
     handler: Handler
     log_format: Literal["text", "json"] = "text"
+    metrics: Metrics | None = None
+    tracing: Tracing | None = None
+    access_log: bool = True
+    # A sibling worker's relayed requests: counted and traced there.
+    is_internal: bool = False
     is_draining: bool = False
     is_idle: bool = True
     is_tunnelled: bool = False
@@ -238,6 +252,8 @@ class ClientConnection:
             self.cancel_scope.cancel()
 
     async def serve(self) -> None:
+        if self.metrics is not None and not self.is_internal:
+            self.metrics.connection_opened(self.gateway, None)
         try:
             with self.cancel_scope:
                 first = True
@@ -357,6 +373,8 @@ class ClientConnection:
         )
         record.method, record.path = request.method, path
         record.host, record.version = request.host, f"HTTP/{request.http_version}"
+        if self.tracing is not None and not self.is_internal:
+            request.span = self.tracing.start_request(request.headers)
         limit = self.limits.max_body_bytes
         self._current = conn
         completed = False
@@ -385,7 +403,7 @@ class ClientConnection:
         finally:
             if not completed and record.error is None:
                 record.error = "cancelled at drain deadline" if self.is_draining else "cancelled"
-            self._log(record, start)
+            self._log(record, start, request.span)
         if self.is_tunnelled:
             return False
         return await self._finish_cycle(conn)
@@ -450,6 +468,11 @@ class ClientConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
-    def _log(self, record: AccessRecord, start: float) -> None:
+    def _log(self, record: AccessRecord, start: float, span: Span | None = None) -> None:
         record.duration_ms = (time.monotonic() - start) * 1000
-        emit(record, self.log_format)
+        if self.access_log:
+            emit(record, self.log_format)
+        if self.metrics is not None:
+            self.metrics.observe(record, relayed=self.is_internal)
+        if span is not None and self.tracing is not None:
+            self.tracing.end_request(span, record)

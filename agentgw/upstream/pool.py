@@ -20,7 +20,7 @@ import logging
 import select
 import socket
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import attrs
 import h11
@@ -84,6 +84,8 @@ class ConnectionPool:
     idle_timeout: float = 90.0
     max_lifetime: float = 600.0
     max_idle_per_origin: int = 64
+    # Told of every new connection: its transport and how long it took (metrics).
+    on_connect: Callable[[str, float], None] | None = None
     _idle: dict[Origin, list[UpstreamConnection]] = attrs.field(factory=dict)
     _active: int = 0
     _opened: int = 0
@@ -145,6 +147,7 @@ class ConnectionPool:
         Unix socket (a sibling worker)."""
         host, port = origin
         unix = host.startswith("/")
+        started = time.monotonic()
         with trio.move_on_after(self.connect_timeout) as scope:
             try:
                 if unix:
@@ -159,6 +162,8 @@ class ConnectionPool:
             raise UpstreamTimeout(f"upstream {host}:{port} connect timeout")
         if not unix:
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.on_connect is not None:
+            self.on_connect("unix" if unix else "plaintext", time.monotonic() - started)
         self._opened += 1
         self._active += 1
         return UpstreamConnection(origin, stream)
