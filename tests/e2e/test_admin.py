@@ -17,7 +17,6 @@ import trio
 from agentgw.observability import logs
 from tests.e2e.test_mcp_gateway import DEMO, PEER, _call, _initialize, mcp_config, stdio
 from tests.e2e.test_metrics import with_stats
-from tests.test_jwt import rsa_jwk
 from tests.support import (
     Upstream,
     free_port,
@@ -27,6 +26,7 @@ from tests.support import (
     run_gateway,
     serve_upstream,
 )
+from tests.test_jwt import rsa_jwk
 
 JWK = rsa_jwk("k")
 SECRETS = {
