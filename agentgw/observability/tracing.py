@@ -17,8 +17,8 @@ log's fields under agentgateway's attribute names (``ATTRIBUTE_NAMES``). No
 header value is ever an attribute, so no token can reach the collector.
 
 Upstream calls (MCP or proxied) get a CLIENT span that is the gateway's own
-child of the downstream span; ``UpstreamCall.headers`` puts that span's
-``traceparent`` on the upstream request in place of the client's, and
+child of the downstream span; when it is sampled, ``UpstreamCall.headers``
+puts its ``traceparent`` on the upstream request in place of the client's, and
 ``UpstreamCall.meta`` puts it in a JSON-RPC ``_meta`` (SEP-414: 2026-07-28
 clients, and stdio upstreams, which have no headers).
 """
@@ -310,7 +310,8 @@ class Tracing:
         """
         context = trace.set_span_in_context(parent) if parent is not None else None
         span = self.tracer.start_span(name, context, SpanKind.CLIENT, attributes)
-        call = UpstreamCall(span, inject=parent is not None or span.get_span_context().is_valid)
+        # Not sampled: what the client sent goes on as it is.
+        call = UpstreamCall(span, inject=span.get_span_context().trace_flags.sampled)
         try:
             yield call
         except BaseException as exc:

@@ -95,6 +95,11 @@ class ServerRequest:
         return ""
 
     @property
+    def tracing(self) -> Tracing | None:
+        """The gateway's tracer, for upstream spans (``trace_upstream``)."""
+        return self._conn.tracing
+
+    @property
     def has_body(self) -> bool:
         return self.head.chunked or bool(self.head.content_length)
 
