@@ -131,9 +131,7 @@ async def _slow_handler(req: h11.Request, body: bytes, up: Upstream) -> Any:
 
 async def test_readiness_turns_503_while_draining_liveness_stays_200() -> None:
     async with serve_upstream(_slow_handler) as up:
-        config = proxy_config(up.port)
-        config.setdefault("config", {})
-        config = with_stats(config)
+        config = with_stats(proxy_config(up.port))
         async with run_gateway(config) as (gw, port):
             ready = gw.management_addresses["readiness"][1]
             admin = gw.management_addresses["admin"][1]

@@ -40,7 +40,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def with_stats(config: dict[str, Any], **settings: str) -> dict[str, Any]:
-    config["config"].update(
+    config.setdefault("config", {}).update(
         {
             "statsAddr": "127.0.0.1:0",
             "adminAddr": "127.0.0.1:0",
