@@ -652,19 +652,19 @@ class Gateway:
         """``config.readinessAddr``: agentgateway's ``/healthz/ready``, and a
         liveness check (agentgw's ``/healthz/live``) that stays 200 while
         draining, so a draining pod is not killed early."""
-        if req.path == "/healthz/ready":
+        if req.path == management.READY_PATH:
             if self.is_draining:
                 await req.respond(503, "draining\n")
             else:
                 await req.respond(200, "ready\n")
-        elif req.path == "/healthz/live":
+        elif req.path == management.LIVE_PATH:
             await req.respond(200, "live\n")
         else:
             await req.respond(404, "not found\n")
 
     async def _stats(self, req: ServerRequest) -> None:
         """``config.statsAddr``: Prometheus metrics on agentgateway's paths."""
-        if req.path not in ("/metrics", "/stats/prometheus"):
+        if req.path not in management.METRICS_PATHS:
             await req.respond(404, "not found\n")
             return
         if req.method not in ("GET", "HEAD"):

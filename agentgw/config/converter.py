@@ -334,6 +334,11 @@ def _host_port(v: object) -> str:
     return text
 
 
+def session_key(v: object) -> str:
+    """A session key as the config holds it; ``Invalid`` never shows the key."""
+    return _session_key(v)
+
+
 def _session_key(v: object) -> str:
     # Never echo the key itself.
     text = parse_str(v).strip()

@@ -28,6 +28,7 @@ from agentgw.errors import UpstreamError
 from agentgw.observability import logs
 from agentgw.relay.session import RelaySession, SessionManager
 from agentgw.server.connection import ServerRequest
+from agentgw.server.management import LIVE_PATH, READY_PATH
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.workers import WorkerSpec
 
@@ -110,10 +111,10 @@ class Admin:
         elif path == "/config_dump":
             doc = {"config": redacted_document(self.config), "version": {"version": __version__}}
             await req.respond(200, _json(doc), content_type=JSON)
-        elif path == "/healthz/ready":
+        elif path == READY_PATH:
             ready = self.is_ready()
             await req.respond(200 if ready else 503, "ready\n" if ready else "draining\n")
-        elif path == "/healthz/live":
+        elif path == LIVE_PATH:
             await req.respond(200, "live\n")
         elif path in ("/sessions", "/targets"):
             local = self.sessions_doc() if path == "/sessions" else self.targets_doc()

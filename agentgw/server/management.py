@@ -42,6 +42,10 @@ DEFAULTS: Final = {
     "admin": "127.0.0.1:15000",
 }
 
+READY_PATH: Final = "/healthz/ready"  # agentgateway's
+LIVE_PATH: Final = "/healthz/live"  # agentgw's: 200 while the process runs, draining too
+METRICS_PATHS: Final = ("/metrics", "/stats/prometheus")  # agentgateway's
+
 Handler = Callable[[ServerRequest], Awaitable[None]]
 
 
