@@ -353,7 +353,10 @@ class Gateway:
             session_route=lambda session: route_of.get(id(session.targets), "unknown"),
             connections=lambda: len(self._connections),
         )
-        self.pool.on_connect = self.metrics.upstream_connected
+        # With statsAddr: off nobody can scrape: requests observe nothing.
+        self.is_measured = any(a.name == "stats" for a in management.resolve(settings))
+        if self.is_measured:
+            self.pool.on_connect = self.metrics.upstream_connected
         self.admin = Admin(
             config, self.sessions, mcp_routes, lambda: not self.is_draining, self.pool, worker
         )
@@ -414,7 +417,7 @@ class Gateway:
                 }
                 for name, opened in own:
                     root.start_soon(management.serve_management, name, opened, handlers[name])
-                if self.metrics.is_multiprocess:
+                if self.is_measured and self.metrics.is_multiprocess:
                     root.start_soon(self.metrics.serve_refresher)
                 async with trio.open_nursery() as conns:
                     async with trio.open_nursery() as accepting:
@@ -506,7 +509,7 @@ class Gateway:
                 self.limits,
                 partial(self._handle_relayed if from_worker else self._handle, cb),
                 self.log_format,
-                metrics=self.metrics,
+                metrics=self.metrics if self.is_measured else None,
                 tracing=self.tracing,
                 is_internal=from_worker,
             )

@@ -254,3 +254,13 @@ async def test_any_workers_scrape_shows_every_worker(tmp_path: Path) -> None:
         proc.terminate()
         with trio.fail_after(15):
             assert await proc.wait() == 0
+
+
+async def test_with_stats_off_requests_observe_nothing() -> None:
+    config = with_stats(mcp_config(stdio("demo", DEMO)), statsAddr="off")
+    async with run_gateway(config) as (gw, port):
+        await _initialize(port)
+        assert "stats" not in gw.management_addresses
+        samples = parse(gw.metrics.exposition(None)[0].decode())
+        assert "agentgateway_requests_total" not in samples
+        assert "agentgateway_mcp_requests_total" not in samples
