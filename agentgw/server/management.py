@@ -130,7 +130,7 @@ async def serve_management(
             except OSError:
                 await stream.aclose()
                 return
-            await ClientConnection(stream, client, name, LIMITS, handler).serve()
+            await ClientConnection(stream, client, name, LIMITS, handler, access_log=False).serve()
         finally:
             slots.release()
 
