@@ -38,12 +38,18 @@ from agentgw.config.model import (
     Listener,
     McpAuthentication,
     McpBackend,
+    McpRateLimit,
+    McpTarget,
     Policies,
+    RateLimit,
     Route,
     RuleSet,
 )
 from agentgw.errors import ConfigError, UpstreamError
 from agentgw.mcp.session_token import SessionCodec
+from agentgw.observability.admin import Admin, RouteLabel
+from agentgw.observability.metrics import Metrics, Sources
+from agentgw.observability.tracing import Tracing, TracingSettings, check_exporter
 from agentgw.policy import authz
 from agentgw.policy.jwt import JwksError, KeySet, Provider, Verifier
 from agentgw.policy.pipeline import (
@@ -62,10 +68,12 @@ from agentgw.policy.pipeline import (
     response_headers,
     run_request,
 )
+from agentgw.policy.ratelimit import McpRateLimits, RateLimiter, compile_mcp_limits
 from agentgw.proxy import proxy_request, relay_to_worker
 from agentgw.relay.endpoint import McpEndpoint, McpRoute
 from agentgw.relay.session import SessionManager
 from agentgw.routing import Router, choose_backend
+from agentgw.server import management
 from agentgw.server.connection import ClientConnection, ServerRequest
 from agentgw.server.listen import open_tcp_listeners
 from agentgw.tls import ClientTLS, ServerTLS, TlsCompiler, accept_tls
@@ -135,6 +143,25 @@ class Security:
     errors: list[str]
     steps: dict[int, JwtStep] = attrs.field(factory=dict)
     jwks: dict[str, JwksSource] = attrs.field(factory=dict)
+    limiters: dict[int, RateLimiter] = attrs.field(factory=dict)
+    rulesets: list[authz.RuleSet] = attrs.field(factory=list)
+    mcp_limits: list[McpRateLimits] = attrs.field(factory=list)
+
+    def rate_limiter(self, specs: tuple[RateLimit, ...], path: str) -> RateLimiter:
+        # A listener's policy is one set of buckets for all its routes.
+        if id(specs) not in self.limiters:
+            self.limiters[id(specs)] = RateLimiter(path, specs)
+        return self.limiters[id(specs)]
+
+    def mcp_rate_limits(self, specs: tuple[McpRateLimit, ...], path: str) -> McpRateLimits | None:
+        try:
+            limits = compile_mcp_limits(specs, path=path)
+        except ConfigError as exc:
+            self.errors.extend(exc.errors)
+            return None
+        if limits is not None:
+            self.mcp_limits.append(limits)
+        return limits
 
     def jwt_step(self, cfg: JwtAuth, path: str) -> JwtStep:
         if id(cfg) in self.steps:
@@ -184,10 +211,12 @@ class Security:
     def rules(self, ruleset: RuleSet, path: str) -> authz.RuleSet | None:
         raw = [r.expression if r.kind == "allow" else {r.kind: r.expression} for r in ruleset.rules]
         try:
-            return authz.compile_rules(raw, path=f"{path}.rules")
+            compiled = authz.compile_rules(raw, path=f"{path}.rules")
         except ConfigError as exc:
             self.errors.extend(exc.errors)
             return None
+        self.rulesets.append(compiled)
+        return compiled
 
 
 def _backend_tls(policies: BackendPolicies | Policies | None) -> BackendTLS | None:
@@ -279,6 +308,7 @@ def _compile_route(
     errors: list[str],
     security: Security,
     tls: TlsCompiler,
+    mcp_path: str | None = None,
 ) -> CompiledRoute:
     merged = merge_config(listener.policies, route.policies)
     origins: dict[int, Origin] = {}
@@ -289,6 +319,10 @@ def _compile_route(
             mcp[i] = McpRoute.compile(
                 resolve_dns_rebinding(backend.mcp, address, merged), target_tls.get(i)
             )
+            if backend.mcp.rate_limits:
+                at = mcp_path or f"{path}.backends[{i}].mcp"
+                limits = security.mcp_rate_limits(backend.mcp.rate_limits, f"{at}.rateLimits")
+                mcp[i] = attrs.evolve(mcp[i], rate_limits=limits)
         elif backend.host is not None:
             try:
                 origins[i] = parse_origin(backend.host, host_tls.get(i))
@@ -316,6 +350,13 @@ def _compile_route(
         policies = attrs.evolve(
             policies, mcp_authorization=security.rules(merged.mcp_authorization, at)
         )
+    limiters = []
+    for base, layer in ((path.rsplit(".routes", 1)[0], listener.policies), (path, route.policies)):
+        if layer is not None and layer.local_rate_limit:
+            at = f"{mcp_path or base}.policies.localRateLimit"
+            limiters.append(security.rate_limiter(layer.local_rate_limit, at))
+    if limiters:
+        policies = attrs.evolve(policies, rate_limits=tuple(limiters))
     # backendAuth on one backend: that backend's requests carry the token.
     per_backend = {
         i: attrs.evolve(policies, passthrough=True)
@@ -357,11 +398,12 @@ def compile_binds(
     for b, bind in enumerate(effective_binds(config)):
         routes: dict[int, CompiledRoute] = {}
         server = _compile_listeners(bind, f"binds[{b}]", config, tls)
+        shorthand = "mcp" if b == len(config.binds) else None  # the ``mcp:`` shorthand's bind
         for li, listener in enumerate(bind.listeners):
             for ri, route in enumerate(listener.routes):
                 path = f"binds[{b}].listeners[{li}].routes[{ri}]"
                 routes[id(route)] = _compile_route(
-                    bind.address, listener, route, path, errors, security, tls
+                    bind.address, listener, route, path, errors, security, tls, shorthand
                 )
         router = Router.from_bind(bind)
         compiled.append(CompiledBind(bind, f"bind/{bind.port}", router, routes, server))
@@ -418,6 +460,36 @@ class Gateway:
         self._shutdown = trio.Event()
         self._slots = trio.Semaphore(self.limits.max_connections)
         self._last_accept_error = -1e9
+        # Observability: metrics always, tracing when configured (its
+        # exporter starts in serve()), the admin server's view.
+        self._tracing_settings = TracingSettings.from_config(config)
+        if self._tracing_settings is not None:
+            check_exporter(self._tracing_settings)
+        self.tracing: Tracing | None = None
+        mcp_routes = _mcp_route_labels(config)
+        route_of = {id(targets): label.route for targets, label in mcp_routes}
+        self.metrics = Metrics()
+        self.metrics.sources = Sources(
+            sessions=self.sessions,
+            pool=self.pool,
+            jwks=list(self._security.jwks.values()),
+            verifiers=list(
+                {id(s.verifier): s.verifier for s in self._security.steps.values()}.values()
+            ),
+            rulesets=self._security.rulesets,
+            limiters=list(self._security.limiters.values()),
+            mcp_limits=self._security.mcp_limits,
+            session_route=lambda session: route_of.get(id(session.targets), "unknown"),
+            connections=lambda: len(self._connections),
+        )
+        # With statsAddr: off nobody can scrape: requests observe nothing.
+        self.is_measured = any(a.name == "stats" for a in management.resolve(settings))
+        if self.is_measured:
+            self.pool.on_connect = self.metrics.upstream_connected
+        self.admin = Admin(
+            config, self.sessions, mcp_routes, lambda: not self.is_draining, self.pool, worker
+        )
+        self.management_addresses: dict[str, tuple[str, int]] = {}
 
     def _needs_default_tls(self) -> bool:
         urls = [*self._security.jwks]
@@ -446,10 +518,7 @@ class Gateway:
         """
         listeners: list[tuple[CompiledBind, list[trio.SocketListener]]] = []
         internal: list[tuple[CompiledBind, trio.SocketListener]] = []
-        settings = self.config.config
-        for key, value in (("adminAddr", settings.admin_addr), ("statsAddr", settings.stats_addr)):
-            if value:
-                logger.warning("config.%s is accepted but not served yet by agentgw", key)
+        own: list[tuple[str, list[trio.SocketListener]]] = []  # readiness, stats, admin
         worker = self.worker
         try:
             for b, cb in enumerate(self._binds):
@@ -459,14 +528,32 @@ class Gateway:
                     path = worker.socket_path(worker.index, b)
                     internal.append((cb, await open_unix_listener(path)))
                 listeners.append((cb, opened))
+            for addr in management.resolve(self.config.config):
+                opened = await management.open_listeners(addr, reuse_port=worker is not None)
+                if opened:
+                    own.append((addr.name, opened))
+                    self.management_addresses[addr.name] = opened[0].socket.getsockname()[:2]
+            if worker is not None:
+                path = worker.admin_socket_path(worker.index)
+                own.append(("admin-local", [await open_unix_listener(path)]))
             addresses = [self._address(cb, opened) for cb, opened in listeners]
+            if self._tracing_settings is not None:
+                self.tracing = Tracing.from_settings(self._tracing_settings)
             async with trio.open_nursery() as root:
                 root.start_soon(self.pool.serve_evictor)
                 for source in self._security.jwks.values():
-                    root.start_soon(source.serve, self.pool)
+                    root.start_soon(source.serve, self.pool, self.tracing)
                 await root.start(self.sessions.serve)
-                if self.config.config.readiness_addr:
-                    await root.start(self._serve_readiness, self.config.config.readiness_addr)
+                handlers = {
+                    "readiness": self._readiness,
+                    "stats": self._stats,
+                    "admin": self.admin.handle,
+                    "admin-local": self.admin.handle_local,
+                }
+                for name, opened in own:
+                    root.start_soon(management.serve_management, name, opened, handlers[name])
+                if self.is_measured and self.metrics.is_multiprocess:
+                    root.start_soon(self.metrics.serve_refresher)
                 async with trio.open_nursery() as conns:
                     async with trio.open_nursery() as accepting:
                         for cb, opened in listeners:
@@ -486,6 +573,11 @@ class Gateway:
                         await listener.aclose()
                 for _, listener in internal:
                     await listener.aclose()
+                for _, opened in own:
+                    for listener in opened:
+                        await listener.aclose()
+                if self.tracing is not None:
+                    await self.tracing.aclose()
             self.pool.close_all()
 
     async def _drain(
@@ -563,6 +655,9 @@ class Gateway:
                 partial(self._handle_relayed if from_worker else self._handle, cb),
                 self.log_format,
                 tls=tls,
+                metrics=self.metrics if self.is_measured else None,
+                tracing=self.tracing,
+                is_internal=from_worker,
             )
             self._connections.add(conn)
             if self.is_draining:
@@ -726,26 +821,45 @@ class Gateway:
         out_type = next((v for n, v in headers if n == b"content-type"), b"application/json")
         await req.respond(status, answer, METADATA_CORS, out_type)
 
-    async def _serve_readiness(
-        self, addr: str, *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        host, port, _ = parse_origin(addr)
-        opened = await open_tcp_listeners(host or None, port)
-
-        async def handle(req: ServerRequest) -> None:
-            if req.path != "/healthz/ready":
-                await req.respond(404, "not found\n")
-            elif self.is_draining:
+    async def _readiness(self, req: ServerRequest) -> None:
+        """``config.readinessAddr``: agentgateway's ``/healthz/ready``, and a
+        liveness check (agentgw's ``/healthz/live``) that stays 200 while
+        draining, so a draining pod is not killed early."""
+        if req.path == management.READY_PATH:
+            if self.is_draining:
                 await req.respond(503, "draining\n")
             else:
                 await req.respond(200, "ready\n")
+        elif req.path == management.LIVE_PATH:
+            await req.respond(200, "live\n")
+        else:
+            await req.respond(404, "not found\n")
 
-        async def serve_one(stream: trio.SocketStream) -> None:
-            peer = stream.socket.getpeername()
-            conn = ClientConnection(stream, (peer[0], peer[1]), "readiness", self.limits, handle)
-            await conn.serve()
+    async def _stats(self, req: ServerRequest) -> None:
+        """``config.statsAddr``: Prometheus metrics on agentgateway's paths."""
+        if req.path not in management.METRICS_PATHS:
+            await req.respond(404, "not found\n")
+            return
+        if req.method not in ("GET", "HEAD"):
+            await req.respond(405, "method not allowed\n", [(b"allow", b"GET, HEAD")])
+            return
+        self.metrics.refresh()
+        accept = header_value(req.headers, b"accept")
+        body, content_type = self.metrics.exposition(accept.decode("latin-1") if accept else None)
+        await req.respond(200, body, content_type=content_type.encode())
 
-        await trio.serve_listeners(serve_one, opened, task_status=task_status)
+
+def _mcp_route_labels(config: Config) -> list[tuple[tuple[McpTarget, ...], RouteLabel]]:
+    """Each MCP backend's targets with the names of its route, named as the
+    router names them."""
+    out: list[tuple[tuple[McpTarget, ...], RouteLabel]] = []
+    for bind in effective_binds(config):
+        for li, listener in enumerate(bind.listeners):
+            listener_name = listener.name if listener.name is not None else f"listener{li}"
+            for ri, route in enumerate(listener.routes):
+                label = RouteLabel(f"bind/{bind.port}", listener_name, route.name or f"route{ri}")
+                out.extend((b.mcp.targets, label) for b in route.backends if b.mcp is not None)
+    return out
 
 
 def _choose(backends: tuple[Backend, ...]) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,11 +14,14 @@ import trio
 
 from agentgw._version import __version__
 from agentgw.app import Gateway
+from agentgw.config.converter import Invalid, session_key
 from agentgw.config.load import default_config, effective_binds, load_config, parse_config
-from agentgw.config.model import Config
+from agentgw.config.model import Config, Session
 from agentgw.errors import ConfigError
 from agentgw.observability.logs import setup_logging
 from agentgw.workers import MAX_WORKERS, WorkerSpec, stop_when_orphaned, supervise
+
+SESSION_KEY_ENV = "SESSION_KEY"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,10 +68,29 @@ def _without_workers(argv: Sequence[str]) -> list[str]:
 
 def _load(args: argparse.Namespace) -> Config:
     if args.file:
-        return load_config(args.file)
-    if args.config:
-        return parse_config(args.config, source="--config")
-    return default_config()
+        config = load_config(args.file)
+    elif args.config:
+        config = parse_config(args.config, source="--config")
+    else:
+        config = default_config()
+    return with_session_key_from_env(config)
+
+
+def with_session_key_from_env(config: Config) -> Config:
+    """agentgateway's ``SESSION_KEY``: when set, it replaces
+    ``config.session.key`` (a Kubernetes Secret gives every replica the same).
+
+    Raises:
+        ConfigError: the variable holds no valid key (the key is never shown).
+    """
+    text = os.environ.get(SESSION_KEY_ENV, "").strip()
+    if not text:
+        return config
+    try:
+        key = session_key(text)
+    except Invalid as exc:
+        raise ConfigError([f"{SESSION_KEY_ENV}: {exc.problem}"]) from None
+    return attrs.evolve(config, config=attrs.evolve(config.config, session=Session(key)))
 
 
 async def _serve_then_stop(gw: Gateway, scope: trio.CancelScope, *, task_status: Any) -> None:
@@ -96,6 +119,9 @@ async def _run(gw: Gateway) -> None:
                         f"agentgw: listener {name} listening on {addr.scheme}://{addr}",
                         flush=True,
                     )
+            for name, (host, port) in gw.management_addresses.items():
+                shown = f"[{host}]" if ":" in host else host
+                print(f"agentgw: {name} server on http://{shown}:{port}", flush=True)
             nursery.start_soon(_on_signals, signals, gw, nursery.cancel_scope)
             if gw.worker is not None:
                 nursery.start_soon(stop_when_orphaned, gw.shutdown)

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 ENV_WORKER = "AGENTGW_WORKER"  # "<index>/<count>"
 ENV_DIR = "AGENTGW_WORKER_DIR"
 ENV_KEY = "AGENTGW_WORKER_SESSION_KEY"
+ENV_METRICS = "PROMETHEUS_MULTIPROC_DIR"
 # Set by a relaying worker; trusted only on the workers' own Unix sockets:
 # the client's address, and what its TLS connection established (the
 # listener chosen by SNI, the verified client certificate).
@@ -66,6 +67,9 @@ class WorkerSpec:
 
     def socket_path(self, index: int, bind: int) -> str:
         return str(self.directory / f"w{index}-b{bind}.sock")
+
+    def admin_socket_path(self, index: int) -> str:
+        return str(self.directory / f"w{index}-admin.sock")
 
     @classmethod
     def from_env(cls) -> WorkerSpec | None:
@@ -135,6 +139,10 @@ def supervise(argv: Sequence[str], count: int, session_key: str | None) -> int:
     env = dict(os.environ)
     env[ENV_DIR] = str(directory)
     env[ENV_KEY] = session_key or secrets.token_hex(32)
+    # prometheus-client's multiprocess mode: a scrape of any worker sees all.
+    metrics = directory / "metrics"
+    metrics.mkdir()
+    env[ENV_METRICS] = str(metrics)
     try:
         return trio.run(_supervise, list(argv), count, env)
     finally:
@@ -167,6 +175,7 @@ class _Supervisor:
                 if self.stopping:  # the signal came while it started
                     proc.send_signal(signal.SIGTERM)
                 code = await proc.wait()
+                _forget_metrics(self.env[ENV_METRICS], proc.pid)
             if self.stopping:
                 # Killed by our own stop signal: it had not set up its handler
                 # yet, so it had nothing to drain.
@@ -194,6 +203,13 @@ class _Supervisor:
             await trio.sleep(delay)
             if self.stopping:
                 return
+
+
+def _forget_metrics(directory: str, pid: int) -> None:
+    """A worker is gone: its gauges no longer count (its counters do)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 async def _supervise(argv: list[str], count: int, env: dict[str, str]) -> int:

@@ -226,7 +226,7 @@ BROKEN = [
                 retry: {attempts: 2}
                 extAuthz: {host: x}
         config:
-          tracing: {}
+          metrics: {}
         """,
         [
             "gateways: not supported by agentgw",
@@ -234,7 +234,7 @@ BROKEN = [
             "binds[0].listeners[0].routes[0].policies.requestRedirect: not supported by agentgw",
             "binds[0].listeners[0].routes[0].policies.retry: not supported by agentgw",
             "binds[0].listeners[0].routes[0].policies.extAuthz: not supported by agentgw",
-            "config.tracing: not supported by agentgw",
+            "config.metrics: not supported by agentgw",
         ],
         id="not-supported",
     ),
@@ -491,7 +491,6 @@ ROUTE_ONLY_KEYS = [
     "ai",
     "backendTLS",
     "backendTunnel",
-    "localRateLimit",
     "remoteRateLimit",
     "csrf",
     "buffer",

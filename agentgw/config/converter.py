@@ -58,15 +58,14 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
     ),
     m.FrontendPolicies: _keys(
         "http tcp networkAuthorization networkExtAuthz proxy proxyProtocol connect accessLog"
-        " logging tracing"
+        " logging"
     ),
     m.FrontendTLS: _keys("alpn minVersion maxVersion cipherSuites keyExchangeGroups"),
     m.Settings: _keys(
         "enableIpv6 dns localXdsPath modelCatalog database storage caAddress caAuthToken"
         " xdsAddress xdsAuthToken spiffe namespace gateway trustDomain additionalTrustDomains"
         " skipValidateTrustDomain serviceAccount clusterId network standardAttributes histograms"
-        " sensitiveHeaders customFunctions connectionMinTerminationDeadline workerThreads"
-        " tracing metrics hbone"
+        " customFunctions connectionMinTerminationDeadline workerThreads metrics hbone"
     ),
     m.Bind: _keys("tunnelProtocol mode"),
     m.Listener: _keys("namespace tcpRoutes"),
@@ -77,7 +76,7 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
     m.Policies: LATER_POLICIES
     | _keys(
         "requestRedirect urlRewrite requestMirror mcpGuardrails a2a ai backendTunnel"
-        " localRateLimit remoteRateLimit oidc basicAuth apiKey extAuthz extProc transformations"
+        " remoteRateLimit oidc basicAuth apiKey extAuthz extProc transformations"
         " csrf buffer retry delay"
     ),
     m.Backend: _keys("service backend internal dynamic ai aws routeGroup"),
@@ -100,6 +99,8 @@ UNSUPPORTED: dict[type, frozenset[str]] = {
     m.JwtProvider: _keys("jwtValidationOptions"),
     m.McpProvider: _keys("okta descope authentik entra"),
     m.McpAuthentication: _keys("authorizationLocation jwtValidationOptions clientId clientSecret"),
+    m.Tracing: _keys("fields"),
+    m.FrontendTracing: _keys("policies attributes resources remove filter backend service"),
 }
 
 # Route policies agentgateway refuses on a listener, which takes only
@@ -108,7 +109,7 @@ ROUTE_ONLY: dict[type, frozenset[str]] = {
     m.ListenerPolicies: _keys(
         "requestHeaderModifier responseHeaderModifier requestRedirect urlRewrite requestMirror"
         " directResponse mcpAuthorization mcpGuardrails mcpAuthentication a2a ai backendTLS"
-        " backendTunnel backendAuth localRateLimit remoteRateLimit csrf buffer timeout retry"
+        " backendTunnel backendAuth remoteRateLimit csrf buffer timeout retry"
         " delay"
     ),
 }
@@ -446,6 +447,11 @@ def _host_port(v: object) -> str:
     return text
 
 
+def session_key(v: object) -> str:
+    """A session key as the config holds it; ``Invalid`` never shows the key."""
+    return _session_key(v)
+
+
 def _session_key(v: object) -> str:
     # Never echo the key itself.
     text = parse_str(v).strip()
@@ -515,6 +521,66 @@ def _rules(v: object) -> tuple[m.Rule, ...]:
     return tuple(out)
 
 
+def _listen_address(v: object) -> str:
+    text = parse_str(v)
+    if text == "off":
+        return text
+    found = _HOST_PORT.fullmatch(text)
+    if not found or int(found[2]) > 65535:
+        raise Invalid(f"expected host:port (port 0..65535) or off, got {show(v)}")
+    return text
+
+
+def _rate_limit_type(v: object) -> str:
+    if v == "tokens":
+        raise Invalid("type tokens (LLM tokens) is not supported by agentgw")
+    if v != "requests":
+        raise Invalid(f"expected requests, got {show(v)}")
+    return "requests"
+
+
+def _local_rate_limit(v: object) -> tuple[m.RateLimit, ...]:
+    if isinstance(v, dict) and "conditional" in v:
+        raise Invalid("not supported by agentgw", at=("conditional",))
+    limits: tuple[m.RateLimit, ...] = converter.structure(v, tuple[m.RateLimit, ...])
+    return limits
+
+
+_SAMPLING_HELP = "expected true, false or a number from 0.0 to 1.0"
+
+
+def _sampling(v: object) -> float:
+    """agentgateway takes a CEL expression here; agentgw takes the constant
+    ones: a bool, a ratio, or a string holding either."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text in ("true", "false"):
+            return 1.0 if text == "true" else 0.0
+        try:
+            v = float(text)
+        except ValueError:
+            raise Invalid(f"{_SAMPLING_HELP} (CEL expressions are not supported by agentgw)")
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if isinstance(v, int | float) and 0.0 <= v <= 1.0:
+        return float(v)
+    raise Invalid(f"{_SAMPLING_HELP}, got {show(v)}")
+
+
+def _otlp_endpoint(v: object) -> str:
+    text = parse_str(v)
+    if problem := _url_problem(text, ("http", "https")):
+        raise Invalid(problem.split(", or a host")[0])
+    return text
+
+
+def _otlp_path(v: object) -> str:
+    text = parse_str(v)
+    if not text.startswith("/"):
+        raise Invalid(f"expected a path starting with /, got {show(v)}")
+    return text
+
+
 def _durations(cls: type, *names: str) -> dict[tuple[type, str], Callable[[Any], Any]]:
     return {(cls, name): parse_duration for name in names}
 
@@ -562,6 +628,27 @@ FIELDS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (m.HttpLimits, "max_header_line_bytes"): _positive_size,
     (m.HttpLimits, "max_headers"): _positive,
     (m.HttpLimits, "max_body_bytes"): parse_size,
+    (m.Settings, "admin_addr"): _listen_address,
+    (m.Settings, "stats_addr"): _listen_address,
+    (m.Settings, "readiness_addr"): _listen_address,
+    (m.Settings, "sensitive_headers"): _header_names,
+    (m.Tracing, "otlp_endpoint"): _otlp_endpoint,
+    (m.Tracing, "headers"): _header_map,
+    (m.Tracing, "random_sampling"): _sampling,
+    (m.Tracing, "client_sampling"): _sampling,
+    (m.Tracing, "path"): _otlp_path,
+    (m.FrontendTracing, "host"): _host_port,
+    (m.FrontendTracing, "random_sampling"): _sampling,
+    (m.FrontendTracing, "client_sampling"): _sampling,
+    (m.FrontendTracing, "path"): _otlp_path,
+    (m.Policies, "local_rate_limit"): _local_rate_limit,
+    (m.RateLimit, "fill_interval"): _positive_duration,
+    (m.RateLimit, "max_tokens"): _non_negative,
+    (m.RateLimit, "tokens_per_fill"): _non_negative,
+    (m.RateLimit, "type"): _rate_limit_type,
+    (m.McpRateLimit, "fill_interval"): _positive_duration,
+    (m.McpRateLimit, "max_tokens"): _non_negative,
+    (m.McpRateLimit, "tokens_per_fill"): _non_negative,
     **_durations(m.TimeoutPolicy, "request_timeout", "backend_request_timeout"),
     **_durations(m.Cors, "max_age"),
     **_durations(m.McpSettings, "session_ttl"),
@@ -725,14 +812,52 @@ def _listener_tls(d: dict[Any, Any]) -> list[Invalid]:
     return []
 
 
+def _bucket(d: dict[Any, Any]) -> list[Invalid]:
+    # agentgateway refuses a fill larger than the bucket.
+    most, fill = d.get("maxTokens", 0), d.get("tokensPerFill", 0)
+    if _is_int(most) and _is_int(fill) and fill > most:
+        problem = f"tokensPerFill ({fill}) exceeds maxTokens ({most})"
+        return [Invalid(problem, at=("tokensPerFill",))]
+    return []
+
+
+def _mcp_backend(d: dict[Any, Any]) -> list[Invalid]:
+    problems = _targets(d)
+    targets, limits = d.get("targets"), d.get("rateLimits")
+    if not isinstance(targets, list) or not isinstance(limits, list):
+        return problems
+    names = {t.get("name") for t in targets if isinstance(t, dict)}
+    for i, limit in enumerate(limits):
+        target = limit.get("target") if isinstance(limit, dict) else None
+        if isinstance(target, str) and target not in names:
+            problem = f"no target is named {target!r}"
+            problems.append(Invalid(problem, at=("rateLimits", i, "target")))
+    return problems
+
+
+def _config_tracing(d: dict[Any, Any]) -> list[Invalid]:
+    settings, frontend = d.get("config"), d.get("frontendPolicies")
+    if (
+        isinstance(settings, dict)
+        and settings.get("tracing") is not None
+        and isinstance(frontend, dict)
+        and frontend.get("tracing") is not None
+    ):
+        problem = "cannot be used together with config.tracing (as in agentgateway)"
+        return [Invalid(problem, at=("frontendPolicies", "tracing"))]
+    return []
+
+
 CHECKS: dict[type, Check] = {
     m.PathMatch: _one_of(m.PathMatch, "exact", "pathPrefix", "regex"),
     m.ValueMatch: _one_of(m.ValueMatch, "exact", "regex"),
     m.Backend: _one_of(m.Backend, "host", "mcp"),
     m.McpTarget: _mcp_target,
-    m.McpBackend: _targets,
-    m.SimpleMcp: _targets,
-    m.Config: _config,
+    m.McpBackend: _mcp_backend,
+    m.SimpleMcp: _mcp_backend,
+    m.Config: lambda d: _config(d) + _config_tracing(d),
+    m.RateLimit: _bucket,
+    m.McpRateLimit: _bucket,
     m.JwtAuth: _jwt_auth,
     m.McpProvider: _one_of(m.McpProvider, "auth0", "keycloak"),
     m.Listener: _listener,

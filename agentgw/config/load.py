@@ -156,6 +156,7 @@ def effective_binds(config: m.Config) -> tuple[m.Bind, ...]:
             prefix_mode=mcp.prefix_mode,
             failure_mode=mcp.failure_mode,
             dns_rebinding_protection=mcp.dns_rebinding_protection,
+            rate_limits=mcp.rate_limits,
         )
     )
     route = m.Route(name="mcp", matches=MCP_MATCHES, policies=mcp.policies, backends=(backend,))

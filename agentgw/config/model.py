@@ -217,6 +217,18 @@ class McpAuthentication:
 
 
 @attrs.frozen
+class RateLimit:
+    """One token bucket of ``localRateLimit``: it starts full with
+    ``max_tokens`` and gets ``tokens_per_fill`` back every ``fill_interval``
+    seconds (never above ``max_tokens``); each request takes one."""
+
+    fill_interval: float
+    max_tokens: int = 0
+    tokens_per_fill: int = 0
+    type: Literal["requests"] = "requests"
+
+
+@attrs.frozen
 class Policies:
     """Route policies (``routes[].policies`` and the ``mcp:`` shorthand's)."""
 
@@ -231,6 +243,7 @@ class Policies:
     backend_auth: BackendAuth | None = None
     mcp_authentication: McpAuthentication | None = None
     backend_tls: BackendTLS | None = None  # on a route only
+    local_rate_limit: tuple[RateLimit, ...] | None = None
 
 
 @attrs.frozen
@@ -242,6 +255,7 @@ class ListenerPolicies:
     cors: Cors | None = None
     jwt_auth: JwtAuth | None = None
     authorization: RuleSet | None = None
+    local_rate_limit: tuple[RateLimit, ...] | None = None
 
 
 # ---------------------------------------------------------------- backends
@@ -278,6 +292,20 @@ class McpTarget:
 
 
 @attrs.frozen
+class McpRateLimit:
+    """agentgw's per-target and per-tool MCP limit (``rateLimits``): a token
+    bucket like ``localRateLimit``'s for the calls it matches, one bucket per
+    value of the CEL ``key`` (one bucket for all callers without a key)."""
+
+    fill_interval: float
+    max_tokens: int = 0
+    tokens_per_fill: int = 0
+    target: str | None = None
+    tool: str | None = None
+    key: str | None = None
+
+
+@attrs.frozen
 class McpBackend:
     """``dns_rebinding_protection``: None (not given) lets the gateway decide:
     on for a bind on 127.0.0.1, ::1 or localhost whose route does not require
@@ -288,6 +316,7 @@ class McpBackend:
     prefix_mode: Literal["conditional", "always", "never"] | None = None
     failure_mode: Literal["failClosed", "failOpen"] | None = None
     dns_rebinding_protection: bool | None = None
+    rate_limits: tuple[McpRateLimit, ...] = ()
 
 
 @attrs.frozen
@@ -364,6 +393,7 @@ class SimpleMcp:
     failure_mode: Literal["failClosed", "failOpen"] | None = None
     dns_rebinding_protection: bool | None = None
     policies: Policies | None = None
+    rate_limits: tuple[McpRateLimit, ...] = ()
 
 
 # ---------------------------------------------------------------- global settings
@@ -411,13 +441,51 @@ class Logging:
     level: str = "info"
 
 
+Sampling = float
+"""A sampling ratio from 0.0 to 1.0; the file may say ``true`` (1.0),
+``false`` (0.0), a number, or a string holding one of those."""
+
+
+@attrs.frozen
+class Tracing:
+    """``config.tracing``: OpenTelemetry traces exported over OTLP.
+
+    ``random_sampling`` is the share of requests without a ``traceparent``
+    that start a trace (default none); ``client_sampling`` the share of
+    requests with a sampled ``traceparent`` that are traced (default all).
+    """
+
+    otlp_endpoint: str
+    headers: dict[str, str] = attrs.field(factory=dict)
+    otlp_protocol: Literal["grpc", "http"] = "grpc"
+    random_sampling: Sampling | None = None
+    client_sampling: Sampling | None = None
+    path: str | None = None
+
+
+@attrs.frozen
+class FrontendTracing:
+    """``frontendPolicies.tracing``: the same, with the collector named as a
+    backend (``host: collector:4317``)."""
+
+    host: str
+    protocol: Literal["grpc", "http"] = "grpc"
+    random_sampling: Sampling | None = None
+    client_sampling: Sampling | None = None
+    path: str = "/v1/traces"
+
+
 @attrs.frozen
 class Settings:
-    """The top-level ``config:`` block."""
+    """The top-level ``config:`` block. ``admin_addr``, ``stats_addr`` and
+    ``readiness_addr`` are ``host:port`` or ``off``; ``None`` means the
+    default (see ``agentgw.observability.addresses``)."""
 
     admin_addr: str | None = None
     stats_addr: str | None = None
     readiness_addr: str | None = None
+    sensitive_headers: tuple[str, ...] = ()
+    tracing: Tracing | None = None
     session: Session | None = None
     mcp: McpSettings = McpSettings()
     backend: BackendSettings = BackendSettings()
@@ -439,6 +507,7 @@ class FrontendPolicies:
     """``frontendPolicies``: settings for every incoming connection."""
 
     tls: FrontendTLS = FrontendTLS()
+    tracing: FrontendTracing | None = None
 
 
 @attrs.frozen

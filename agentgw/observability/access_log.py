@@ -47,6 +47,9 @@ class AccessRecord:
     duration_ms: float = 0.0
     error: str | None = None
     extra: dict[str, str] = attrs.field(factory=dict)
+    # Set by the relay: whether a target lists the tool, prompt or resource
+    # named in ``extra`` (metrics label it ``unknown`` otherwise).
+    mcp_name_known: bool | None = None
 
     def fields(self) -> list[tuple[str, str | int | None]]:
         out: list[tuple[str, str | int | None]] = [

@@ -115,3 +115,30 @@ def setup_logging(fmt: str, level: str = "info") -> BatchingHandler:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     return handler
+
+
+# ---------------------------------------------------------------- the level at run time
+
+LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO}
+LEVELS["debug"] = logging.DEBUG
+_NAMES = {v: k for k, v in LEVELS.items()}
+
+
+def current_level() -> str:
+    """agentgw's log level (``error``, ``warn``, ``info`` or ``debug``)."""
+    level = logging.getLogger("agentgw").getEffectiveLevel()
+    return _NAMES.get(level, logging.getLevelName(level).lower())
+
+
+def set_level(level: str | None) -> None:
+    """Set agentgw's log level; None goes back to the configured one.
+
+    Raises:
+        ValueError: not one of ``LEVELS``.
+    """
+    if level is None:
+        logging.getLogger("agentgw").setLevel(logging.NOTSET)
+        return
+    if level not in LEVELS:
+        raise ValueError(f"expected one of {', '.join(LEVELS)}, got {level!r}")
+    logging.getLogger("agentgw").setLevel(LEVELS[level])

@@ -137,6 +137,10 @@ class RuleSet:
     _names: frozenset[str] = attrs.field(init=False)
     _warned: set[int] = attrs.field(init=False, factory=set)
     _warned_variables: bool = attrs.field(init=False, default=False)
+    denials: dict[str, int] = attrs.field(init=False, factory=dict)
+    """Requests ``evaluate`` denied, by the rule that decided (``deny[2]``,
+    ``require[0]``, ``allow`` when no allow rule held, ``error``); read by
+    the metrics."""
 
     def __attrs_post_init__(self) -> None:
         self._deny = tuple(r for r in self.rules if r.kind == "deny")
@@ -171,9 +175,12 @@ class RuleSet:
         if not self.rules:
             return ALLOW
         ctx = self._context(variables, skip=None)
-        if ctx is None:
-            return Deny(None, "error")
-        return self._decide(ctx)
+        decision = Deny(None, "error") if ctx is None else self._decide(ctx)
+        if isinstance(decision, Deny):
+            index = decision.rule_index
+            rule = decision.kind if index is None else f"{decision.kind}[{index}]"
+            self.denials[rule] = self.denials.get(rule, 0) + 1
+        return decision
 
     def filter(
         self,
@@ -354,6 +361,12 @@ def _parse_rule(item: object, where: str, errors: list[str]) -> tuple[RuleKind, 
         errors.append(f"{where}.{kind}: must be a CEL string")
         return None
     return kind, expression, f"{where}.{kind}"
+
+
+def compile_expression(expression: str, where: str, errors: list[str]) -> cel.Program | None:
+    """Compile one CEL expression; on failure append ``<where>: <problem>``
+    to ``errors`` and return None."""
+    return _compile(expression, where, errors)
 
 
 def _compile(expression: str, where: str, errors: list[str]) -> cel.Program | None:

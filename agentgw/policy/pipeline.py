@@ -2,7 +2,8 @@
 
 Each step returns ``Continue`` or ``Respond``; the first ``Respond`` wins and
 names its step in the access log. ``run_request`` lists every step in order:
-CORS preflight, JWT authentication, authorization, direct response.
+CORS preflight, JWT authentication, authorization, local rate limits, direct
+response.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from agentgw.config.model import (
     Policies,
     TimeoutPolicy,
 )
-from agentgw.policy import authz, jwt
+from agentgw.policy import authz, jwt, ratelimit
 from agentgw.wire.http import Headers, header_value
 from agentgw.wire.tls import PeerCertificate
 
@@ -185,6 +186,7 @@ class RoutePolicies:
     authorization: authz.RuleSet | None = None
     mcp_authorization: authz.RuleSet | None = None
     passthrough: bool = False
+    rate_limits: tuple[ratelimit.RateLimiter, ...] = ()  # the listener's, then the route's
 
     @classmethod
     def from_config(cls, p: Policies) -> RoutePolicies:
@@ -237,7 +239,17 @@ def run_request(policies: RoutePolicies, req: RequestView) -> Continue | Respond
         variables = request_variables(req, identity)
         if isinstance(policies.authorization.evaluate(variables), authz.Deny):
             return Respond(403, b"authorization failed", "authorization", reason="denied by rule")
-    # 6. Direct response: answers in place of the backend, after every check.
+    # 6. Local rate limits, after authentication and authorization as in
+    #    agentgateway: a request refused there spends no token of the
+    #    route's budget. Before the direct response and the backend, so a
+    #    limited request never reaches the upstream.
+    if policies.rate_limits:
+        limited = ratelimit.check_all(policies.rate_limits)
+        if isinstance(limited, ratelimit.Limited):
+            return Respond(
+                429, b"rate limited\n", "localRateLimit", limited.headers(), reason="rate limited"
+            )
+    # 7. Direct response: answers in place of the backend, after every check.
     if policies.direct_response is not None:
         d = policies.direct_response
         return Respond(d.status, d.body.encode(), "directResponse")

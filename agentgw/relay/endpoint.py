@@ -40,6 +40,7 @@ from agentgw.policy.pipeline import (
     request_variables,
     upstream_credentials,
 )
+from agentgw.policy.ratelimit import Limited, McpRateLimits
 from agentgw.proxy import run_watching_client
 from agentgw.relay.session import CHANNEL_SIZE, Message, RelaySession, SessionManager
 from agentgw.server.connection import ServerRequest
@@ -77,6 +78,7 @@ class McpRoute:
     dns_rebinding_protection: bool = False
     passthrough_targets: frozenset[str] = frozenset()
     tls: Mapping[str, ClientTLS] = attrs.field(factory=dict)  # by target name
+    rate_limits: McpRateLimits | None = None  # set by the gateway (agentgw.app)
 
     @property
     def resumable(self) -> bool:
@@ -885,6 +887,13 @@ class McpEndpoint:
                 if name is not None:
                     field = "mcp.resource" if "uri" in (message.get("params") or {}) else "mcp.tool"
                     log[field] = name
+                if route.rate_limits is not None:
+                    limits = route.rate_limits
+                    limited = _rate_limited(limits, outbox.caller, method, target, rewritten)
+                    if limited is not None:
+                        log["error"] = "rate limited"
+                        await outbox.send(limited.error().rpc_error(msg_id), final=True)
+                        return
                 await self._forward(route, session, target, rewritten, headers, outbox)
         except ValueError as exc:
             await outbox.send(jsonrpc.make_error(msg_id, -32602, str(exc)), final=True)
@@ -1095,6 +1104,18 @@ async def _fan_out(
             elif target not in errors:
                 errors[target] = "not connected"
     return results, errors
+
+
+def _rate_limited(
+    limits: McpRateLimits, caller: Caller, method: str, target: str, message: Message
+) -> Limited | None:
+    tool = _call_name(message) if method == "tools/call" else None
+    variables = caller.variables() if caller.view is not None else {}
+    if tool is not None:
+        variables = authz.mcp_variables(
+            variables, method=method, kind="tool", name=tool, target=target
+        )
+    return limits.check(method=method, target=target, tool=tool, variables=variables)
 
 
 def _call_name(message: Message) -> str | None:

@@ -55,6 +55,13 @@ class Pending:
     progress_token: Any = None
 
 
+@attrs.frozen
+class SessionStatistics:
+    pending: int
+    streams: int
+    idle_seconds: float
+
+
 @attrs.define(eq=False)
 class RelaySession:
     sid: str
@@ -89,6 +96,10 @@ class RelaySession:
     @property
     def is_idle(self) -> bool:
         return not self._pending and not self._get_streams
+
+    def statistics(self) -> SessionStatistics:
+        idle = time.monotonic() - self.last_active
+        return SessionStatistics(len(self._pending), len(self._get_streams), idle)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import h11
@@ -45,6 +45,12 @@ from agentgw.wire.http import (
     underscore_header_names,
 )
 from agentgw.wire.tls import ConnectionTLS
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from agentgw.observability.metrics import Metrics
+    from agentgw.observability.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +89,9 @@ class ServerRequest:
     tls: ConnectionTLS | None = None
     identity: Any = None  # who a validated token says the caller is (policy.pipeline)
     mcp_caller: Any = None  # the MCP endpoint's view of the caller (relay.endpoint)
+    # The downstream span when tracing is on: the parent of upstream spans
+    # (``observability.tracing.trace_upstream``).
+    span: Span | None = None
     _body_done: bool = False
     _pending: bytes = b""
 
@@ -96,6 +105,10 @@ class ServerRequest:
     @property
     def scheme(self) -> str:
         return "https" if self.tls is not None else "http"
+
+    def tracing(self) -> Tracing | None:
+        """The gateway's tracer, for upstream spans (``trace_upstream``)."""
+        return self._conn.tracing
 
     @property
     def has_body(self) -> bool:
@@ -227,6 +240,11 @@ class ClientConnection:
     handler: Handler
     log_format: Literal["text", "json"] = "text"
     tls: ConnectionTLS | None = None
+    metrics: Metrics | None = None
+    tracing: Tracing | None = None
+    access_log: bool = True
+    # A sibling worker's relayed requests: counted and traced there.
+    is_internal: bool = False
     is_draining: bool = False
     is_idle: bool = True
     is_tunnelled: bool = False
@@ -248,6 +266,8 @@ class ClientConnection:
             self.cancel_scope.cancel()
 
     async def serve(self) -> None:
+        if self.metrics is not None and not self.is_internal:
+            self.metrics.connection_opened(self.gateway, None)
         try:
             with self.cancel_scope:
                 first = True
@@ -380,6 +400,8 @@ class ClientConnection:
         )
         record.method, record.path = request.method, path
         record.host, record.version = request.host, f"HTTP/{request.http_version}"
+        if self.tracing is not None and not self.is_internal:
+            request.span = self.tracing.start_request(request.headers)
         limit = self.limits.max_body_bytes
         self._current = conn
         completed = False
@@ -408,7 +430,7 @@ class ClientConnection:
         finally:
             if not completed and record.error is None:
                 record.error = "cancelled at drain deadline" if self.is_draining else "cancelled"
-            self._log(record, start)
+            self._log(record, start, request.span)
         if self.is_tunnelled:
             return False
         return await self._finish_cycle(conn)
@@ -473,6 +495,11 @@ class ClientConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
-    def _log(self, record: AccessRecord, start: float) -> None:
+    def _log(self, record: AccessRecord, start: float, span: Span | None = None) -> None:
         record.duration_ms = (time.monotonic() - start) * 1000
-        emit(record, self.log_format)
+        if self.access_log:
+            emit(record, self.log_format)
+        if self.metrics is not None:
+            self.metrics.observe(record, relayed=self.is_internal)
+        if span is not None and self.tracing is not None:
+            self.tracing.end_request(span, record)

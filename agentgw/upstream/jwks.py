@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -26,6 +28,9 @@ from agentgw.errors import UpstreamError
 from agentgw.policy.jwt import JwksError, KeySet, Verifier
 from agentgw.upstream.client import simple_request
 from agentgw.upstream.pool import ConnectionPool
+
+if TYPE_CHECKING:
+    from agentgw.observability.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ class JwksSource:
     url: str
     users: list[tuple[Verifier, str]] = attrs.field(factory=list)
     fetches: int = 0
+    failures: int = 0
     last_fetch: float = -1e9
     last_early: float = -1e9
     has_keys: bool = False
@@ -55,14 +61,17 @@ class JwksSource:
     def request_refresh(self) -> None:
         self._early.set()
 
-    async def serve(self, pool: ConnectionPool) -> None:
-        """Keep the keys fresh. Never returns."""
+    async def serve(self, pool: ConnectionPool, tracing: Tracing | None = None) -> None:
+        """Keep the keys fresh (each fetch a span when ``tracing``). Never returns."""
         failures = 0
         while True:
             try:
-                keys, ttl = await fetch_jwks(pool, self.url)
+                span = tracing.background_call("jwks fetch", self.url) if tracing else nullcontext()
+                with span:
+                    keys, ttl = await fetch_jwks(pool, self.url)
             except (UpstreamError, JwksError) as exc:
                 failures += 1
+                self.failures += 1
                 wait = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
                 why = exc.log_text if isinstance(exc, UpstreamError) else str(exc)
                 kept = "keeping the last good keys" if self.has_keys else "no keys yet"

@@ -35,7 +35,7 @@ import math
 import select
 import socket
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import NamedTuple
 
 import attrs
@@ -143,6 +143,8 @@ class ConnectionPool:
     max_idle_per_origin: int = 64
     tls: ClientTLS | None = None
     head_limits: HeadLimits = attrs.field(factory=HeadLimits)
+    # Told of every new connection: its transport and how long it took (metrics).
+    on_connect: Callable[[str, float], None] | None = None
     _idle: dict[Origin, list[UpstreamConnection]] = attrs.field(factory=dict)
     _active: int = 0
     _opened: int = 0
@@ -216,6 +218,7 @@ class ConnectionPool:
         unix = host.startswith("/")
         where = f"{host}:{port}"
         what = "connect"
+        started = time.monotonic()
         with trio.move_on_after(self.connect_timeout) as scope:
             try:
                 if unix:
@@ -242,6 +245,9 @@ class ConnectionPool:
                     raise
         if scope.cancelled_caught:
             raise UpstreamTimeout("upstream timeout", detail=f"{where}: {what} timed out")
+        if self.on_connect is not None:
+            kind = "unix" if unix else "tls" if tls is not None else "plaintext"
+            self.on_connect(kind, time.monotonic() - started)
         self._opened += 1
         self._active += 1
         return UpstreamConnection(origin, stream, raw)

@@ -34,7 +34,7 @@ EXPECTED: dict[str, list[str]] = {
         "binds[0].listeners[0].routes[0].backends[0].mcp.targets[0].openapi:"
         " not supported by agentgw"
     ],
-    "mcp-telemetry.yaml": ["frontendPolicies.tracing: not supported by agentgw"],
+    "mcp-telemetry.yaml": [],
     "mcp-tls.yaml": [],
 }
 

@@ -50,7 +50,7 @@ async def _workers_config(tmp_path: Path) -> tuple[dict[str, Any], int]:
 
 
 def _sockets(directory: Path) -> frozenset[tuple[int, int]]:
-    paths = directory.glob("agentgw-*/*.sock")
+    paths = directory.glob("agentgw-*/w*-b*.sock")  # the binds' (not the admin's)
     return frozenset((st.st_ino, st.st_ctime_ns) for st in (p.stat() for p in paths))
 
 
