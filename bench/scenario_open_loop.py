@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import own_loop
+from bench.base import RunOptions, Scenario
+from bench.launch import open_target, session_args, start_mcp_upstream
 from bench.own_loop import Run, ms
-from bench.runner import RunOptions
-from bench.scenario_mcp import open_target, start_upstream
-from bench.scenarios import Scenario
 from bench.systems import Service
 
 CLOSED_CONNECTIONS = 32
@@ -41,7 +40,7 @@ def run(options: RunOptions, quick: bool) -> int:
 
 def _measure(run: Run) -> None:
     placement = run.placement
-    upstream = start_upstream("a", placement.server_cpu)
+    upstream = start_mcp_upstream("a", placement.server_cpu)
     run.stack.callback(upstream.stop)
     services: dict[str, Service] = {}
     sessions: dict[str, list[str]] = {}
@@ -52,7 +51,7 @@ def _measure(run: Run) -> None:
         url = f"http://127.0.0.1:{service.port}/mcp"
         target, fact = open_target(run.stack, system, url, service, ("echo", "a_echo"))
         services[system] = service
-        sessions[system] = _session_args(url, target.env)
+        sessions[system] = session_args(target)
         run.facts.append((f"session on {system}", fact))
     run.facts += [
         ("load", "bench/loadgen.js: MCP tools/call of `echo` (~115-byte body), unique ids"),
@@ -147,21 +146,6 @@ def _measure(run: Run) -> None:
         ],
         rows,
     )
-
-
-def _session_args(url: str, env: dict[str, str] | Any) -> list[str]:
-    return [
-        "--url",
-        url,
-        "--session",
-        env["MCP_SESSION_ID"],
-        "--protocol-version",
-        env["MCP_PROTOCOL_VERSION"],
-        "--tool",
-        env["MCP_TOOL"],
-        "--message",
-        env["MCP_MESSAGE"],
-    ]
 
 
 def _load(

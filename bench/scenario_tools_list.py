@@ -13,12 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from bench import own_loop
+from bench.base import RunOptions, Scenario
+from bench.launch import open_target, session_args, start_mcp_upstream
 from bench.mcp_session import McpError, close_session, list_tools, open_session
 from bench.own_loop import Run, ms
-from bench.runner import RunOptions
-from bench.scenario_mcp import open_target, start_upstream
-from bench.scenario_open_loop import _session_args
-from bench.scenarios import Scenario
 from bench.systems import Service, StartError
 
 TOOLS = 500
@@ -37,7 +35,7 @@ def run(options: RunOptions, quick: bool) -> int:
 
 
 def _measure(run: Run) -> None:
-    upstream = start_upstream("a", run.placement.server_cpu, "--tools", str(TOOLS))
+    upstream = start_mcp_upstream("a", run.placement.server_cpu, "--tools", str(TOOLS))
     run.stack.callback(upstream.stop)
     systems: dict[str, tuple[Service, list[str]]] = {}
     for system in ("direct", "gateway"):
@@ -62,7 +60,7 @@ def _measure(run: Run) -> None:
                 f"`{names[0]}`, `{names[-1]}`",
             )
         )
-        systems[system] = (service, _session_args(url, target.env))
+        systems[system] = (service, session_args(target))
     run.facts += [
         (
             "load",
