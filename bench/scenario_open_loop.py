@@ -1,10 +1,11 @@
 """Scenario `open-loop`: MCP `tools/call` at fixed request rates, latency from
 the intended send time (the wrk2 method, without coordinated omission).
 
-One bench/mcp_upstream.js and one agentgw (one target), as `mcp`'s `direct` and
-`gateway-1`. First a closed-loop run at c=32 measures each system's
-throughput; the open-loop rates are then 25%, 50% and 75% of the gateway's,
-and both systems get the same absolute rates, alternating in every round.
+One bench/mcp_upstream.js, one agentgw (one target) and the `floor` relay in
+front of it, as `mcp`'s `direct`, `gateway-1` and `floor`. First a
+closed-loop run at c=32 measures each system's throughput; the open-loop
+rates are then 25%, 50% and 75% of the gateway's, and every system gets the
+same absolute rates, alternating in every round.
 bench/loadgen.js spreads each rate over up to 64 keep-alive connections and
 checks every answer.
 """
@@ -44,7 +45,7 @@ def _measure(run: Run) -> None:
     run.stack.callback(upstream.stop)
     services: dict[str, Service] = {}
     sessions: dict[str, list[str]] = {}
-    for system in ("direct", "gateway"):
+    for system in SCENARIO.systems:
         if not run.wants(system):
             continue
         service = own_loop.system_service(run, system, upstream)
@@ -200,8 +201,8 @@ SCENARIO = Scenario(
     name="open-loop",
     summary=(
         "MCP tools/call at fixed rates (25/50/75% of agentgw's closed-loop req/s), latency "
-        "from intended send times: agentgw (1 target) vs direct"
+        "from intended send times: agentgw (1 target) vs direct and the floor relay"
     ),
-    systems=("direct", "gateway"),
+    systems=("direct", "floor", "gateway"),
     run=run,
 )

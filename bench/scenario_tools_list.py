@@ -3,9 +3,9 @@
 bench/mcp_upstream.js runs with `--tools 500` (echo and echo_001..echo_499,
 each with a six-property input schema: about 300 KB of JSON per list).
 `direct` lists them on the upstream, `gateway` through agentgw with it as the
-one target. bench/loadgen.js runs closed loops at c=1 and c=16, alternating
-the systems in every round, and checks that every answer lists exactly 500
-tools.
+one target, `floor` through the floor relay. bench/loadgen.js runs closed
+loops at c=1 and c=16, alternating the systems in every round, and checks
+that every answer lists exactly 500 tools.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _measure(run: Run) -> None:
     upstream = start_mcp_upstream("a", run.placement.server_cpu, "--tools", str(TOOLS))
     run.stack.callback(upstream.stop)
     systems: dict[str, tuple[Service, list[str]]] = {}
-    for system in ("direct", "gateway"):
+    for system in SCENARIO.systems:
         if not run.wants(system):
             continue
         service = own_loop.system_service(run, system, upstream)
@@ -166,8 +166,8 @@ SCENARIO = Scenario(
     name="tools-list",
     summary=(
         f"MCP tools/list of an upstream with {TOOLS} tools at c=1 and c=16: agentgw "
-        "(1 target) vs direct"
+        "(1 target) vs direct and the floor relay"
     ),
-    systems=("direct", "gateway"),
+    systems=("direct", "floor", "gateway"),
     run=run,
 )
