@@ -191,21 +191,27 @@ def plot_soak(
     if plt is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    minutes = [t / 60 for t in times_s]
-    fig, axes = plt.subplots(len(series), 1, figsize=(12, 2.6 * len(series)), dpi=_DPI)
-    for ax, (label, values) in zip(axes, series, strict=True):
-        points = [(m, v) for m, v in zip(minutes, values, strict=True) if v is not None]
+    # Seconds for a short run, minutes for a long one.
+    scale, unit = (60.0, "minutes") if max(times_s, default=0) > 600 else (1.0, "seconds")
+    xs = [t / scale for t in times_s]
+    fig, axes = plt.subplots(
+        len(series), 1, figsize=(12, 2.6 * len(series)), dpi=_DPI, sharex=True, squeeze=False
+    )
+    for ax, (label, values) in zip(axes[:, 0], series, strict=True):
+        points = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
         if points:
             ax.plot(*zip(*points, strict=True), color="tab:blue", linewidth=1.5, marker=".")
+            ax.set_ylim(0, max(v for _, v in points) * 1.15 or 1)
         else:
+            ax.set_ylim(0, 1)
             ax.text(0.5, 0.5, "n/a", transform=ax.transAxes, ha="center", va="center")
-        ax.axvspan(0, warmup_s / 60, color="grey", alpha=0.15, linewidth=0)
+        ax.axvspan(0, warmup_s / scale, color="grey", alpha=0.15, linewidth=0)
         for t in restarts_s:
-            ax.axvline(t / 60, color="tab:red", linestyle=":", linewidth=1)
+            ax.axvline(t / scale, color="tab:red", linestyle=":", linewidth=1)
         ax.set_ylabel(label, fontsize=10)
-        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.35)
-    axes[-1].set_xlabel("minutes since the load started")
+    axes[-1, 0].set_xlim(0, max(xs, default=1))
+    axes[-1, 0].set_xlabel(f"{unit} since the load started")
     fig.suptitle(f"{title}: grey, the warm-up; dotted red, an upstream restart", fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, format="png")

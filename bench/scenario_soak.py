@@ -5,8 +5,9 @@ How this works: one bench/mcp_upstream.js `--sse` (so agentgw holds an
 upstream GET stream per session) and agentgw with it as the one target, its
 `config.statsAddr` on a free port. bench/soak_clients.js drives, on the
 harness's core: `tools/call` in closed loop on 256 connections over 16 shared
-sessions; 64 sessions with their GET stream open; 10 times a second, a call
-of a 500 ms echo that the client leaves 50 ms after sending it. Every few
+sessions; 64 sessions with their GET stream open (and a call on each every
+5 s, which finds a session that was lost); 10 times a second, a call of a
+500 ms echo that the client leaves 50 ms after sending it. Every few
 minutes the harness SIGKILLs the upstream, keeps it down a moment and starts
 it again on the same port (its sessions are gone: agentgw's calls on them get
 404, and the clients open new sessions). At each sample it asks the upstream
@@ -203,19 +204,19 @@ def _soak(run: Run, p: Plan) -> None:
         close_session(check)
     except McpError as exc:
         raise StartError(with_exit(f"gateway: {exc}", gateway)) from None
-    tasks_before = scrape_tasks(stats_port)
+    has_tasks = scrape_tasks(stats_port) is not None
     run.facts += [
         ("load", "bench/soak_clients.js (one Node process, node:http)"),
         ("upstream", "bench/mcp_upstream.js --sse"),
         (
             "tasks",
             f"the gauge agentgw_tasks at http://127.0.0.1:{stats_port}/metrics (config.statsAddr)"
-            if tasks_before is not None
+            if has_tasks
             else "n/a: agentgw serves no agentgw_tasks gauge at config.statsAddr yet",
         ),
     ]
     time.sleep(1)
-    rss_before, fds_before = own_loop.rss_bytes(gateway), own_loop.open_fds(gateway)
+    before = _reading(gateway, stats_port, upstream.port)
     args = [
         *("--url", url, "--calls", str(CALLS), "--sessions", str(SESSIONS)),
         *("--streams", str(STREAMS), "--departures", str(DEPARTURES_PER_S)),
@@ -233,13 +234,13 @@ def _soak(run: Run, p: Plan) -> None:
     totals = clients.command("stop", CALL_TIMEOUT_S + 60)
     print(f"soak: clients stopped: {totals}", flush=True)
     time.sleep(QUIET_S)
-    after: tuple[int, int, float | None] | None = None
+    after: Reading | None = None
     if gateway.is_running():
-        after = (own_loop.rss_bytes(gateway), own_loop.open_fds(gateway), scrape_tasks(stats_port))
+        after = _reading(gateway, stats_port, upstream.port)
     else:
         run.fail(with_exit("agentgw exited during the soak", gateway))
     _report(run, p, samples, upstream.restarts, totals, ready)
-    _report_process(run, (rss_before, fds_before, tasks_before), after, cpu_s, load_s, gateway)
+    _report_process(run, before, after, cpu_s, load_s, gateway)
 
 
 def _drive(
@@ -254,7 +255,7 @@ def _drive(
     started = time.monotonic()
     next_sample = p.sample_s
     next_restart = p.restart_every_s
-    restarted_in = -1  # the sample index during which the last restart happened
+    restarted_in: int | None = None  # the sample during which the last restart happened
     while next_sample <= p.duration_s + 1e-9:
         now = time.monotonic() - started
         if next_restart < next_sample and next_restart < p.duration_s:
@@ -276,7 +277,7 @@ def _drive(
             fds=own_loop.open_fds(gateway),
             tasks=scrape_tasks(stats_port),
             clients=got,
-            restarted=restarted_in in (len(samples), len(samples) - 1),
+            restarted=restarted_in is not None and len(samples) - restarted_in in (0, 1),
         )
         samples.append(sample)
         upstream.broadcast()
@@ -363,10 +364,23 @@ def _report(
     run.table(
         "Samples",
         f"One row per {p.sample_s:g} s: what the clients saw since the previous sample "
-        "(calls answered and their latency, errors, calls left mid-way), and agentgw's "
-        "RSS, open fds and tasks at the sample. `*`: the upstream restarted in this "
-        "interval or the one before.",
-        ["t", "calls/s", "errors", "p50", "p99", "max", "left", "streams", "RSS", "fds", "tasks"],
+        "(calls answered and their latency, errors, calls left mid-way, streams open, "
+        "notifications received on them), and agentgw's RSS, open fds and tasks at the "
+        "sample. `*`: the upstream restarted in this interval or the one before.",
+        [
+            "t",
+            "calls/s",
+            "errors",
+            "p50",
+            "p99",
+            "max",
+            "left",
+            "streams",
+            "events",
+            "RSS",
+            "fds",
+            "tasks",
+        ],
         [_sample_row(s, p.sample_s) for s in samples],
     )
 
@@ -384,6 +398,7 @@ def _sample_row(s: Sample, sample_s: float) -> list[str]:
         ms(lat["max"]),
         f"{c['departures']:,}",
         f"{c['streams_open']}",
+        f"{c['events']:,}",
         mib(s.rss),
         f"{s.fds:,}",
         "n/a" if s.tasks is None else f"{s.tasks:,.0f}",
@@ -425,29 +440,47 @@ def _report_traffic(
     )
 
 
+@dataclass(frozen=True)
+class Reading:
+    rss: int
+    fds: int
+    tasks: float | None
+    sockets: dict[str, int]  # own_loop.tcp_sockets: listening, to the upstream, clients
+
+    def rows(self, when: str) -> list[list[str]]:
+        s = self.sockets
+        return [
+            [f"RSS {when}", mib(self.rss)],
+            [
+                f"open fds {when}",
+                f"{self.fds:,}: TCP sockets {s['upstream']:,} to the upstream, "
+                f"{s['clients']:,} from clients, {s['listen']:,} listening",
+            ],
+            [f"tasks {when}", "n/a" if self.tasks is None else f"{self.tasks:,.0f}"],
+        ]
+
+
+def _reading(gateway: Service, stats_port: int, upstream_port: int) -> Reading:
+    return Reading(
+        rss=own_loop.rss_bytes(gateway),
+        fds=own_loop.open_fds(gateway),
+        tasks=scrape_tasks(stats_port),
+        sockets=own_loop.tcp_sockets(gateway, upstream_port),
+    )
+
+
 def _report_process(
     run: Run,
-    before: tuple[int, int, float | None],
-    after: tuple[int, int, float | None] | None,
+    before: Reading,
+    after: Reading | None,
     cpu_s: float,
     load_s: float,
     gateway: Service,
 ) -> None:
-    def tasks(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:,.0f}"
-
-    rows = [
-        ["RSS before the load", mib(before[0])],
-        ["open fds before the load", f"{before[1]:,}"],
-        ["tasks before the load", tasks(before[2])],
-    ]
+    rows = before.rows("before the load")
     if after is not None:
-        rows += [
-            [f"RSS {QUIET_S} s after the load (every session deleted)", mib(after[0])],
-            [f"open fds {QUIET_S} s after the load", f"{after[1]:,}"],
-            [f"tasks {QUIET_S} s after the load", tasks(after[2])],
-            ["peak RSS (VmHWM)", mib(own_loop.peak_rss_bytes(gateway))],
-        ]
+        rows += after.rows(f"{QUIET_S} s after the load (every session deleted)")
+        rows.append(["peak RSS (VmHWM)", mib(own_loop.peak_rss_bytes(gateway))])
     if load_s > 0:
         rows.append(
             ["agentgw CPU over the load", f"{cpu_s:,.0f} s ({cpu_s / load_s:.0%} of a core)"]

@@ -8,8 +8,10 @@
 //   --delay-ms on a fresh connection, which the client closes --leave-after-ms
 //   after sending: it leaves in the middle of the call.
 // - Streams: --streams sessions of their own, each with its GET stream
-//   (Accept: text/event-stream) held open; one that ends or fails is opened
-//   again on a new session a second later.
+//   (Accept: text/event-stream) held open, and a call of echo on the session
+//   every --probe-s seconds. A stream that ends or fails, or whose call gets a
+//   404 or a JSON-RPC error (its session is gone), is opened again on a new
+//   session a second later.
 //
 // A call session that answers 404 (the gateway lost it) or a JSON-RPC error
 // (its upstream session expired: the upstream restarted) is replaced by a new
@@ -26,7 +28,7 @@
 //
 // Usage: node soak_clients.js --url http://127.0.0.1:PORT/mcp [--calls 256]
 //   [--sessions 16] [--streams 64] [--departures 10] [--delay-ms 500]
-//   [--leave-after-ms 50] [--timeout 10] [--message bench-echo]
+//   [--leave-after-ms 50] [--timeout 10] [--probe-s 5] [--message bench-echo]
 'use strict';
 
 const http = require('node:http');
@@ -41,6 +43,7 @@ const args = {
   'delay-ms': 500,
   'leave-after-ms': 50,
   timeout: 10,
+  'probe-s': 5,
   message: 'bench-echo',
 };
 for (let i = 2; i < process.argv.length; i += 2) {
@@ -118,7 +121,8 @@ async function openSession() {
   const initialize = { jsonrpc: '2.0', id: 0, method: 'initialize', params };
   const init = await post(null, initialize, setupAgent);
   const sid = init.headers['mcp-session-id'];
-  if (init.status !== 200 || !sid) throw failure(`initialize_http_${init.status}`);
+  if (init.status !== 200) throw failure(`initialize_http_${init.status}`);
+  if (!sid) throw failure('initialize_no_session'); // a JSON-RPC error: the upstream is down
   const initialized = { jsonrpc: '2.0', method: 'notifications/initialized' };
   const note = await post(sid, initialized, setupAgent);
   if (note.status !== 202) throw failure(`initialized_http_${note.status}`);
@@ -379,6 +383,28 @@ class Stream {
     req.end();
   }
 
+  // A call on the stream's session (a gateway may answer a ping itself): a
+  // session the gateway or the upstream lost ends the stream.
+  async probe() {
+    const sid = this.sid;
+    if (this.state !== 'open' || !sid) return;
+    const id = nextId++;
+    const params = { name: 'echo', arguments: { message: args.message } };
+    const call = { jsonrpc: '2.0', id, method: 'tools/call', params };
+    let kind;
+    try {
+      kind = check(await post(sid, call, setupAgent), id);
+    } catch (err) {
+      kind = err.kind ?? 'socket';
+    }
+    if (kind === null || this.sid !== sid) return;
+    countError(`probe_${kind}`);
+    if (kind === 'http_404' || kind === 'jsonrpc_error') {
+      this.req?.destroy();
+      this.closed();
+    }
+  }
+
   // The stream is gone: count it once, and open another on a new session.
   closed(kind) {
     if (this.state === 'closed') return;
@@ -415,9 +441,9 @@ function sample() {
   });
 }
 
-async function stop(workers, departures) {
+async function stop(workers, timers) {
   stopping = true;
-  clearInterval(departures);
+  for (const timer of timers) clearInterval(timer);
   const deadline = performance.now() + TIMEOUT_MS;
   await Promise.race([Promise.all(workers), sleep(Math.max(0, deadline - performance.now()))]);
   for (const s of streams) {
@@ -440,7 +466,8 @@ async function main() {
   const workers = Array.from({ length: args.calls }, (_, i) =>
     worker(callSessions[i % callSessions.length]),
   );
-  const departures = args.departures > 0 ? setInterval(depart, 1000 / args.departures) : null;
+  const timers = [setInterval(() => streams.forEach((s) => s.probe()), args['probe-s'] * 1000)];
+  if (args.departures > 0) timers.push(setInterval(depart, 1000 / args.departures));
   out({
     event: 'ready',
     sessions: callSessions.length,
@@ -452,7 +479,7 @@ async function main() {
     const command = line.trim();
     if (command === 'sample') sample();
     else if (command === 'stop') {
-      await stop(workers, departures);
+      await stop(workers, timers);
       break;
     } else out({ event: 'error', message: `unknown command ${command}` });
   }
