@@ -20,9 +20,10 @@
 //
 // Prints {"event":"ready", ...} once everything is open, then obeys commands
 // on stdin, each answered by one JSON line on stdout:
-//   sample   what happened since the last sample: calls answered, errors by
-//            kind, latency percentiles of the answered calls, departures,
-//            streams open, reopened, events and comments received
+//   sample   what happened since the last sample: calls answered, calls failed
+//            (errors) by kind, latency percentiles of the answered calls,
+//            other failures (incidents: sessions, streams, probes) by kind,
+//            departures, streams open, reopened, events and comments received
 //   stop     stop the load, wait for calls in flight (--timeout at most),
 //            close every stream and delete every session; print totals
 //
@@ -65,7 +66,8 @@ const TIMEOUT_MS = args.timeout * 1000;
 const BACKOFF_MS = 100;
 const REOPEN_MS = 1000;
 const callAgent = new http.Agent({ keepAlive: true, maxSockets: args.calls });
-const setupAgent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+// Sessions, probes and deletes: enough sockets that they never queue behind each other.
+const setupAgent = new http.Agent({ keepAlive: true, maxSockets: args.sessions + args.streams });
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 let stopping = false;
 
@@ -173,6 +175,7 @@ let interval = newInterval();
 const totals = {
   calls: 0,
   errors: {},
+  incidents: {},
   departures: 0,
   answered_before_leaving: 0,
   renewals: 0,
@@ -185,6 +188,7 @@ function newInterval() {
     calls: 0,
     latencies: [],
     errors: {},
+    incidents: {},
     departures: 0,
     answered_before_leaving: 0,
     renewals: 0,
@@ -194,9 +198,16 @@ function newInterval() {
   };
 }
 
+// A call that failed.
 function countError(kind) {
   interval.errors[kind] = (interval.errors[kind] ?? 0) + 1;
   totals.errors[kind] = (totals.errors[kind] ?? 0) + 1;
+}
+
+// Anything else that failed: opening a session, a stream, a stream's probe.
+function countIncident(kind) {
+  interval.incidents[kind] = (interval.incidents[kind] ?? 0) + 1;
+  totals.incidents[kind] = (totals.incidents[kind] ?? 0) + 1;
 }
 
 function percentiles(values) {
@@ -225,7 +236,7 @@ class CallSession {
             this.sid = await openSession();
             break;
           } catch (err) {
-            countError(`renew_${err.kind ?? 'socket'}`);
+            countIncident(`renew_${err.kind ?? 'socket'}`);
             await sleep(BACKOFF_MS * 5);
           }
         }
@@ -333,7 +344,7 @@ class Stream {
         this.sid = await openSession();
         break;
       } catch (err) {
-        countError(`stream_session_${err.kind ?? 'socket'}`);
+        countIncident(`stream_session_${err.kind ?? 'socket'}`);
         await sleep(REOPEN_MS);
       }
     }
@@ -351,10 +362,16 @@ class Stream {
       },
     });
     this.req = req;
+    const headTimer = setTimeout(() => {
+      countIncident('stream_timeout');
+      req.destroy();
+      this.closed();
+    }, TIMEOUT_MS);
     req.on('response', (res) => {
+      clearTimeout(headTimer);
       if (res.statusCode !== 200) {
         res.resume();
-        countError(`stream_http_${res.statusCode}`);
+        countIncident(`stream_http_${res.statusCode}`);
         this.closed();
         return;
       }
@@ -379,7 +396,10 @@ class Stream {
       res.on('error', () => this.closed('stream_failed'));
       res.on('close', () => this.closed('stream_failed'));
     });
-    req.on('error', () => this.closed('stream_failed'));
+    req.on('error', () => {
+      clearTimeout(headTimer);
+      this.closed('stream_failed');
+    });
     req.end();
   }
 
@@ -398,7 +418,7 @@ class Stream {
       kind = err.kind ?? 'socket';
     }
     if (kind === null || this.sid !== sid) return;
-    countError(`probe_${kind}`);
+    countIncident(`probe_${kind}`);
     if (kind === 'http_404' || kind === 'jsonrpc_error') {
       this.req?.destroy();
       this.closed();
@@ -409,7 +429,7 @@ class Stream {
   closed(kind) {
     if (this.state === 'closed') return;
     this.state = 'closed';
-    if (kind && !stopping) countError(kind);
+    if (kind && !stopping) countIncident(kind);
     const old = this.sid;
     this.sid = null;
     if (old) deleteSession(old);
@@ -429,6 +449,7 @@ function sample() {
     event: 'sample',
     calls: now.calls,
     errors: now.errors,
+    incidents: now.incidents,
     latency_ms: percentiles(now.latencies),
     departures: now.departures,
     answered_before_leaving: now.answered_before_leaving,
