@@ -28,8 +28,8 @@ async def read_message(stream: trio.SocketStream, conn: h11.Connection) -> list[
         event = conn.next_event()
         if event is h11.NEED_DATA:
             conn.receive_data(await stream.receive_some(READ_SIZE))
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
+        elif isinstance(event, h11.ConnectionClosed) or not isinstance(event, h11.Event):
+            return None  # closed, or PAUSED: a peer that sent more than one message
         else:
             events.append(event)
             if isinstance(event, h11.EndOfMessage):

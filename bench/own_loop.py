@@ -75,7 +75,9 @@ class Run:
                 f"{MAX_ERROR_RATE:.1%}"
             )
 
-    def table(self, title: str, text: str, header: Sequence[str], rows: Iterable[Sequence[str]]):
+    def table(
+        self, title: str, text: str, header: Sequence[str], rows: Iterable[Sequence[str]]
+    ) -> None:
         """Add a Markdown table (the first column left-aligned, the others right)."""
         lines = [f"## {title}", ""]
         if text:

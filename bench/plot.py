@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.report import MAX_ERROR_RATE, Measurement, Summary
 
@@ -83,7 +83,8 @@ def plot_summaries(summaries: Sequence[Summary], path: Path, *, title: str) -> P
             bad = [(x, y) for s, x, y in zip(rows, xs, ys, strict=True) if _has_errors(s)]
             if bad:
                 ax.scatter(
-                    *zip(*bad, strict=True),
+                    [x for x, _ in bad],
+                    [y for _, y in bad],
                     s=160,
                     facecolors="none",
                     edgecolors="red",
@@ -138,7 +139,7 @@ def _has_errors(s: Summary) -> bool:
     return s.error_rate > MAX_ERROR_RATE
 
 
-def _style(system: str, color: tuple[float, ...], marker: str) -> dict[str, object]:
+def _style(system: str, color: tuple[float, ...], marker: str) -> dict[str, Any]:
     if system == "direct":
         return {"color": "black", "linestyle": ":", "marker": "o"}
     if system == "floor":

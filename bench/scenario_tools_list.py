@@ -72,10 +72,10 @@ def _measure(run: Run) -> None:
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for round_no in range(1, run.options.rounds + 1):
         for c in CONCURRENCIES:
-            for system, (service, session) in systems.items():
+            for system, (service, load_args) in systems.items():
                 if not service.is_running():
                     continue
-                r = _load(run, service, session, c)
+                r = _load(run, service, load_args, c)
                 results.setdefault((system, c), []).append(r)
                 lat = r["latency_ms"]
                 print(
