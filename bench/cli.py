@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench.runner import RESULTS_DIR, RunOptions, run_scenario
-from bench.scenarios import scenarios
+from bench.base import RESULTS_DIR, RunOptions
+from bench.runner import run_scenario
+from bench.scenarios import ON_REQUEST, scenarios
 
 QUICK_ROUNDS = 1
 QUICK_DURATION_S = 3
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scenario",
         action="append",
         choices=sorted(scenarios()),
-        help="scenario to run (repeatable; default: all)",
+        help="scenario to run (repeatable; default: all but soak)",
     )
     run.add_argument(
         "--quick",
@@ -60,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         "--systems",
         help="comma-separated systems to load (default: all of each scenario's; "
         "`python -m bench list` names them)",
+    )
+    run.add_argument(
+        "--soak-duration",
+        type=_positive,
+        metavar="S",
+        help="length of the soak in seconds (default 1800; 60 with --quick)",
     )
     run.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     run.add_argument(
@@ -97,9 +104,10 @@ def _run(args: argparse.Namespace) -> int:
         systems=_systems(args.systems),
         pin=not args.no_pin,
         results_dir=args.results,
+        soak_s=args.soak_duration,
     )
     known = scenarios()
-    chosen = [known[name] for name in args.scenario or list(known)]
+    chosen = [known[name] for name in args.scenario or [n for n in known if n not in ON_REQUEST]]
     offered = {system for scenario in chosen for system in scenario.systems}
     unknown = sorted(set(options.systems or ()) - offered)
     if unknown:

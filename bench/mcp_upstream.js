@@ -10,7 +10,9 @@
 //              input schemas; each answers like echo (scenario tools-list)
 //   --sse      GET /mcp opens the session's server stream (else 405), and
 //              /admin/stats and POST /admin/broadcast?count=K&rate=R push
-//              notifications/message to every open stream (scenario sse-fanout)
+//              notifications/message to every open stream (scenarios sse-fanout, soak)
+// A call of `echo` with `delay_ms` in its arguments is answered that much later
+// (60 s at most): a call a client can leave in the middle of (scenario soak).
 'use strict';
 
 const http = require('node:http');
@@ -31,10 +33,11 @@ const ECHO_TOOL = {
   description: 'Returns its message.',
   inputSchema: {
     type: 'object',
-    properties: { message: { type: 'string' } },
+    properties: { message: { type: 'string' }, delay_ms: { type: 'integer', minimum: 0 } },
     required: ['message'],
   },
 };
+const MAX_DELAY_MS = 60_000;
 
 function option(name) {
   const at = process.argv.indexOf(name);
@@ -147,7 +150,10 @@ function handlePost(req, res, raw) {
         return;
       }
       const text = String(params.arguments?.message ?? '');
-      send(res, 200, result(id, { content: [{ type: 'text', text }] }));
+      const answer = () => send(res, 200, result(id, { content: [{ type: 'text', text }] }));
+      const delay = Number(params.arguments?.delay_ms ?? 0);
+      if (delay > 0) setTimeout(answer, Math.min(delay, MAX_DELAY_MS));
+      else answer();
       return;
     }
     case 'tools/list':

@@ -14,12 +14,9 @@ that did not start or died, an error or loss rate over 0.1%), never on speed.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
-import platform
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -29,19 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.runner import (
-    REPO,
+from bench.base import (
+    BENCH,
+    Placement,
     RunOptions,
-    _cpu_model,
-    _git_revision,
-    _placement,
-    _version,
-    _write_report,
+    choose_placement,
+    git_revision,
+    machine,
+    now_text,
+    shown,
+    version,
+    write_report,
 )
-from bench.scenarios import Placement
+from bench.launch import mcp_gateway_config, node, start_floor, start_gateway
 from bench.systems import Service, StartError, free_port
 
-BENCH = Path(__file__).resolve().parent
 MAX_ERROR_RATE = 0.001
 
 
@@ -76,7 +75,9 @@ class Run:
                 f"{MAX_ERROR_RATE:.1%}"
             )
 
-    def table(self, title: str, text: str, header: Sequence[str], rows: Iterable[Sequence[str]]):
+    def table(
+        self, title: str, text: str, header: Sequence[str], rows: Iterable[Sequence[str]]
+    ) -> None:
         """Add a Markdown table (the first column left-aligned, the others right)."""
         lines = [f"## {title}", ""]
         if text:
@@ -98,7 +99,7 @@ def run_own(
     Returns:
         The process exit status: 0, or 1 on a failure (never on speed).
     """
-    placement = _placement(options.pin)
+    placement = choose_placement(options.pin)
     print(f"bench {name}: {placement.describe()}", flush=True)
     run = Run(name, options, quick, placement, ExitStack())
     with run.stack:
@@ -110,13 +111,13 @@ def run_own(
         except (StartError, LoadError) as exc:
             run.fail(str(exc))
     facts = [
-        ("when", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
+        ("when", now_text()),
         ("scenario", summary),
-        ("machine", f"{_cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}"),
+        ("machine", machine()),
         ("placement", placement.describe()),
         ("method", method + (" (--quick: a smoke run, not a result)" if quick else "")),
-        ("node", _version(["node", "--version"])),
-        ("agentgw", _git_revision()),
+        ("node", version(["node", "--version"])),
+        ("agentgw", git_revision()),
         *run.facts,
     ]
     parts = [f"# Benchmark `{name}`", "", *(f"- {k}: {v}" for k, v in facts), ""]
@@ -125,8 +126,8 @@ def run_own(
         parts += ["## Failures", "", *(f"- {f}" for f in run.failures), ""]
     report = "\n".join(parts)
     print("\n" + report)
-    path = _write_report(options.results_dir, name, report)
-    print(f"written to {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    path = write_report(options.results_dir, name, report)
+    print(f"written to {shown(path)}")
     return 1 if run.failures else 0
 
 
@@ -134,23 +135,19 @@ def run_own(
 
 
 def system_service(run: Run, system: str, upstream: Service) -> Service:
-    """``direct``: the upstream itself; ``gateway``: agentgw with the upstream
-    as its one MCP target, started for this run (its stop on the run's stack)."""
-    from bench.scenario_mcp import gateway_config, start_gateway
-
+    """``direct``: the upstream itself; ``floor``: bench/floor.py in front of it;
+    ``gateway``: agentgw with the upstream as its one MCP target. Started for
+    this run (its stop on the run's stack)."""
     if system == "direct":
         return upstream
-    port = free_port()
-    service = start_gateway("agentgw", gateway_config(port, [upstream]), port, run.placement)
+    if system == "floor":
+        service = start_floor(upstream.port, run.placement)
+    else:
+        port = free_port()
+        config = mcp_gateway_config(port, [upstream])
+        service = start_gateway("agentgw", config, port, run.placement)
     run.stack.callback(service.stop)
     return service
-
-
-def node() -> str:
-    found = shutil.which("node")
-    if found is None:
-        raise LoadError("node is not on PATH")
-    return found
 
 
 def _pinned(argv: list[str], cpu: int | None) -> list[str]:

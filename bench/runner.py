@@ -25,40 +25,36 @@ error rate exceeded 0.1%; speed never fails a run.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
 
+from bench.base import (
+    LoadTarget,
+    Placement,
+    RunOptions,
+    Scenario,
+    choose_placement,
+    git_revision,
+    machine,
+    now_text,
+    result_path,
+    shown,
+    version,
+    write_report,
+)
+from bench.plot import plot_summaries
 from bench.report import Measurement, RunInfo, Summary, error_failures, render, summarize
-from bench.scenarios import Placement, Scenario, Target
 from bench.systems import StartError
 from bench.wrk import WrkError, WrkResult, ensure_wrk, run_wrk, wrk_command
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PRIME_S = 2
 # Idle: the system used less than this share of a core over one poll.
 IDLE_SHARE = 0.05
 IDLE_POLL_S = 0.1
 IDLE_WAIT_MAX_S = 30.0
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    rounds: int
-    duration_s: int
-    warmup_s: int
-    systems: tuple[str, ...] | None  # None: all of the scenario's
-    pin: bool
-    results_dir: Path = RESULTS_DIR
 
 
 def run_scenario(scenario: Scenario, options: RunOptions, *, quick: bool = False) -> int:
@@ -87,7 +83,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, *, quick: bool = False
     except WrkError as exc:
         _error(str(exc))
         return 1
-    placement = _placement(options.pin)
+    placement = choose_placement(options.pin)
     print(f"bench {scenario.name}: {placement.describe()}", flush=True)
     with ExitStack() as stack:
         if placement.load_cpu is not None:
@@ -125,8 +121,8 @@ def run_scenario(scenario: Scenario, options: RunOptions, *, quick: bool = False
             summaries,
             [("machine load", machine_load), *started.facts],
         )
-        png = _result_path(options.results_dir, scenario.name, ".png")
-        plot = _write_plot(png, info.title, summaries)
+        png = result_path(options.results_dir, scenario.name, ".png")
+        plot = plot_summaries(summaries, png, title=info.title)
         report = render(
             info,
             summaries,
@@ -138,48 +134,22 @@ def run_scenario(scenario: Scenario, options: RunOptions, *, quick: bool = False
             plot=plot.name if plot is not None else None,
         )
         print("\n" + report)
-        path = _write_report(options.results_dir, scenario.name, report)
-        print(f"written to {_shown(path)}" + (f" and {_shown(plot)}" if plot else ""))
+        path = write_report(options.results_dir, scenario.name, report)
+        print(f"written to {shown(path)}" + (f" and {shown(plot)}" if plot else ""))
     for failure in failures:
         _error(failure.split("\n", 1)[0])
     return 1 if failures else 0
-
-
-def _shown(path: Path) -> Path:
-    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
-
-
-def _write_plot(path: Path, title: str, summaries: Sequence[Summary]) -> Path | None:
-    try:
-        from bench.plot import plot_summaries
-    except ImportError as exc:
-        print(
-            f"no plot: {exc.name or 'matplotlib'} is not installed "
-            "(`make bench` installs it: pip install -e '.[bench]')",
-            file=sys.stderr,
-        )
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plot_summaries(summaries, path, title=title)
-    return path
 
 
 def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def _placement(pin: bool) -> Placement:
-    cores = sorted(os.sched_getaffinity(0))
-    if not pin or shutil.which("taskset") is None or len(cores) < 2:
-        return Placement(server_cpu=None, load_cpu=None)
-    return Placement(server_cpu=cores[0], load_cpu=cores[1])
-
-
 def _measure(
     wrk: str,
     scenario: Scenario,
     concurrencies: Sequence[int],
-    targets: list[Target],
+    targets: list[LoadTarget],
     placement: Placement,
     options: RunOptions,
     *,
@@ -190,7 +160,7 @@ def _measure(
     live = list(targets)
     width = max((len(t.system) for t in targets), default=0)
 
-    def drop(target: Target, exc: Exception | None) -> None:
+    def drop(target: LoadTarget, exc: Exception | None) -> None:
         failures.append(_failure(target, exc))
         _error(failures[-1])
         live.remove(target)
@@ -223,7 +193,7 @@ def _measure(
     return measurements, failures
 
 
-def _wait_idle(target: Target) -> None:
+def _wait_idle(target: LoadTarget) -> None:
     """Wait (IDLE_WAIT_MAX_S at most) until the system's processes use less than
     IDLE_SHARE of a core over one poll."""
     service = target.service
@@ -237,7 +207,7 @@ def _wait_idle(target: Target) -> None:
         before = now
 
 
-def _failure(target: Target, exc: Exception | None) -> str:
+def _failure(target: LoadTarget, exc: Exception | None) -> str:
     service = target.service
     if not service.is_running():
         return f"{service.name} exited during the benchmark: {service.output_tail()}"
@@ -246,7 +216,7 @@ def _failure(target: Target, exc: Exception | None) -> str:
 
 def _measure_once(
     wrk: str,
-    target: Target,
+    target: LoadTarget,
     c: int,
     round_no: int,
     placement: Placement,
@@ -263,7 +233,7 @@ def _measure_once(
 
 
 def _load(
-    wrk: str, target: Target, c: int, duration_s: int, placement: Placement, timeout_s: int
+    wrk: str, target: LoadTarget, c: int, duration_s: int, placement: Placement, timeout_s: int
 ) -> WrkResult:
     argv = wrk_command(
         wrk,
@@ -296,7 +266,7 @@ def _print_progress(m: Measurement, rounds: int, width: int) -> None:
     )
 
 
-def _peak_rss(targets: list[Target]) -> dict[str, int]:
+def _peak_rss(targets: list[LoadTarget]) -> dict[str, int]:
     peaks = {}
     for target in targets:
         with contextlib.suppress(OSError):
@@ -313,12 +283,11 @@ def _run_info(
     summaries: Sequence[Summary],
     scenario_facts: Sequence[tuple[str, str]],
 ) -> RunInfo:
-    now = datetime.datetime.now().astimezone()
     threads = sorted({_wrk_threads(c, placement) for c in concurrencies})
     facts = [
-        ("when", now.strftime("%Y-%m-%d %H:%M %Z")),
+        ("when", now_text()),
         ("scenario", scenario.summary),
-        ("machine", f"{_cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}"),
+        ("machine", machine()),
         ("placement", placement.describe()),
         (
             "method",
@@ -328,12 +297,12 @@ def _run_info(
         ),
         (
             "load",
-            f"{_version([wrk, '-v'])}, -t{'/'.join(map(str, threads))}, "
+            f"{version([wrk, '-v'])}, -t{'/'.join(map(str, threads))}, "
             f"--timeout {scenario.request_timeout_s}s, "
             f"c={', '.join(map(str, concurrencies))}, {scenario.load}",
         ),
-        ("upstream", f"{scenario.upstream} on node {_version(['node', '--version'])}"),
-        ("agentgw", _git_revision()),
+        ("upstream", f"{scenario.upstream} on node {version(['node', '--version'])}"),
+        ("agentgw", git_revision()),
         *scenario_facts,
     ]
     ceiling = [s for s in summaries if s.system == "direct"]
@@ -346,44 +315,3 @@ def _run_info(
             )
         )
     return RunInfo(f"Benchmark `{scenario.name}`", tuple(facts))
-
-
-def _write_report(results_dir: Path, scenario: str, report: str) -> Path:
-    path = _result_path(results_dir, scenario, ".md")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report)
-    return path
-
-
-def _result_path(results_dir: Path, scenario: str, suffix: str) -> Path:
-    return results_dir / f"{datetime.date.today().isoformat()}-{scenario}{suffix}"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _version(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
-    except OSError:
-        return "?"
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return lines[0].split(" Copyright")[0].strip() if lines else "?"
-
-
-def _git_revision() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
-
-    revision = git("rev-parse", "--short", "HEAD") or "unknown revision"
-    return revision + (" with uncommitted changes" if git("status", "--porcelain") else "")

@@ -14,12 +14,10 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from bench import own_loop
+from bench import own_loop, peers
+from bench.base import BENCH, RunOptions, Scenario
+from bench.launch import http_gateway_config, node, start_gateway
 from bench.own_loop import Run, mib
-from bench.runner import RunOptions
-from bench.scenario_http import GATEWAY_CONFIG
-from bench.scenario_mcp import start_gateway
-from bench.scenarios import Scenario
 from bench.systems import Service, StartError, free_port, start_service
 
 BODY_BYTES = 50 * 10**6
@@ -37,9 +35,8 @@ def run(options: RunOptions, quick: bool) -> int:
 
 
 def _measure(run: Run) -> None:
-    node = own_loop.node()
     port = free_port()
-    argv = [node, str(own_loop.BENCH / "body_upstream.js"), str(port)]
+    argv = [node(), str(BENCH / "body_upstream.js"), str(port)]
     upstream = start_service("upstream", argv, port=port, cpu=run.placement.server_cpu)
     run.stack.callback(upstream.stop)
     systems: dict[str, Service] = {}
@@ -47,7 +44,7 @@ def _measure(run: Run) -> None:
         systems["direct"] = upstream
     if run.wants("gateway"):
         gw_port = free_port()
-        config = GATEWAY_CONFIG.format(port=gw_port, upstream_port=upstream.port)
+        config = http_gateway_config(gw_port, upstream.port)
         gateway = start_gateway("agentgw", config, gw_port, run.placement)
         run.stack.callback(gateway.stop)
         systems["gateway"] = gateway
@@ -121,11 +118,6 @@ def _measure(run: Run) -> None:
 
 
 def _start_nginx(run: Run, upstream_port: int) -> Service | None:
-    try:
-        from bench import peers
-    except ImportError:
-        run.facts.append(("nginx", "skipped: bench/peers.py is not there"))
-        return None
     if shutil.which("nginx") is None and shutil.which("/usr/sbin/nginx") is None:
         run.facts.append(("nginx", "skipped: not installed"))
         return None

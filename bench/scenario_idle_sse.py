@@ -19,17 +19,16 @@ import time
 from pathlib import Path
 
 from bench import own_loop
-from bench.mcp_session import McpError, check_echo, close_session, open_session
-from bench.own_loop import NodeSession, Run, kib, mib
-from bench.runner import RunOptions
-from bench.scenario_mcp import (
+from bench.base import RunOptions, Scenario
+from bench.launch import (
     MESSAGE,
-    gateway_config,
+    mcp_gateway_config,
     start_gateway,
-    start_upstream,
+    start_mcp_upstream,
     with_exit,
 )
-from bench.scenarios import Scenario
+from bench.mcp_session import McpError, check_echo, close_session, open_session
+from bench.own_loop import NodeSession, Run, kib, mib
 from bench.systems import StartError, free_port
 
 SESSIONS = 10_000
@@ -38,7 +37,7 @@ HOLD_S = 20  # longer than agentgw's 15 s SSE keep-alive, so a comment arrives
 QUICK_HOLD_S = 3
 PARALLEL = 32
 MAX_CONNECTIONS = 15_000
-TARGET_KIB = 30
+TARGET_KIB = 24  # issue 10
 DRAIN_WAIT_S = 120
 
 # agentgw's own limits: MCP sessions are capped at 10,000 (not configurable);
@@ -69,10 +68,10 @@ def run(options: RunOptions, quick: bool) -> int:
 
 
 def _measure(run: Run, sessions: int, hold_s: int) -> None:
-    upstream = start_upstream("a", run.placement.server_cpu)
+    upstream = start_mcp_upstream("a", run.placement.server_cpu)
     run.stack.callback(upstream.stop)
     port = free_port()
-    config = gateway_config(port, [upstream]) + LIMITS
+    config = mcp_gateway_config(port, [upstream]) + LIMITS
     gateway = start_gateway("agentgw", config, port, run.placement)
     run.stack.callback(gateway.stop)
     url = f"http://127.0.0.1:{port}/mcp"
@@ -135,14 +134,14 @@ def _measure(run: Run, sessions: int, hold_s: int) -> None:
     closed_in = f"{(after['last_close'] - sigterm_at) / 1000:.2f} s" if after["last_close"] else "-"
 
     per_session = (rss_open - rss_before) / max(1, opened["open"])
-    verdict = "met" if per_session < TARGET_KIB * 1024 else "missed"
+    verdict = "met" if per_session <= TARGET_KIB * 1024 else "missed"
     run.table(
         "Idle sessions with an open GET stream",
         "RSS is VmRSS of agentgw from /proc (before: after start and one checked session, "
         "deleted; after: 1 s after the last stream opened). fds are /proc/<pid>/fd entries; "
         "TCP sockets are agentgw's, split into those to the upstream and the rest (its "
-        f"clients). Target: under {TARGET_KIB} KiB per idle session ({verdict}; it never "
-        "fails the run).",
+        f"clients). Target: at most {TARGET_KIB} KiB per idle session: {verdict} "
+        f"({kib(per_session)}; it never fails the run).",
         ["measure", "value"],
         [
             ["sessions opened", f"{opened['open']:,} of {sessions:,}"],

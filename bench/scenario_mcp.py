@@ -2,7 +2,8 @@
 session and against the proxies a user would pick instead.
 
 Up to three instances of bench/mcp_upstream.js (a, b, c) start, each on its own
-port. `direct` loads a; `gateway-1` is agentgw with a as its one target,
+port. `direct` loads a; `floor` is bench/floor.py, the least a Trio + h11
+relay does, in front of a; `gateway-1` is agentgw with a as its one target,
 `gateway-1-w2` the same with `--workers 2`, and `gateway-3` agentgw federating
 a, b and c (the tool is then `a_echo`). `nginx` passes everything through to a,
 and `fastmcp` is FastMCP's proxy of a. mcp-proxy and supergateway serve only
@@ -18,36 +19,25 @@ alone: the others are measured.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import shutil
-import subprocess
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from bench import peers
-from bench.mcp_session import (
-    McpError,
-    McpSession,
-    check_echo,
-    close_session,
-    list_tools,
-    open_session,
+from bench.base import Placement, Scenario, Started
+from bench.launch import (
+    FLOOR_FACT,
+    MCP_UPSTREAM_JS,
+    mcp_gateway_config,
+    open_target,
+    start_floor,
+    start_gateway,
+    start_mcp_upstream,
+    stdio_gateway_config,
+    stdio_upstream_command,
 )
-from bench.report import RatioTarget
-from bench.scenario_http import gateway_python
-from bench.scenarios import Placement, Scenario, Started, Target
-from bench.systems import Service, StartError, free_port, start_service
-
-REPO = Path(__file__).resolve().parent.parent
-UPSTREAM_JS = Path(__file__).with_name("mcp_upstream.js")
-CALL_SCRIPT = Path(__file__).with_name("mcp_call.lua")
-
-MESSAGE = "bench-echo"  # JSON-safe as it is: mcp_call.lua puts it in the body verbatim
-CHECK_CALLS = 5
+from bench.report import AddedLatencyTarget, FairnessTarget, RatioTarget
+from bench.systems import Service, StartError, free_port
 
 
 @dataclass(frozen=True)
@@ -63,6 +53,7 @@ ONE_TARGET_TOOLS = ("echo", "a_echo")
 
 SYSTEMS = {
     "direct": _System("direct", ("echo",)),
+    "floor": _System("floor", ("echo",)),
     "nginx": _System("nginx", ("echo",)),
     "gateway-1": _System("gateway", ONE_TARGET_TOOLS),
     "gateway-1-w2": _System("gateway", ONE_TARGET_TOOLS, gateway_args=("--workers", "2")),
@@ -73,38 +64,13 @@ SYSTEMS = {
     "supergateway": _System("supergateway", ("echo",), upstreams=()),
 }
 
-GATEWAY_CONFIG = """\
-binds:
-- port: {port}
-  address: 127.0.0.1
-  listeners:
-  - name: bench
-    routes:
-    - name: mcp{policies}
-      backends:
-      - mcp:
-          targets:
-{targets}
-"""
-GATEWAY_TARGET = """\
-          - name: {name}
-            mcp:
-              host: http://127.0.0.1:{port}/mcp
-"""
-GATEWAY_STDIO_TARGET = """\
-          - name: a
-            stdio:
-              cmd: {cmd}
-              args: {args}
-"""
-
 
 def start_mcp(stack: ExitStack, placement: Placement, wanted: Collection[str]) -> Started:
     systems = {name: s for name, s in SYSTEMS.items() if name in wanted}
     needed = set().union(*(s.upstreams for s in systems.values()))
     upstreams: dict[str, Service] = {}
     for name in sorted(needed):
-        upstreams[name] = start_upstream(name, placement.server_cpu)
+        upstreams[name] = start_mcp_upstream(name, placement.server_cpu)
         stack.callback(upstreams[name].stop)
     started = Started()
     for name, system in systems.items():
@@ -142,9 +108,13 @@ def _start_system(
     a = upstreams.get("a")
     if system.kind == "direct" and a is not None:
         return a, ""
+    if system.kind == "floor" and a is not None:
+        service = start_floor(a.port, placement)
+        stack.callback(service.stop)
+        return service, FLOOR_FACT
     if system.kind == "gateway":
         port = free_port()
-        config = gateway_config(port, [upstreams[u] for u in system.upstreams])
+        config = mcp_gateway_config(port, [upstreams[u] for u in system.upstreams])
         service = start_gateway(
             _process_name(name), config, port, placement, args=system.gateway_args
         )
@@ -158,15 +128,9 @@ def _start_system(
     if system.kind == "gateway-stdio":
         command = stdio_upstream_command()
         port = free_port()
-        config = GATEWAY_CONFIG.format(
-            port=port,
-            policies="",
-            targets=GATEWAY_STDIO_TARGET.format(
-                cmd=json.dumps(command[0]), args=json.dumps(command[1:])
-            ).rstrip("\n"),
-        )
+        config = stdio_gateway_config(port, command)
         service = start_gateway(
-            _process_name(name), config, port, placement, cost_excludes=(str(UPSTREAM_JS),)
+            _process_name(name), config, port, placement, cost_excludes=(str(MCP_UPSTREAM_JS),)
         )
         stack.callback(service.stop)
         return service, f"agentgw with one stdio target: `{' '.join(command)}`"
@@ -178,11 +142,13 @@ def _start_system(
         return service, peers.fastmcp_description()
     if system.kind == "mcp-proxy":
         command = stdio_upstream_command()
-        service = peers.start_mcp_proxy(stack, command, cpu, upstream_marker=str(UPSTREAM_JS))
+        service = peers.start_mcp_proxy(stack, command, cpu, upstream_marker=str(MCP_UPSTREAM_JS))
         return service, f"mcp-proxy {peers.MCP_PROXY_VERSION} in front of `{' '.join(command)}`"
     if system.kind == "supergateway":
         command = stdio_upstream_command()
-        service = peers.start_supergateway(stack, command, cpu, upstream_marker=str(UPSTREAM_JS))
+        service = peers.start_supergateway(
+            stack, command, cpu, upstream_marker=str(MCP_UPSTREAM_JS)
+        )
         return service, (
             f"supergateway {peers.SUPERGATEWAY_VERSION} --stateful in front of "
             f"`{' '.join(command)}`"
@@ -197,133 +163,16 @@ _WORKERS_NOTE = (
 )
 
 
-def stdio_upstream_command() -> list[str]:
-    """`node bench/mcp_upstream.js --stdio`, with absolute paths."""
-    node = shutil.which("node")
-    if node is None:
-        raise StartError("the stdio upstream cannot start: node is not on PATH")
-    return [node, str(UPSTREAM_JS), "--stdio"]
-
-
-def start_upstream(name: str, cpu: int | None, *options: str) -> Service:
-    """Start bench/mcp_upstream.js with `options` after its port (`--tools N`, `--sse`)."""
-    node = shutil.which("node")
-    if node is None:
-        raise StartError("upstream failed to start: node is not on PATH")
-    port = free_port()
-    argv = [node, str(UPSTREAM_JS), str(port), *options]
-    return start_service(f"upstream-{name}", argv, port=port, cpu=cpu)
-
-
 def _process_name(system: str) -> str:
     return f"agentgw-{system.removeprefix('gateway-')}"
-
-
-def gateway_config(
-    port: int, upstreams: list[Service], policies: Mapping[str, Any] | None = None
-) -> str:
-    """agentgw's config: one route on 127.0.0.1:`port` federating `upstreams`,
-    with the route's `policies` (given as JSON, which YAML reads as it is)."""
-    targets = "".join(
-        GATEWAY_TARGET.format(name=u.name.removeprefix("upstream-"), port=u.port) for u in upstreams
-    )
-    route_policies = f"\n      policies: {json.dumps(policies)}" if policies else ""
-    return GATEWAY_CONFIG.format(port=port, policies=route_policies, targets=targets.rstrip("\n"))
-
-
-def start_gateway(
-    name: str,
-    config: str,
-    port: int,
-    placement: Placement,
-    *,
-    module: str = "agentgw",
-    args: Sequence[str] = (),
-    cost_excludes: tuple[str, ...] = (),
-) -> Service:
-    """Start `python -m <module> -c <config> <args>` from the repository's root;
-    `module` is agentgw, or a launcher in bench/ that takes the same arguments.
-    `cost_excludes` as for `Service`."""
-    argv = [gateway_python(), "-m", module, "-c", config, *args]
-    return start_service(
-        name, argv, port=port, cpu=placement.server_cpu, cwd=REPO, cost_excludes=cost_excludes
-    )
-
-
-def open_target(
-    stack: ExitStack,
-    system: str,
-    url: str,
-    service: Service,
-    tools: tuple[str, ...],
-    *,
-    authorization: str | None = None,
-) -> tuple[Target, str]:
-    """Open the session wrk will use, and check on it that the tool echoes.
-
-    Args:
-        authorization: the `Authorization` header the session and wrk send, if any.
-
-    Returns:
-        The target for the runner (the session's close is on `stack`), and a
-        sentence for the report's header.
-
-    Raises:
-        StartError: the system did not answer as an MCP server with the tool.
-    """
-    try:
-        session = open_session(url, authorization=authorization)
-    except McpError as exc:
-        message = f"{system}: MCP session failed to open at {url}: {exc}"
-        raise StartError(with_exit(message, service)) from None
-    stack.callback(_close_quietly, session)
-    try:
-        listed = list_tools(session)
-        tool = next((t for t in tools if t in listed), None)
-        if tool is None:
-            raise StartError(
-                f"{system}: tools/list has none of {', '.join(tools)}: {', '.join(listed)}"
-            )
-        check_echo(session, tool, MESSAGE, calls=CHECK_CALLS)
-    except McpError as exc:
-        raise StartError(with_exit(f"{system}: {exc}", service)) from None
-    env = {
-        "MCP_SESSION_ID": session.session_id,
-        "MCP_PROTOCOL_VERSION": session.protocol_version,
-        "MCP_TOOL": tool,
-        "MCP_MESSAGE": MESSAGE,
-    }
-    if authorization is not None:
-        env["MCP_AUTHORIZATION"] = authorization
-    fact = (
-        f"protocol {session.protocol_version}, calls `{tool}` of {len(listed)} tool(s) "
-        f"listed; {CHECK_CALLS} calls echoed before the load"
-    )
-    return Target(system, url, service, script=CALL_SCRIPT, env=env), fact
-
-
-def with_exit(message: str, service: Service) -> str:
-    """`message`, and when `service` died: its first exception and the tail of its output."""
-    # A request that crashed the process takes a moment to end it.
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        service.proc.wait(timeout=1)
-    if service.is_running():
-        return message
-    cause = service.first_exception()
-    exited = f"{service.name} exited" + (f" with {cause}" if cause else "")
-    return f"{message}; {exited}; its output ends:\n{service.output_tail()}"
-
-
-def _close_quietly(session: McpSession) -> None:
-    with contextlib.suppress(McpError):
-        close_session(session)
 
 
 SCENARIO = Scenario(
     name="mcp",
     summary=(
         "MCP tools/call of an echo tool: agentgw (1 and 3 federated targets, 2 workers, "
-        "a stdio target) vs direct, nginx, FastMCP, mcp-proxy and supergateway"
+        "a stdio target) vs direct, the floor relay, nginx, FastMCP, mcp-proxy and "
+        "supergateway"
     ),
     systems=tuple(SYSTEMS),
     concurrencies=(1, 16, 32, 64, 256),
@@ -336,11 +185,12 @@ SCENARIO = Scenario(
         "JSON-RPC ids, every response checked for a 200 with the echo (bench/mcp_call.lua)"
     ),
     upstream=(
-        "bench/mcp_upstream.js: HTTP instances a (direct, nginx, fastmcp, gateway-1, "
+        "bench/mcp_upstream.js: HTTP instances a (direct, floor, nginx, fastmcp, gateway-1, "
         "gateway-1-w2), a, b, c (gateway-3); `--stdio` spawned by mcp-proxy, supergateway "
         "and gateway-stdio"
     ),
     comparisons=(
+        ("gateway-1", "floor"),
         ("gateway-1", "direct"),
         ("gateway-1", "nginx"),
         ("gateway-1", "fastmcp"),
@@ -350,14 +200,14 @@ SCENARIO = Scenario(
         ("gateway-stdio", "supergateway"),
         ("gateway-3", "gateway-1"),
         ("gateway-1-w2", "gateway-1"),
+        ("floor", "direct"),
     ),
-    # The issue's targets for gateway-1 against each system.
-    targets={
-        ("gateway-1", "direct"): RatioTarget(0.25, at=32),
-        ("gateway-1", "nginx"): RatioTarget(0.35),
-        ("gateway-1", "fastmcp"): RatioTarget(20),
-        ("gateway-1", "mcp-proxy"): RatioTarget(5),
-        ("gateway-1", "supergateway"): RatioTarget(5),
-        ("gateway-1-w2", "gateway-1"): RatioTarget(1.7),
-    },
+    # Issue 10's targets.
+    targets=(
+        RatioTarget("gateway-1", "mcp-proxy", 2.0, at=(32,)),
+        RatioTarget("gateway-1", "supergateway", 2.0, at=(32,)),
+        RatioTarget("gateway-1", "floor", 0.65, at=(32,)),
+        AddedLatencyTarget("gateway-1", "direct", 0.35e-3, at=(1,)),
+        FairnessTarget("gateway-1", 4.0, at=(256,)),
+    ),
 )

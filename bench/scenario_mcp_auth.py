@@ -30,6 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.agentgw_nocache import MARKER as NO_CACHE_MARKER
+from bench.base import Placement, Scenario, Started
+from bench.launch import (
+    mcp_gateway_config,
+    open_target,
+    start_gateway,
+    start_mcp_upstream,
+    with_exit,
+)
 from bench.mcp_session import (
     CLIENT_INFO,
     PROTOCOL_VERSION,
@@ -39,14 +47,7 @@ from bench.mcp_session import (
     open_session,
     post,
 )
-from bench.scenario_mcp import (
-    gateway_config,
-    open_target,
-    start_gateway,
-    start_upstream,
-    with_exit,
-)
-from bench.scenarios import Placement, Scenario, Started
+from bench.report import RatioTarget
 from bench.systems import Service, StartError, free_port
 from bench.tokens import SigningKey
 
@@ -94,7 +95,7 @@ def start_mcp_auth(stack: ExitStack, placement: Placement, wanted: Collection[st
     token = key.token(issuer=ISSUER, audience=AUDIENCE, subject=SUBJECT, groups=[GROUP])
     outsider = key.token(issuer=ISSUER, audience=AUDIENCE, subject=SUBJECT, groups=["other"])
     authorization = f"Bearer {token}"
-    upstream = start_upstream("a", placement.server_cpu)
+    upstream = start_mcp_upstream("a", placement.server_cpu)
     stack.callback(upstream.stop)
     started = Started()
     started.facts += [
@@ -144,7 +145,9 @@ def _start(
     name: str, system: _System, upstream: Service, key: SigningKey, placement: Placement
 ) -> Service:
     port = free_port()
-    config = gateway_config(port, [upstream], policies(key.jwks()) if system.has_policies else None)
+    config = mcp_gateway_config(
+        port, [upstream], policies(key.jwks()) if system.has_policies else None
+    )
     service = start_gateway(system.process, config, port, placement, module=system.module)
     if system.module == "bench.agentgw_nocache" and NO_CACHE_MARKER not in service.output():
         service.stop()
@@ -213,5 +216,5 @@ SCENARIO = Scenario(
         ("gateway-jwt-nocache", "gateway"),
         ("gateway-jwt", "gateway-jwt-nocache"),
     ),
-    targets={("gateway-jwt", "gateway"): TARGET_RATIO},
+    targets=(RatioTarget("gateway-jwt", "gateway", TARGET_RATIO),),
 )

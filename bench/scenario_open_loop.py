@@ -1,10 +1,11 @@
 """Scenario `open-loop`: MCP `tools/call` at fixed request rates, latency from
 the intended send time (the wrk2 method, without coordinated omission).
 
-One bench/mcp_upstream.js and one agentgw (one target), as `mcp`'s `direct` and
-`gateway-1`. First a closed-loop run at c=32 measures each system's
-throughput; the open-loop rates are then 25%, 50% and 75% of the gateway's,
-and both systems get the same absolute rates, alternating in every round.
+One bench/mcp_upstream.js, one agentgw (one target) and the `floor` relay in
+front of it, as `mcp`'s `direct`, `gateway-1` and `floor`. First a
+closed-loop run at c=32 measures each system's throughput; the open-loop
+rates are then 25%, 50% and 75% of the gateway's, and every system gets the
+same absolute rates, alternating in every round.
 bench/loadgen.js spreads each rate over up to 64 keep-alive connections and
 checks every answer.
 """
@@ -15,10 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import own_loop
+from bench.base import RunOptions, Scenario
+from bench.launch import open_target, session_args, start_mcp_upstream
 from bench.own_loop import Run, ms
-from bench.runner import RunOptions
-from bench.scenario_mcp import open_target, start_upstream
-from bench.scenarios import Scenario
 from bench.systems import Service
 
 CLOSED_CONNECTIONS = 32
@@ -41,18 +41,18 @@ def run(options: RunOptions, quick: bool) -> int:
 
 def _measure(run: Run) -> None:
     placement = run.placement
-    upstream = start_upstream("a", placement.server_cpu)
+    upstream = start_mcp_upstream("a", placement.server_cpu)
     run.stack.callback(upstream.stop)
     services: dict[str, Service] = {}
     sessions: dict[str, list[str]] = {}
-    for system in ("direct", "gateway"):
+    for system in SCENARIO.systems:
         if not run.wants(system):
             continue
         service = own_loop.system_service(run, system, upstream)
         url = f"http://127.0.0.1:{service.port}/mcp"
         target, fact = open_target(run.stack, system, url, service, ("echo", "a_echo"))
         services[system] = service
-        sessions[system] = _session_args(url, target.env)
+        sessions[system] = session_args(target)
         run.facts.append((f"session on {system}", fact))
     run.facts += [
         ("load", "bench/loadgen.js: MCP tools/call of `echo` (~115-byte body), unique ids"),
@@ -149,21 +149,6 @@ def _measure(run: Run) -> None:
     )
 
 
-def _session_args(url: str, env: dict[str, str] | Any) -> list[str]:
-    return [
-        "--url",
-        url,
-        "--session",
-        env["MCP_SESSION_ID"],
-        "--protocol-version",
-        env["MCP_PROTOCOL_VERSION"],
-        "--tool",
-        env["MCP_TOOL"],
-        "--message",
-        env["MCP_MESSAGE"],
-    ]
-
-
 def _load(
     run: Run, system: str, service: Service, session: list[str], mode: str, rate: int
 ) -> dict[str, Any]:
@@ -216,8 +201,8 @@ SCENARIO = Scenario(
     name="open-loop",
     summary=(
         "MCP tools/call at fixed rates (25/50/75% of agentgw's closed-loop req/s), latency "
-        "from intended send times: agentgw (1 target) vs direct"
+        "from intended send times: agentgw (1 target) vs direct and the floor relay"
     ),
-    systems=("direct", "gateway"),
+    systems=("direct", "floor", "gateway"),
     run=run,
 )

@@ -16,10 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from bench import own_loop
+from bench.base import RunOptions, Scenario
+from bench.launch import start_mcp_upstream
 from bench.own_loop import NodeSession, Run, ms
-from bench.runner import RunOptions
-from bench.scenario_mcp import start_upstream
-from bench.scenarios import Scenario
 
 SESSIONS = (100, 1000)
 RATE = 1000  # events per second, all streams together
@@ -80,7 +79,7 @@ def _measure(run: Run) -> None:
 
 
 def _fanout(run: Run, system: str, n: int, count: int) -> list[str] | None:
-    upstream = start_upstream(f"{system}-{n}", run.placement.server_cpu, "--sse")
+    upstream = start_mcp_upstream(f"{system}-{n}", run.placement.server_cpu, "--sse")
     run.stack.callback(upstream.stop)
     service = own_loop.system_service(run, system, upstream)
     url = f"http://127.0.0.1:{service.port}/mcp"

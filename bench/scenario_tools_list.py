@@ -3,9 +3,9 @@
 bench/mcp_upstream.js runs with `--tools 500` (echo and echo_001..echo_499,
 each with a six-property input schema: about 300 KB of JSON per list).
 `direct` lists them on the upstream, `gateway` through agentgw with it as the
-one target. bench/loadgen.js runs closed loops at c=1 and c=16, alternating
-the systems in every round, and checks that every answer lists exactly 500
-tools.
+one target, `floor` through the floor relay. bench/loadgen.js runs closed
+loops at c=1 and c=16, alternating the systems in every round, and checks
+that every answer lists exactly 500 tools.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from bench import own_loop
+from bench.base import RunOptions, Scenario
+from bench.launch import open_target, session_args, start_mcp_upstream
 from bench.mcp_session import McpError, close_session, list_tools, open_session
 from bench.own_loop import Run, ms
-from bench.runner import RunOptions
-from bench.scenario_mcp import open_target, start_upstream
-from bench.scenario_open_loop import _session_args
-from bench.scenarios import Scenario
 from bench.systems import Service, StartError
 
 TOOLS = 500
@@ -37,10 +35,10 @@ def run(options: RunOptions, quick: bool) -> int:
 
 
 def _measure(run: Run) -> None:
-    upstream = start_upstream("a", run.placement.server_cpu, "--tools", str(TOOLS))
+    upstream = start_mcp_upstream("a", run.placement.server_cpu, "--tools", str(TOOLS))
     run.stack.callback(upstream.stop)
     systems: dict[str, tuple[Service, list[str]]] = {}
-    for system in ("direct", "gateway"):
+    for system in SCENARIO.systems:
         if not run.wants(system):
             continue
         service = own_loop.system_service(run, system, upstream)
@@ -62,7 +60,7 @@ def _measure(run: Run) -> None:
                 f"`{names[0]}`, `{names[-1]}`",
             )
         )
-        systems[system] = (service, _session_args(url, target.env))
+        systems[system] = (service, session_args(target))
     run.facts += [
         (
             "load",
@@ -74,10 +72,10 @@ def _measure(run: Run) -> None:
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for round_no in range(1, run.options.rounds + 1):
         for c in CONCURRENCIES:
-            for system, (service, session) in systems.items():
+            for system, (service, load_args) in systems.items():
                 if not service.is_running():
                     continue
-                r = _load(run, service, session, c)
+                r = _load(run, service, load_args, c)
                 results.setdefault((system, c), []).append(r)
                 lat = r["latency_ms"]
                 print(
@@ -168,8 +166,8 @@ SCENARIO = Scenario(
     name="tools-list",
     summary=(
         f"MCP tools/list of an upstream with {TOOLS} tools at c=1 and c=16: agentgw "
-        "(1 target) vs direct"
+        "(1 target) vs direct and the floor relay"
     ),
-    systems=("direct", "gateway"),
+    systems=("direct", "floor", "gateway"),
     run=run,
 )

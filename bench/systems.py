@@ -135,6 +135,13 @@ class Service:
         with contextlib.suppress(OSError):
             self.log_path.unlink()
 
+    def kill(self) -> None:
+        """SIGKILL the process group at once, as a crash would end it, and remove the log."""
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+
 
 def _stat_fields(stat: str) -> list[str]:
     # The command name may hold spaces and parentheses: split after the last ')'.

@@ -39,11 +39,14 @@ def _bench(
 
 
 def test_quick_mcp_run_passes_and_writes_its_report(tmp_path: Path) -> None:
-    done = _bench(tmp_path, "--scenario", "mcp", "--systems", "direct,gateway-1")
+    done = _bench(tmp_path, "--scenario", "mcp", "--systems", "direct,floor,gateway-1")
     assert done.returncode == 0, done.stdout + done.stderr
     (report,) = tmp_path.glob("*-mcp.md")
     text = report.read_text()
-    assert "| gateway-1 |" in text and "| direct |" in text
+    assert "| gateway-1 |" in text and "| direct |" in text and "| floor |" in text
+    # agentgw's ratio to the floor relay, and issue 10's targets with a verdict.
+    assert "## `gateway-1` against `floor`" in text
+    assert "| gateway-1/floor req/s | at least 0.65 at c=32 |" in text
 
 
 def test_a_system_that_does_not_start_fails_the_run(tmp_path: Path) -> None:
