@@ -262,12 +262,29 @@ FIXTURE_TOOLS = {
     "test_reconnection",
     "json_schema_2020_12_tool",
 }
+# The tools the 2026-07-28 requirement set calls.
+FIXTURE_TOOLS_2026 = {
+    "test_input_required_result_elicitation",
+    "test_input_required_result_sampling",
+    "test_input_required_result_list_roots",
+    "test_input_required_result_request_state",
+    "test_input_required_result_multiple_inputs",
+    "test_input_required_result_multi_round",
+    "test_input_required_result_tampered_state",
+    "test_input_required_result_capabilities",
+    "test_missing_capability",
+    "test_streaming_elicitation",
+    "test_logging_tool",
+    "test_trigger_tool_change",
+    "test_trigger_prompt_change",
+}
 
 
 def test_tools_list_has_the_fixtures_and_the_demo_tools() -> None:
     tools = rpc(open_session(), "tools/list").result["tools"]
     names = {t["name"] for t in tools}
-    assert FIXTURE_TOOLS | {"echo", "add", "slow", "increment", "list_roots"} == names
+    demo = {"echo", "add", "slow", "increment", "list_roots"}
+    assert FIXTURE_TOOLS | FIXTURE_TOOLS_2026 | demo == names
     assert list(TOOLS) == [t["name"] for t in tools]
     for tool in tools:
         assert tool["description"]
@@ -581,6 +598,7 @@ def test_prompts_list() -> None:
         "test_prompt_with_arguments",
         "test_prompt_with_embedded_resource",
         "test_prompt_with_image",
+        "test_input_required_result_prompt",
         "greeting",
     } == set(PROMPTS)
     with_args = next(p for p in prompts if p["name"] == "test_prompt_with_arguments")
