@@ -277,6 +277,8 @@ FIXTURE_TOOLS_2026 = {
     "test_logging_tool",
     "test_trigger_tool_change",
     "test_trigger_prompt_change",
+    "greet",
+    "slow_compute",
 }
 
 

@@ -640,3 +640,24 @@ def _trigger_tools(s: DemoSession, args: JSON, token: ProgressToken | None) -> P
 def _trigger_prompts(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
     yield from s.list_changed("prompts")
     return text_result("Mutation triggered")
+
+
+@_tool(
+    "greet",
+    "Greets someone (a synchronous tool of the tasks extension's scenarios)",
+    object_schema({"name": {"type": "string", "description": "Who to greet"}}, ("name",)),
+)
+def _greet(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
+    return finished(text_result(f"Hello, {args['name']}!"))
+
+
+@_tool(
+    "slow_compute",
+    "Sleeps `seconds` (at most 60), then answers with the time it took",
+    object_schema({"seconds": {"type": "number", "minimum": 0, "maximum": 60, "default": 1}}),
+)
+def _slow_compute(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
+    seconds = float(args.get("seconds", 1))
+    if seconds:
+        yield Sleep(seconds)
+    return text_result(f"computed in {seconds:g} s")
