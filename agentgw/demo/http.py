@@ -14,7 +14,8 @@ handler writes the log out. Event ids are ``<stream>-<seq>``; for clients of
 data), so a client that lost the stream, or that the server hung up on (SSE
 polling), resumes it with a GET carrying ``Last-Event-ID``. Messages about no
 request go to the session's standalone stream, opened with GET (the newest
-GET takes it over). DELETE ends the session; idle sessions expire.
+GET takes it over). DELETE ends the session; idle sessions expire. The
+legacy HTTP+SSE transport is at ``/sse`` (``agentgw.demo.legacy_sse``).
 
 A POST with no session that carries the 2026-07-28 envelope (``_meta`` with
 a protocol version, or an MCP-Protocol-Version header of a revision with no
@@ -42,6 +43,7 @@ import attrs
 import trio
 
 from agentgw.config.model import HttpLimits
+from agentgw.demo.legacy_sse import LegacySseApp
 from agentgw.demo.modern import Hub, StateSealer, is_stateless_request
 from agentgw.demo.runner import CallRunner
 from agentgw.demo.server import (
@@ -303,9 +305,11 @@ class DemoHttpApp:
     sessions: dict[str, HttpSession] = attrs.field(factory=dict)
     hub: Hub = attrs.field(factory=lambda: Hub(StateSealer(time.time)))
     stateless_calls: CallRunner = attrs.field(init=False)
+    legacy: LegacySseApp = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.stateless_calls = CallRunner(self.nursery, _drop_unrelated)
+        self.legacy = LegacySseApp(self.nursery)
 
     def __repr__(self) -> str:
         return (
@@ -324,7 +328,7 @@ class DemoHttpApp:
                     self._end_session(session)
 
     async def handle(self, req: ServerRequest) -> None:
-        if req.path != "/mcp":
+        if req.path not in ("/mcp", "/sse", "/messages"):
             await req.respond(404, "not found: the MCP endpoint is /mcp\n")
             return
         origin = _header(req, b"origin")
@@ -334,6 +338,9 @@ class DemoHttpApp:
             text = "forbidden: Host or Origin is not an allowed host (DNS rebinding protection)"
             await _refuse(req, 403, INVALID_REQUEST, text)
             return
+        if req.path != "/mcp":
+            await self._legacy_sse(req)
+            return
         if req.method == "POST":
             await self._post(req)
         elif req.method == "GET":
@@ -342,6 +349,15 @@ class DemoHttpApp:
             await self._delete(req)
         else:
             await req.respond(405, "method not allowed\n", [(b"allow", b"GET, POST, DELETE")])
+
+    async def _legacy_sse(self, req: ServerRequest) -> None:
+        if req.path == "/sse" and req.method == "GET":
+            await self.legacy.open_stream(req)
+        elif req.path == "/messages" and req.method == "POST":
+            await self.legacy.post(req)
+        else:
+            allow = b"GET" if req.path == "/sse" else b"POST"
+            await req.respond(405, "method not allowed\n", [(b"allow", allow)])
 
     # -- POST: one JSON-RPC message
 
