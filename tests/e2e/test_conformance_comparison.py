@@ -14,9 +14,12 @@ printed.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -134,7 +137,7 @@ def compare(label: str, direct: Results, through: Results) -> Comparison:
 def report(requirements: str, direct: Results, comparisons: list[Comparison]) -> str:
     failed = sum(s == "FAILURE" for checks in direct.values() for s in checks.values())
     lines = [
-        f"conformance {requirements}: direct against the demo: "
+        f"conformance {requirements}, directly: "
         f"{sum(len(passed(c)) for c in direct.values())} passed, {failed} failed "
         f"({len(direct)} scenarios)"
     ]
@@ -193,12 +196,16 @@ async def test_no_check_is_lost_through_the_gateway(
     scenarios = await server_scenarios(requirements)
     runs: dict[str, Results] = {}
 
+    took: dict[str, float] = {}
+
     async def run(label: str) -> None:
         output = tmp_path / label
+        start = trio.current_time()
         if label == "direct":
             runs[label] = await _direct(requirements, output)
         else:
             runs[label] = await _through(requirements, label, output)
+        took[label] = trio.current_time() - start
 
     async with trio.open_nursery() as nursery:
         for label in ("direct", *TRANSPORTS[requirements]):
@@ -210,6 +217,7 @@ async def test_no_check_is_lost_through_the_gateway(
     assert sum(len(passed(c)) for c in direct.values()) >= 80
     comparisons = [compare(t, direct, runs[t]) for t in TRANSPORTS[requirements]]
     text = report(requirements, direct, comparisons)
+    text += "\n  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(took.items()))
     with capsys.disabled():
         print(f"\n{text}")
     assert all(not c.lost for c in comparisons), text
@@ -256,3 +264,46 @@ def test_the_npm_suites_are_pinned() -> None:
     assert package["conformance-next"] == "npm:@modelcontextprotocol/conformance@0.2.0-alpha.12"
     lock = json.loads((ROOT / "package-lock.json").read_text())["packages"]
     assert lock["node_modules/conformance-next"]["version"] == "0.2.0-alpha.12"
+
+
+# ---------------------------------------------------------------- by hand
+
+
+async def compare_in_front_of(url: str, sets: list[str]) -> bool:
+    """Run each requirement set against ``url`` directly and through the
+    gateway with ``url`` as a Streamable HTTP target; print the report.
+    Returns whether no check was lost."""
+    config = _protected(mcp_config({"name": "target", "mcp": {"host": url}}))
+    clean = True
+    with tempfile.TemporaryDirectory() as tmp:
+        async with run_gateway(config) as (_, port):
+            for requirements in sets:
+                output = Path(tmp) / requirements
+                direct = await run_suite(url, requirements, output / "direct")
+                through = await run_suite(
+                    f"http://localhost:{port}/mcp", requirements, output / "gateway"
+                )
+                comparison = compare("Streamable HTTP", direct, through)
+                print(report(requirements, direct, [comparison]), flush=True)
+                clean = clean and not comparison.lost
+    return clean
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.e2e.test_conformance_comparison",
+        description="Compare the conformance suite's checks against an MCP server "
+        "directly and through agentgw in front of it.",
+    )
+    parser.add_argument("url", help="the server's Streamable HTTP endpoint")
+    parser.add_argument(
+        "--requirements", action="append", choices=sorted(TRANSPORTS), help="default: both"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    sets = args.requirements or sorted(TRANSPORTS)
+    return 0 if trio.run(compare_in_front_of, args.url, sets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
