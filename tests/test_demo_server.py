@@ -18,6 +18,7 @@ import trio.testing
 
 from agentgw.demo import server as core
 from agentgw.demo.http import MAX_KEPT_STREAMS, DemoHttpApp, EventStream
+from agentgw.demo.modern import Hub, StateSealer, SubscriptionFilter, parse_envelope
 from agentgw.demo.runner import CallRunner
 from agentgw.demo.server import (
     PROMPTS,
@@ -31,10 +32,12 @@ from agentgw.demo.server import (
     Effect,
     Emit,
     HangUp,
+    Listen,
     Outcome,
     Resume,
     Sleep,
     Start,
+    handle_stateless,
 )
 from agentgw.demo.stdio import MAX_LINE, serve_stdio
 from agentgw.demo.wire import (
@@ -46,6 +49,7 @@ from agentgw.demo.wire import (
     encode_sse,
     is_allowed_origin,
     parse_event_id,
+    prefers_sse,
 )
 
 JSON = dict[str, Any]
@@ -196,7 +200,7 @@ def test_only_ping_works_before_initialize() -> None:
     assert rpc(session, "tools/list").error["code"] == -32600
 
 
-def test_server_discover_is_not_found_so_new_clients_fall_back() -> None:
+def test_server_discover_in_a_session_is_not_found_so_new_clients_fall_back() -> None:
     for session in (DemoSession(), open_session()):
         error = rpc(session, "server/discover", {"_meta": {}}).error
         assert error["code"] == -32601
@@ -734,8 +738,9 @@ def test_line_splitter_refuses_long_lines_and_keeps_going() -> None:
 
 
 def test_the_core_does_no_io() -> None:
-    banned = {"trio", "anyio", "socket", "asyncio", "os", "subprocess", "select"}
-    for module in (core.__file__, core.__file__.replace("server.py", "wire.py")):
+    banned = {"trio", "anyio", "socket", "asyncio", "os", "subprocess", "select", "time"}
+    pure = ("server", "wire", "effects", "content", "tools", "modern")
+    for module in (core.__file__.replace("server.py", f"{name}.py") for name in pure):
         tree = ast.parse(Path(module).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -952,3 +957,243 @@ async def test_idle_sessions_expire(autojump_clock: Any) -> None:
         assert set(app.sessions) == {busy.id}
         assert idle.is_closed
         nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------- 2026-07-28
+
+
+@attrs.define
+class Clock:
+    now: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def new_hub(clock: Clock | None = None) -> Hub:
+    return Hub(StateSealer(clock or Clock(), key=b"k" * 32))
+
+
+def envelope(capabilities: JSON | None = None, **extra: Any) -> JSON:
+    return {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": capabilities or {},
+        **extra,
+    }
+
+
+def stateless(
+    hub: Hub, method: str, params: JSON | None = None, capabilities: JSON | None = None, **meta: Any
+) -> Ran:
+    params = {**(params or {}), "_meta": envelope(capabilities, **meta)}
+    message = {"jsonrpc": "2.0", "id": 5, "method": method, "params": params}
+    return drive(DemoSession(), handle_stateless(hub, message))
+
+
+@pytest.mark.parametrize(
+    ("meta", "header", "code"),
+    [
+        (None, None, -32602),
+        ({"io.modelcontextprotocol/clientCapabilities": {}}, None, -32602),
+        ({"io.modelcontextprotocol/protocolVersion": "2026-07-28"}, None, -32602),
+        (envelope(**{"io.modelcontextprotocol/logLevel": "loud"}), None, -32602),
+        (envelope(), "2025-11-25", -32020),
+        ({**envelope(), "io.modelcontextprotocol/protocolVersion": "2099-01-01"}, None, -32022),
+    ],
+)
+def test_the_envelope_is_checked(meta: JSON | None, header: str | None, code: int) -> None:
+    params = {} if meta is None else {"_meta": meta}
+    with pytest.raises(core.RpcError) as caught:
+        parse_envelope(params, header)
+    assert caught.value.code == code
+
+
+def test_client_info_is_optional_and_discover_describes_the_server() -> None:
+    assert parse_envelope({"_meta": envelope()}).client_info is None
+    result = stateless(new_hub(), "server/discover").result
+    assert result["supportedVersions"] == ["2026-07-28"]
+    assert result["resultType"] == "complete" and result["cacheScope"] == "public"
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "agentgw-demo"
+
+
+def test_methods_of_the_handshake_are_gone_and_lists_carry_caching_hints() -> None:
+    hub = new_hub()
+    for method in ("initialize", "ping", "logging/setLevel", "resources/subscribe"):
+        assert stateless(hub, method).error["code"] == -32601
+    for method in ("tools/list", "prompts/list", "resources/list", "resources/templates/list"):
+        result = stateless(hub, method).result
+        assert result["ttlMs"] >= 0 and result["cacheScope"] == "public"
+    read = stateless(hub, "resources/read", {"uri": "test://static-text"}).result
+    assert read["resultType"] == "complete" and "ttlMs" in read
+
+
+def test_a_missing_capability_refuses_the_request() -> None:
+    ran = stateless(
+        new_hub(), "tools/call", {"name": "test_sampling", "arguments": {"prompt": "x"}}
+    )
+    assert ran.error["code"] == -32021
+    assert ran.error["data"] == {"requiredCapabilities": {"sampling": {}}}
+
+
+def test_a_tool_that_asks_answers_input_required_then_completes() -> None:
+    hub = new_hub()
+    caps = {"sampling": {}}
+    call = {"name": "test_sampling", "arguments": {"prompt": "hello"}}
+    first = stateless(hub, "tools/call", call, caps).result
+    assert first["resultType"] == "input_required"
+    asked = first["inputRequests"]["sample"]
+    assert asked["method"] == "sampling/createMessage"
+    assert asked["params"]["messages"][0]["content"]["text"] == "hello"
+    answer = {"role": "assistant", "content": {"type": "text", "text": "hi"}, "model": "m"}
+    retry = {**call, "inputResponses": {"sample": answer}, "requestState": first["requestState"]}
+    done = stateless(hub, "tools/call", retry, caps)
+    assert done.result["resultType"] == "complete" and done.text == "LLM response: hi"
+    assert not [m for m in done.messages if "method" in m]  # no server-to-client request
+
+
+def test_several_inputs_are_asked_at_once_and_missing_ones_asked_again() -> None:
+    hub = new_hub()
+    caps = {"sampling": {}, "elicitation": {}, "roots": {}}
+    call = {"name": "test_input_required_result_multiple_inputs", "arguments": {}}
+    first = stateless(hub, "tools/call", call, caps).result
+    assert set(first["inputRequests"]) == {"user_name", "greeting", "client_roots"}
+    partial_answer = {**call, "inputResponses": {"client_roots": {"roots": []}}}
+    again = stateless(hub, "tools/call", partial_answer, caps).result
+    assert set(again["inputRequests"]) == {"user_name", "greeting"}
+    # What was answered is kept in the sealed state for the next round.
+    rest = {
+        "user_name": {"action": "accept", "content": {"name": "Ada"}},
+        "greeting": {"role": "assistant", "content": {"type": "text", "text": "hey"}, "model": "m"},
+    }
+    last = {**call, "inputResponses": rest, "requestState": again["requestState"]}
+    assert stateless(hub, "tools/call", last, caps).text == (
+        "All inputs received: name=Ada, greeting=hey"
+    )
+
+
+def test_capabilities_decide_which_inputs_are_asked() -> None:
+    call = {"name": "test_input_required_result_capabilities", "arguments": {}}
+    result = stateless(new_hub(), "tools/call", call, {"sampling": {}}).result
+    assert set(result["inputRequests"]) == {"sample_input"}
+
+
+def test_prompts_get_can_ask_for_input() -> None:
+    hub = new_hub()
+    caps = {"elicitation": {}}
+    get = {"name": "test_input_required_result_prompt"}
+    first = stateless(hub, "prompts/get", get, caps).result
+    assert list(first["inputRequests"]) == ["user_context"]
+    context = {"user_context": {"action": "accept", "content": {"context": "tests"}}}
+    done = stateless(hub, "prompts/get", {**get, "inputResponses": context}, caps).result
+    assert done["messages"][0]["content"]["text"] == "Prompt with context: tests"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s[:-3] + ("AAA" if not s.endswith("AAA") else "BBB"),
+        lambda s: s + "-TAMPERED",
+        lambda s: "not a state",
+        lambda s: s.split(".")[0],
+    ],
+)
+def test_a_request_state_that_was_altered_is_refused(change: Callable[[str], str]) -> None:
+    hub = new_hub()
+    caps = {"elicitation": {}}
+    call = {"name": "test_input_required_result_tampered_state", "arguments": {}}
+    state = stateless(hub, "tools/call", call, caps).result["requestState"]
+    answer = {"confirm": {"action": "accept", "content": {"ok": True}}}
+    retry = {**call, "inputResponses": answer, "requestState": change(state)}
+    assert stateless(hub, "tools/call", retry, caps).error["code"] == -32602
+    honest = {**retry, "requestState": state}
+    assert stateless(hub, "tools/call", honest, caps).text.startswith("integrity-ok")
+
+
+def test_a_request_state_is_bound_to_its_tool_and_expires() -> None:
+    clock = Clock()
+    sealer = StateSealer(clock, key=b"k" * 32, ttl=60)
+    state = sealer.seal("tools/call", "a", {"x": {}})
+    assert sealer.open(state, "tools/call", "a") == {"x": {}}
+    for method, target in (("tools/call", "b"), ("prompts/get", "a")):
+        with pytest.raises(core.RpcError):
+            sealer.open(state, method, target)
+    with pytest.raises(core.RpcError):
+        StateSealer(clock, key=b"j" * 32).open(state, "tools/call", "a")
+    clock.now += 61
+    with pytest.raises(core.RpcError):
+        sealer.open(state, "tools/call", "a")
+
+
+@pytest.mark.parametrize("responses", [12345, {"user_name": 5}, [1]])
+def test_malformed_input_responses_are_invalid_params(responses: Any) -> None:
+    call = {"name": "test_input_required_result_elicitation", "inputResponses": responses}
+    assert stateless(new_hub(), "tools/call", call, {"elicitation": {}}).error["code"] == -32602
+
+
+def test_logs_only_for_a_request_that_asks_for_a_level() -> None:
+    hub = new_hub()
+    quiet = stateless(hub, "tools/call", {"name": "test_tool_with_logging"})
+    assert quiet.sent("notifications/message") == []
+    loud = stateless(
+        hub,
+        "tools/call",
+        {"name": "test_tool_with_logging"},
+        **{"io.modelcontextprotocol/logLevel": "info"},
+    )
+    assert len(loud.sent("notifications/message")) == 3
+
+
+def test_listen_acknowledges_and_the_hub_sends_only_what_was_asked() -> None:
+    hub = new_hub()
+    params = {"notifications": {"promptsListChanged": True, "resourcesListChanged": True}}
+    message = {"jsonrpc": "2.0", "id": "L", "method": "subscriptions/listen"}
+    outcome = handle_stateless(hub, {**message, "params": {**params, "_meta": envelope()}})
+    assert isinstance(outcome, Listen)
+    assert outcome.acknowledgment["params"] == {
+        "notifications": {"promptsListChanged": True},  # resource lists never change here
+        "_meta": {"io.modelcontextprotocol/subscriptionId": "L"},
+    }
+    got: list[JSON] = []
+    token = hub.listen(outcome.request_id, outcome.filter, got.append)
+    stateless(hub, "tools/call", {"name": "test_trigger_tool_change"})
+    stateless(hub, "tools/call", {"name": "test_trigger_prompt_change"})
+    assert [m["method"] for m in got] == ["notifications/prompts/list_changed"]
+    hub.unlisten(token)
+    stateless(hub, "tools/call", {"name": "test_trigger_prompt_change"})
+    assert len(got) == 1
+    bad = {**message, "params": {"_meta": envelope()}}
+    assert drive(DemoSession(), handle_stateless(hub, bad)).error["code"] == -32602
+
+
+def test_the_counter_is_shared_by_stateless_requests() -> None:
+    hub = new_hub()
+    got: list[JSON] = []
+    hub.listen(1, SubscriptionFilter(resources=frozenset({"demo://counter"})), got.append)
+    assert stateless(hub, "tools/call", {"name": "increment"}).text == "counter is now 1"
+    assert stateless(hub, "tools/call", {"name": "increment"}).text == "counter is now 2"
+    read = stateless(hub, "resources/read", {"uri": "demo://counter"}).result
+    assert read["contents"][0]["text"] == "2"
+    assert [m["params"]["uri"] for m in got] == ["demo://counter", "demo://counter"]
+
+
+def test_stateless_sessions_stay_apart_from_handshake_sessions() -> None:
+    session = open_session()
+    assert rpc(session, "server/discover").error["code"] == -32601
+    assert rpc(session, "subscriptions/listen", {"notifications": {}}).error["code"] == -32601
+    assert rpc(session, "tools/call", {"name": "test_trigger_tool_change"}).text
+    ran = rpc(session, "tools/call", {"name": "test_trigger_tool_change"})
+    assert ran.unrelated == [{"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}]
+
+
+@pytest.mark.parametrize(
+    ("accept", "sse"),
+    [
+        ("application/json, text/event-stream", False),
+        ("text/event-stream, application/json", True),
+        ("application/json;q=0.5, text/event-stream", True),
+        ("text/event-stream;q=0.1, application/json", False),
+        (None, False),
+    ],
+)
+def test_prefers_sse(accept: str | None, sse: bool) -> None:
+    assert prefers_sse(accept) is sse
