@@ -283,6 +283,11 @@ FIXTURE_TOOLS_2026 = {
     "test_trigger_prompt_change",
     "greet",
     "slow_compute",
+    "failing_job",
+    "protocol_error_job",
+    "confirm_delete",
+    "multi_input",
+    "test_tool_with_task",
 }
 
 

@@ -1,10 +1,11 @@
 """What a running request (a "program") yields to the demo server's core, and
 the error it raises; no I/O.
 
-A program is a generator: it yields ``Emit``, ``Sleep``, ``Input`` or
-``HangUp`` and returns its result. ``Ask`` is what the core hands the
-transport for one server-to-client request of an ``Input`` (handshake-era
-sessions only), and ``Done`` carries the response.
+A program is a generator: it yields ``Emit``, ``Sleep``, ``Input``,
+``HangUp`` or ``BecomeTask`` and returns its result. ``Ask`` is what the
+core hands the transport for one server-to-client request of an ``Input``
+(handshake-era sessions only), ``Gather`` what a task waits for, and
+``Done`` carries the response.
 """
 
 from __future__ import annotations
@@ -55,6 +56,21 @@ class Input:
 
 
 @attrs.frozen
+class BecomeTask:
+    """From here on, run as a task (when the client declared the tasks
+    extension; otherwise nothing happens): the request is answered with a
+    ``CreateTaskResult`` and the program goes on in the background."""
+
+
+@attrs.frozen
+class Gather:
+    """A task waits for these inputs (``tasks/update`` brings them); the
+    program gets back a dict from each key to its reply."""
+
+    requests: tuple[InputRequest, ...]
+
+
+@attrs.frozen
 class Ask:
     """Send a server-to-client request and wait for the reply (at most
     ``timeout`` seconds; then the transport calls ``Call.time_out``)."""
@@ -76,8 +92,8 @@ class Done:
     message: JSON
 
 
-Yielded = Emit | Sleep | Input | HangUp
-Step = Emit | Sleep | Ask | HangUp
+Yielded = Emit | Sleep | Input | HangUp | BecomeTask
+Step = Emit | Sleep | Ask | HangUp | Gather
 Effect = Step | Done
 Program = Generator[Yielded, Any, JSON]
 

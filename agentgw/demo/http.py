@@ -55,6 +55,7 @@ from agentgw.demo.server import (
     Emit,
     Listen,
     Start,
+    StartTask,
     handle_stateless,
 )
 from agentgw.demo.wire import (
@@ -439,6 +440,9 @@ class DemoHttpApp:
             await _refuse(req, 400, HEADER_MISMATCH, problem, message["id"])
             return
         outcome = handle_stateless(self.hub, message, version)
+        if isinstance(outcome, StartTask):
+            self.stateless_calls.start_task(outcome.call, outcome.record, outcome.effect)
+            outcome = Answer(outcome.message)
         if isinstance(outcome, Answer):
             error = outcome.message.get("error")
             if error is not None:

@@ -29,6 +29,7 @@ import attrs
 
 from agentgw._version import __version__
 from agentgw.demo.effects import RpcError
+from agentgw.demo.tasks import TaskStore
 from agentgw.demo.wire import (
     HEADER_MISMATCH,
     INVALID_PARAMS,
@@ -68,6 +69,9 @@ METHODS = frozenset(
         "prompts/get",
         "completion/complete",
         "subscriptions/listen",
+        "tasks/get",
+        "tasks/update",
+        "tasks/cancel",
     }
 )
 # The methods whose result may be an input_required result (SEP-2322).
@@ -274,13 +278,17 @@ class Listener:
 @attrs.define(eq=False)
 class Hub:
     """State shared by every 2026-07-28 request: the counter resource, the
-    open ``subscriptions/listen`` streams and the requestState sealer.
+    open ``subscriptions/listen`` streams, the requestState sealer and the
+    tasks.
 
     ``deliver`` callbacks are the transports' (a non-blocking put); the hub
     calls them synchronously.
     """
 
     sealer: StateSealer
+    tasks: TaskStore = attrs.field(
+        default=attrs.Factory(lambda self: TaskStore(self.sealer.clock), takes_self=True)
+    )
     max_listeners: int = 1000
     counter: int = 0
     _listeners: dict[int, Listener] = attrs.field(factory=dict)

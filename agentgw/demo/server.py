@@ -44,9 +44,11 @@ from agentgw.demo.content import (
 from agentgw.demo.content import PROMPTS as PROMPTS
 from agentgw.demo.content import RESOURCES as RESOURCES
 from agentgw.demo.effects import Ask as Ask
+from agentgw.demo.effects import BecomeTask as BecomeTask
 from agentgw.demo.effects import Done as Done
 from agentgw.demo.effects import Effect as Effect
 from agentgw.demo.effects import Emit as Emit
+from agentgw.demo.effects import Gather as Gather
 from agentgw.demo.effects import HangUp as HangUp
 from agentgw.demo.effects import Input as Input
 from agentgw.demo.effects import InputRequest as InputRequest
@@ -69,6 +71,8 @@ from agentgw.demo.modern import (
 from agentgw.demo.modern import (
     METHODS as STATELESS_METHODS,
 )
+from agentgw.demo.tasks import EXTENSION as TASKS_EXTENSION
+from agentgw.demo.tasks import TaskRecord
 from agentgw.demo.tools import TOOLS as TOOLS
 from agentgw.demo.tools import ProgressToken, check_arguments
 from agentgw.demo.wire import (
@@ -133,7 +137,20 @@ class Listen:
     acknowledgment: JSON
 
 
-Outcome = Answer | Start | Resume | Cancel | Listen | None
+@attrs.frozen
+class StartTask:
+    """A ``tools/call`` became a task: answer ``message`` (its
+    ``CreateTaskResult``) now, then drive ``call`` from ``effect`` in the
+    background, reporting to ``record`` (unless ``effect`` is already
+    ``Done``: then the record holds the outcome)."""
+
+    call: Call
+    record: TaskRecord
+    message: JSON
+    effect: Effect
+
+
+Outcome = Answer | Start | Resume | Cancel | Listen | StartTask | None
 
 
 # ---------------------------------------------------------------- calls
@@ -160,9 +177,23 @@ class Call:
     is_cancelled: bool = False
     _queued: Effect | None = attrs.field(default=None, repr=False)
     _gathering: _Gathering | None = attrs.field(default=None, repr=False)
+    # Set once the call runs as a task (tasks extension).
+    record: TaskRecord | None = attrs.field(default=None, repr=False)
+    _steps: int = attrs.field(default=0, repr=False)
+
+    def start(self) -> Effect | BecomeTask:
+        """The first effect, or ``BecomeTask`` when the program asks to run
+        as a task and the client can (``DemoSession`` makes the task)."""
+        return self._next(None, may_become_task=True)
 
     def advance(self, value: Any = None) -> Effect:
-        """The next effect; ``value`` is the reply after an ``Ask``."""
+        """The next effect; ``value`` is the reply after an ``Ask`` or a
+        ``Gather``."""
+        effect = self._next(value, may_become_task=False)
+        assert not isinstance(effect, BecomeTask)
+        return effect
+
+    def _next(self, value: Any, *, may_become_task: bool) -> Effect | BecomeTask:
         if self._queued is not None:
             effect, self._queued = self._queued, None
             return effect
@@ -179,8 +210,17 @@ class Call:
         try:
             while True:
                 step = self._program.send(value)
+                value = None
+                if isinstance(step, BecomeTask):
+                    if may_become_task and self._steps == 0 and self._session.has_tasks:
+                        return step
+                    continue
                 if not isinstance(step, Input):
+                    self._steps += 1
                     return step
+                if self.record is not None:
+                    self._steps += 1
+                    return Gather(step.requests)
                 if not self._session.is_stateless:
                     self._gathering = _Gathering(list(step.requests))
                     return self._ask(step.requests[0])
@@ -229,7 +269,7 @@ class Call:
     def _finish(self, message: JSON) -> Done:
         self.is_finished = True
         self._session.calls.pop(self.request_id, None)
-        if self._session.is_stateless and "result" in message:
+        if self._session.is_stateless and self.record is None and "result" in message:
             message = {**message, "result": decorate(self.method, message["result"])}
         return Done(message)
 
@@ -279,6 +319,24 @@ class DemoSession:
 
     def has_capability(self, name: str) -> bool:
         return isinstance(self.client_capabilities.get(name), dict)
+
+    @property
+    def has_tasks(self) -> bool:
+        """Whether this 2026-07-28 request declared the tasks extension."""
+        extensions = self.client_capabilities.get("extensions")
+        return (
+            self.is_stateless
+            and isinstance(extensions, dict)
+            and isinstance(extensions.get(TASKS_EXTENSION), dict)
+        )
+
+    def require_tasks(self) -> None:
+        """Raises -32021 unless the request declared the tasks extension."""
+        if not self.has_tasks:
+            data: JSON = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
+            raise RpcError(
+                MISSING_CAPABILITY, f"the client did not declare {TASKS_EXTENSION}", data
+            )
 
     def check_capability(self, name: str) -> bool:
         """Whether the client declared ``name``. For a 2026-07-28 request a
@@ -351,10 +409,27 @@ class DemoSession:
             return Answer(error_message(request_id, exc.code, exc.message, exc.data))
         call = Call(request_id, method, self, program)
         self.calls[request_id] = call
-        effect = call.advance()
+        effect = call.start()
+        if isinstance(effect, BecomeTask):
+            return self._start_task(call)
         if isinstance(effect, Done):
             return Answer(effect.message)
         return Start(call, effect)
+
+    def _start_task(self, call: Call) -> Outcome:
+        assert self.hub is not None
+        try:
+            record = self.hub.tasks.create()
+        except RpcError as exc:
+            call.close()
+            return Answer(error_message(call.request_id, exc.code, exc.message, exc.data))
+        call.record = record
+        self.calls.pop(call.request_id, None)  # the task outlives this request
+        message = result_message(call.request_id, decorate("tools/call", record.created_result()))
+        effect = call.advance()
+        if isinstance(effect, Done):
+            record.finish(effect.message)
+        return StartTask(call, record, message, effect)
 
     # -- 2026-07-28: input_required results (MRTR)
 
@@ -551,7 +626,43 @@ def _tools_call(s: DemoSession, params: JSON) -> Program:
     token = meta.get("progressToken") if isinstance(meta, dict) else None
     if not isinstance(token, str | int) or isinstance(token, bool):
         token = None
-    return tool.handler(s, args, token)
+    if tool.task_support == "required" and not s.has_tasks:
+        if s.is_stateless:
+            s.require_tasks()
+        return finished(tool_error(f"{tool.name} runs only as a task (the tasks extension)"))
+    program = tool.handler(s, args, token)
+    if tool.task_support != "forbidden" and s.has_tasks and not tool.decides_task:
+        return _as_task(program)
+    return program
+
+
+def _as_task(program: Program) -> Program:
+    yield BecomeTask()
+    return (yield from program)
+
+
+def _task(s: DemoSession, params: JSON) -> TaskRecord:
+    s.require_tasks()
+    assert s.hub is not None
+    return s.hub.tasks.get(params.get("taskId"))
+
+
+def _tasks_get(s: DemoSession, params: JSON) -> Program:
+    return finished(_task(s, params).describe())
+
+
+def _tasks_update(s: DemoSession, params: JSON) -> Program:
+    record = _task(s, params)
+    responses = params.get("inputResponses")
+    if not isinstance(responses, dict) or not all(isinstance(v, dict) for v in responses.values()):
+        raise RpcError(INVALID_PARAMS, "invalid params: inputResponses must map keys to results")
+    record.update(responses)
+    return finished({})
+
+
+def _tasks_cancel(s: DemoSession, params: JSON) -> Program:
+    _task(s, params).cancel()
+    return finished({})
 
 
 def _resources_list(s: DemoSession, params: JSON) -> Program:
@@ -655,6 +766,7 @@ def _discover(s: DemoSession, params: JSON) -> Program:
                 "prompts": {"listChanged": True},
                 "logging": {},
                 "completions": {},
+                "extensions": {TASKS_EXTENSION: {}},
             },
             "instructions": INSTRUCTIONS,
         }
@@ -670,6 +782,9 @@ _METHODS: dict[str, Callable[[DemoSession, JSON], Program]] = {
     "ping": _ping,
     "server/discover": _discover,
     "subscriptions/listen": _listen,
+    "tasks/get": _tasks_get,
+    "tasks/update": _tasks_update,
+    "tasks/cancel": _tasks_cancel,
     "tools/list": _tools_list,
     "tools/call": _tools_call,
     "resources/list": _resources_list,
@@ -684,4 +799,6 @@ _METHODS: dict[str, Callable[[DemoSession, JSON], Program]] = {
 }
 # Methods only a 2026-07-28 request reaches (a session's server/discover is
 # the probe of a 2026-07-28 client, which falls back to initialize on -32601).
-_STATELESS_ONLY = frozenset({"server/discover", "subscriptions/listen"})
+_STATELESS_ONLY = frozenset(
+    {"server/discover", "subscriptions/listen", "tasks/get", "tasks/update", "tasks/cancel"}
+)

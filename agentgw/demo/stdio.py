@@ -25,7 +25,16 @@ import trio
 
 from agentgw.demo.modern import Hub, StateSealer, is_stateless_request
 from agentgw.demo.runner import CallRunner
-from agentgw.demo.server import Answer, Call, Cancel, DemoSession, Listen, Start, handle_stateless
+from agentgw.demo.server import (
+    Answer,
+    Call,
+    Cancel,
+    DemoSession,
+    Listen,
+    Start,
+    StartTask,
+    handle_stateless,
+)
 from agentgw.demo.wire import (
     INVALID_REQUEST,
     JSON,
@@ -82,6 +91,9 @@ class _Stateless:
 
     async def handle(self, message: JSON) -> None:
         outcome = handle_stateless(self.hub, message)
+        if isinstance(outcome, StartTask):
+            self.runner.start_task(outcome.call, outcome.record, outcome.effect)
+            outcome = Answer(outcome.message)
         if isinstance(outcome, Answer):
             await self.out.write(outcome.message)
         elif isinstance(outcome, Start):

@@ -26,8 +26,17 @@ from agentgw.demo.content import (
     text_result,
     tool_error,
 )
-from agentgw.demo.effects import Emit, HangUp, Input, InputRequest, Program, Sleep
-from agentgw.demo.wire import JSON, notification
+from agentgw.demo.effects import (
+    BecomeTask,
+    Emit,
+    HangUp,
+    Input,
+    InputRequest,
+    Program,
+    RpcError,
+    Sleep,
+)
+from agentgw.demo.wire import INTERNAL_ERROR, JSON, notification
 
 if TYPE_CHECKING:
     from agentgw.demo.server import DemoSession
@@ -71,12 +80,18 @@ class Tool:
     title: str | None = None
     output_schema: JSON | None = None
     annotations: JSON | None = None
+    # The tasks extension: "forbidden", "optional" or "required"; a tool
+    # that ``decides_task`` yields BecomeTask itself (after asking for input).
+    task_support: str = "forbidden"
+    decides_task: bool = False
 
     def describe(self, session: DemoSession) -> JSON:
         out: JSON = {"name": self.name, "description": self.description}
         out["inputSchema"] = self.input_schema
         if self.annotations is not None:
             out["annotations"] = self.annotations
+        if self.task_support != "forbidden" and session.is_stateless:
+            out["execution"] = {"taskSupport": self.task_support}
         if session.is_at_least("2025-06-18"):
             if self.title is not None:
                 out["title"] = self.title
@@ -653,11 +668,89 @@ def _greet(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
 
 @_tool(
     "slow_compute",
-    "Sleeps `seconds` (at most 60), then answers with the time it took",
-    object_schema({"seconds": {"type": "number", "minimum": 0, "maximum": 60, "default": 1}}),
+    "Sleeps `seconds` (at most 60), then answers with the time it took; a task "
+    "for clients of the tasks extension",
+    object_schema(
+        {
+            "seconds": {"type": "number", "minimum": 0, "maximum": 60, "default": 1},
+            "label": {"type": "string"},
+        }
+    ),
+    task_support="optional",
 )
 def _slow_compute(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
     seconds = float(args.get("seconds", 1))
     if seconds:
         yield Sleep(seconds)
     return text_result(f"computed in {seconds:g} s")
+
+
+@_tool(
+    "failing_job",
+    "Runs only as a task (the tasks extension); ends with a tool error",
+    task_support="required",
+)
+def _failing_job(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
+    yield Sleep(0.2)
+    return tool_error("the job failed, as it always does")
+
+
+@_tool(
+    "protocol_error_job",
+    "Fails with a JSON-RPC error (a task ends failed)",
+    task_support="optional",
+)
+def _protocol_error_job(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
+    yield Sleep(0.2)
+    raise RpcError(INTERNAL_ERROR, "the job broke")
+
+
+@_tool(
+    "confirm_delete",
+    "Asks the user to confirm before pretending to delete `filename`",
+    object_schema({"filename": {"type": "string"}}, ("filename",)),
+    task_support="optional",
+)
+def _confirm_delete(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
+    if not s.check_capability("elicitation"):
+        return tool_error("the client does not support elicitation")
+    message = f"Delete {args['filename']}?"
+    request = _elicit_request("confirm", message, {"confirm": {"type": "boolean"}}, ("confirm",))
+    replies = yield Input((request,))
+    confirmed = _answer(replies["confirm"], "confirm") == "True"
+    return text_result(f"{'deleted' if confirmed else 'kept'} {args['filename']}")
+
+
+@_tool(
+    "multi_input",
+    "Asks for a name and a confirmation at once",
+    task_support="optional",
+)
+def _multi_input(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
+    if not s.check_capability("elicitation"):
+        return tool_error("the client does not support elicitation")
+    replies = yield Input(
+        (
+            _elicit_request("name", "Your name?", {"name": {"type": "string"}}, ("name",)),
+            _elicit_request("confirm", "Go on?", {"confirm": {"type": "boolean"}}, ("confirm",)),
+        )
+    )
+    return text_result(f"name={_answer(replies['name'], 'name')}")
+
+
+@_tool(
+    "test_tool_with_task",
+    "Asks the user's name (input_required), then answers from a task",
+    task_support="required",
+    decides_task=True,
+)
+def _tool_with_task(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
+    if not s.check_capability("elicitation"):
+        return tool_error("the client does not support elicitation")
+    request = _elicit_request(
+        "user_name", "What is your name?", {"name": {"type": "string"}}, ("name",)
+    )
+    replies = yield Input((request,))
+    yield BecomeTask()
+    yield Sleep(0.1)
+    return text_result(f"Hello, {_answer(replies['user_name'], 'name')}, from a task")
