@@ -288,6 +288,7 @@ FIXTURE_TOOLS_2026 = {
     "confirm_delete",
     "multi_input",
     "test_tool_with_task",
+    "test_custom_header",
 }
 
 

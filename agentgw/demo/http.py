@@ -44,7 +44,7 @@ import trio
 
 from agentgw.config.model import HttpLimits
 from agentgw.demo.legacy_sse import LegacySseApp
-from agentgw.demo.modern import Hub, StateSealer, is_stateless_request
+from agentgw.demo.modern import Hub, StateSealer, is_stateless_request, param_header_problem
 from agentgw.demo.runner import CallRunner
 from agentgw.demo.server import (
     Answer,
@@ -58,6 +58,7 @@ from agentgw.demo.server import (
     StartTask,
     handle_stateless,
 )
+from agentgw.demo.tools import TOOLS
 from agentgw.demo.wire import (
     ERROR_STATUS,
     HEADER_MISMATCH,
@@ -268,7 +269,16 @@ def _routing_problem(req: ServerRequest, message: JSON, version: str | None) -> 
         name = _header(req, b"mcp-name")
         if name is None or name.strip() != value:
             return "Mcp-Name header does not match the request"
+    tool = TOOLS.get(value) if method == "tools/call" and isinstance(value, str) else None
+    if tool is not None:
+        assert isinstance(params, dict)
+        lookup = partial(_header_str, req)
+        return param_header_problem(tool.input_schema, params.get("arguments"), lookup)
     return None
+
+
+def _header_str(req: ServerRequest, name: str) -> str | None:
+    return _header(req, name.encode())
 
 
 def _header(req: ServerRequest, name: bytes) -> str | None:

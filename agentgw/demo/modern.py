@@ -147,6 +147,53 @@ def parse_envelope(params: object, header_version: str | None = None) -> Envelop
     return Envelope(version, capabilities, info, level)
 
 
+def _header_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def decode_param_header(value: str) -> str | None:
+    """An ``Mcp-Param-*`` header's value: ``=?base64?...?=`` is Base64 of
+    UTF-8 (None when it is not valid Base64), anything else is literal."""
+    if not (value.startswith("=?base64?") and value.endswith("?=") and len(value) >= 11):
+        return value
+    try:
+        return base64.b64decode(value[9:-2], validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def param_header_problem(
+    schema: JSON, args: object, header: Callable[[str], str | None]
+) -> str | None:
+    """Why the ``Mcp-Param-*`` headers of a tool's ``x-mcp-header``
+    arguments do not match the body (SEP-2243), or None.
+
+    Args:
+        schema: the tool's input schema.
+        args: the call's arguments.
+        header: the request's header by (lowercase) name, None if absent.
+    """
+    properties = schema.get("properties", {})
+    given = args if isinstance(args, dict) else {}
+    for name, spec in properties.items():
+        suffix = spec.get("x-mcp-header") if isinstance(spec, dict) else None
+        if not isinstance(suffix, str):
+            continue
+        raw = header(f"mcp-param-{suffix.lower()}")
+        if raw is None and name not in given:
+            continue
+        if raw is None:
+            return f"missing Mcp-Param-{suffix} header"
+        value = decode_param_header(raw.strip())
+        if value is None:
+            return f"Mcp-Param-{suffix} is not valid Base64"
+        if name not in given or value != _header_text(given[name]):
+            return f"Mcp-Param-{suffix} does not match the arguments"
+    return None
+
+
 def decorate(method: str, result: JSON) -> JSON:
     """A result in the 2026-07-28 shape: ``resultType``, the server's
     identity in ``_meta``, and caching hints where the method is cacheable."""

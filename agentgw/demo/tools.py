@@ -754,3 +754,16 @@ def _tool_with_task(s: DemoSession, args: JSON, token: ProgressToken | None) -> 
     yield BecomeTask()
     yield Sleep(0.1)
     return text_result(f"Hello, {_answer(replies['user_name'], 'name')}, from a task")
+
+
+@_tool(
+    "test_custom_header",
+    "Says which region it was called for; the region travels in the "
+    "Mcp-Param-Region header too (SEP-2243)",
+    object_schema(
+        {"region": {"type": "string", "description": "A region", "x-mcp-header": "Region"}},
+        ("region",),
+    ),
+)
+def _custom_header(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
+    return finished(text_result(f"region is {args['region']}"))
