@@ -18,7 +18,13 @@ import trio.testing
 
 from agentgw.demo import server as core
 from agentgw.demo.http import MAX_KEPT_STREAMS, DemoHttpApp, EventStream
-from agentgw.demo.modern import Hub, StateSealer, SubscriptionFilter, parse_envelope
+from agentgw.demo.modern import (
+    Hub,
+    StateSealer,
+    SubscriptionFilter,
+    param_header_problem,
+    parse_envelope,
+)
 from agentgw.demo.runner import CallRunner
 from agentgw.demo.server import (
     PROMPTS,
@@ -31,15 +37,18 @@ from agentgw.demo.server import (
     Done,
     Effect,
     Emit,
+    Gather,
     HangUp,
     Listen,
     Outcome,
     Resume,
     Sleep,
     Start,
+    StartTask,
     handle_stateless,
 )
 from agentgw.demo.stdio import MAX_LINE, serve_stdio
+from agentgw.demo.tasks import TaskStore
 from agentgw.demo.wire import (
     LATEST_VERSION,
     SUPPORTED_VERSIONS,
@@ -1203,3 +1212,181 @@ def test_stateless_sessions_stay_apart_from_handshake_sessions() -> None:
 )
 def test_prefers_sse(accept: str | None, sse: bool) -> None:
     assert prefers_sse(accept) is sse
+
+
+# ---------------------------------------------------------------- the tasks extension
+
+TASKS = {"extensions": {"io.modelcontextprotocol/tasks": {}}}
+
+
+def start(hub: Hub, method: str, params: JSON, capabilities: JSON | None = None) -> Outcome:
+    params = {**params, "_meta": envelope(capabilities)}
+    return handle_stateless(hub, {"jsonrpc": "2.0", "id": 9, "method": method, "params": params})
+
+
+def finish_task(outcome: StartTask) -> None:
+    """Drive a task's call as its runner would, with no inputs to gather."""
+    effect = outcome.effect
+    while not isinstance(effect, Done):
+        assert isinstance(effect, Sleep | Emit), effect
+        effect = outcome.call.advance()
+    outcome.record.finish(effect.message)
+
+
+def test_a_task_supporting_tool_becomes_a_task_for_clients_of_the_extension() -> None:
+    hub = new_hub()
+    call = {"name": "slow_compute", "arguments": {"seconds": 2}}
+    outcome = start(hub, "tools/call", call, TASKS)
+    assert isinstance(outcome, StartTask)
+    created = outcome.message["result"]
+    assert created["resultType"] == "task" and created["status"] == "working"
+    assert created["ttlMs"] > 0 and created["createdAt"].endswith("Z")
+    assert not {"result", "error", "inputRequests", "requestState", "task"} & created.keys()
+    task_id = created["taskId"]
+    working = stateless(hub, "tasks/get", {"taskId": task_id}, TASKS).result
+    assert working["status"] == "working" and "result" not in working
+    assert isinstance(outcome.effect, Sleep) and outcome.effect.seconds == 2
+    finish_task(outcome)
+    done = stateless(hub, "tasks/get", {"taskId": task_id}, TASKS).result
+    assert done["status"] == "completed" and done["resultType"] == "complete"
+    assert done["result"]["content"][0]["text"] == "computed in 2 s"
+    # Without the extension the same call runs at once.
+    assert isinstance(start(hub, "tools/call", call), Start)
+    legacy = start(hub, "tools/call", {**call, "task": {"ttl": 1000}})
+    assert isinstance(legacy, Start)
+
+
+def test_a_task_waits_for_its_inputs_and_tasks_update_brings_them() -> None:
+    hub = new_hub()
+    outcome = start(hub, "tools/call", {"name": "multi_input"}, {**TASKS, "elicitation": {}})
+    assert isinstance(outcome, StartTask)
+    gather = outcome.effect
+    assert isinstance(gather, Gather)
+    record = outcome.record
+    woken: list[str] = []
+    record.on_change = lambda: woken.append(record.status)
+    assert not record.wait_for(gather.requests)
+    task_id = record.task_id
+    waiting = stateless(hub, "tasks/get", {"taskId": task_id}, TASKS).result
+    assert waiting["status"] == "input_required"
+    assert set(waiting["inputRequests"]) == {"name", "confirm"}
+    name = {"action": "accept", "content": {"name": "Ada"}}
+    ack = stateless(
+        hub, "tasks/update", {"taskId": task_id, "inputResponses": {"name": name}}, TASKS
+    )
+    assert ack.result == {"resultType": "complete", "_meta": ack.result["_meta"]}
+    partial = stateless(hub, "tasks/get", {"taskId": task_id}, TASKS).result
+    assert partial["status"] == "input_required" and list(partial["inputRequests"]) == ["confirm"]
+    rest = {"confirm": {"action": "accept", "content": {"confirm": True}}, "stray": {}}
+    stateless(hub, "tasks/update", {"taskId": task_id, "inputResponses": rest}, TASKS)
+    assert woken == ["input_required", "working"]
+    assert record.wait_for(gather.requests)
+    effect = outcome.call.advance(record.replies(gather.requests))
+    assert isinstance(effect, Done)
+    record.finish(effect.message)
+    assert record.describe()["result"]["content"][0]["text"] == "name=Ada"
+
+
+def test_tool_errors_complete_and_protocol_errors_fail() -> None:
+    hub = new_hub()
+    failing = start(hub, "tools/call", {"name": "failing_job"}, TASKS)
+    broken = start(hub, "tools/call", {"name": "protocol_error_job"}, TASKS)
+    assert isinstance(failing, StartTask) and isinstance(broken, StartTask)
+    finish_task(failing)
+    finish_task(broken)
+    assert failing.record.status == "completed" and failing.record.result is not None
+    assert failing.record.result["isError"] is True
+    assert broken.record.status == "failed" and broken.record.result is None
+    assert broken.record.error == {"code": -32603, "message": "the job broke"}
+
+
+def test_a_tool_that_only_runs_as_a_task_needs_the_extension() -> None:
+    ran = stateless(new_hub(), "tools/call", {"name": "failing_job"})
+    assert ran.error["code"] == -32021
+    assert ran.error["data"] == {
+        "requiredCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}}
+    }
+    assert rpc(open_session(), "tools/call", {"name": "failing_job"}).result["isError"]
+
+
+def test_input_first_then_a_task() -> None:
+    hub = new_hub()
+    caps = {**TASKS, "elicitation": {}}
+    first = start(hub, "tools/call", {"name": "test_tool_with_task"}, caps)
+    assert isinstance(first, Answer)
+    asked = first.message["result"]
+    assert asked["resultType"] == "input_required" and "taskId" not in asked
+    name = {"user_name": {"action": "accept", "content": {"name": "Alice"}}}
+    retry = {"name": "test_tool_with_task", "inputResponses": name}
+    second = start(hub, "tools/call", {**retry, "requestState": asked["requestState"]}, caps)
+    assert isinstance(second, StartTask)
+    assert "requestState" not in second.message["result"]
+    finish_task(second)
+    assert second.record.describe()["result"]["content"][0]["text"].startswith("Hello, Alice")
+
+
+def test_tasks_methods_need_the_extension_and_a_known_id() -> None:
+    hub = new_hub()
+    for method in ("tasks/get", "tasks/update", "tasks/cancel"):
+        params = {"taskId": "x", "inputResponses": {}}
+        assert stateless(hub, method, params).error["code"] == -32021
+        assert stateless(hub, method, params, TASKS).error["code"] == -32602
+    for removed in ("tasks/result", "tasks/list"):
+        assert stateless(hub, removed, {"taskId": "x"}, TASKS).error["code"] == -32601
+    assert rpc(open_session(), "tasks/get", {"taskId": "x"}).error["code"] == -32601
+
+
+def test_cancel_stops_a_running_task_and_is_idempotent() -> None:
+    hub = new_hub()
+    outcome = start(
+        hub, "tools/call", {"name": "slow_compute", "arguments": {"seconds": 60}}, TASKS
+    )
+    assert isinstance(outcome, StartTask)
+    stopped: list[bool] = []
+    outcome.record.on_cancel = lambda: stopped.append(True)
+    params = {"taskId": outcome.record.task_id}
+    for _ in range(2):
+        ack = stateless(hub, "tasks/cancel", params, TASKS).result
+        assert set(ack) == {"resultType", "_meta"}
+    assert stopped == [True] and outcome.record.status == "cancelled"
+    outcome.record.finish({"result": {"content": []}})  # a late answer changes nothing
+    assert stateless(hub, "tasks/get", params, TASKS).result["status"] == "cancelled"
+
+
+def test_task_records_expire_and_are_bounded() -> None:
+    clock = Clock()
+    store = TaskStore(clock, ttl_ms=1000, max_tasks=2)
+    first = store.create()
+    store.create()
+    with pytest.raises(core.RpcError):
+        store.create()
+    clock.now += 1.5
+    with pytest.raises(core.RpcError) as caught:
+        store.get(first.task_id)
+    assert caught.value.code == -32602 and first.status == "cancelled"
+    assert len(store) == 0
+
+
+# ---------------------------------------------------------------- Mcp-Param-* headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "args", "problem"),
+    [
+        ({"mcp-param-region": "eu"}, {"region": "eu"}, None),
+        ({"mcp-param-region": "=?base64?ZXU=?="}, {"region": "eu"}, None),
+        ({"mcp-param-region": "=?base64?ZXU?="}, {"region": "eu"}, "not valid Base64"),
+        ({"mcp-param-region": "=?base64?Z!U=?="}, {"region": "eu"}, "not valid Base64"),
+        ({"mcp-param-region": "=?base64?ZXU="}, {"region": "=?base64?ZXU="}, None),
+        ({}, {"region": "eu"}, "missing Mcp-Param-Region"),
+        ({"mcp-param-region": "us"}, {"region": "eu"}, "does not match"),
+        ({"mcp-param-region": "eu"}, {}, "does not match"),
+        ({}, {}, None),
+    ],
+)
+def test_param_headers_match_the_arguments(
+    headers: dict[str, str], args: JSON, problem: str | None
+) -> None:
+    schema = TOOLS["test_custom_header"].input_schema
+    found = param_header_problem(schema, args, headers.get)
+    assert (found is None) if problem is None else (found is not None and problem in found)
