@@ -516,6 +516,17 @@ ENVELOPE = {
 }
 
 
+# Where the body has the value of the Mcp-Name header (SEP-2243).
+NAME_FIELD = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
+}
+
+
 def _stateless(
     method: str, params: dict[str, Any] | None = None, request_id: int = 1, **meta: Any
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -523,7 +534,8 @@ def _stateless(
     params = dict(params or {})
     params["_meta"] = {**ENVELOPE, **meta}
     headers = [(b"mcp-protocol-version", MODERN.encode()), (b"mcp-method", method.encode())]
-    name = params.get("uri") if method == "resources/read" else params.get("name")
+    field = NAME_FIELD.get(method)
+    name = params.get(field) if field is not None else None
     if isinstance(name, str):
         headers.append((b"mcp-name", name.encode()))
     return _body(method, params, request_id), headers
@@ -690,3 +702,65 @@ async def test_sdk_client_over_the_legacy_sse_transport() -> None:
                 assert sampled.content[0] == types.TextContent(
                     type="text", text="LLM response: echo: hello"
                 )
+
+
+async def _until(http: McpHttp, task_id: str, *statuses: str) -> dict[str, Any]:
+    with trio.fail_after(10):
+        while True:
+            _, got = await _call(http, "tasks/get", {"taskId": task_id}, **TASKS_META)
+            if got["result"]["status"] in statuses:
+                result: dict[str, Any] = got["result"]
+                return result
+            await trio.sleep(0.05)
+
+
+TASKS_META = {
+    "io.modelcontextprotocol/clientCapabilities": {
+        "elicitation": {},
+        "extensions": {"io.modelcontextprotocol/tasks": {}},
+    }
+}
+
+
+async def test_http_tasks_run_in_the_background_and_take_input() -> None:
+    async with demo_http() as port:
+        http = McpHttp(port)
+        compute = {"name": "slow_compute", "arguments": {"seconds": 0.2}}
+        _, created = await _call(http, "tools/call", compute, **TASKS_META)
+        task = created["result"]
+        assert task["resultType"] == "task" and task["status"] == "working"
+        done = await _until(http, task["taskId"], "completed")
+        assert done["result"]["content"][0]["text"] == "computed in 0.2 s"
+
+        confirm = {"name": "confirm_delete", "arguments": {"filename": "a.txt"}}
+        _, created = await _call(http, "tools/call", confirm, **TASKS_META)
+        task_id = created["result"]["taskId"]
+        waiting = await _until(http, task_id, "input_required")
+        (key,) = waiting["inputRequests"]
+        answer = {key: {"action": "accept", "content": {"confirm": True}}}
+        update = {"taskId": task_id, "inputResponses": answer}
+        status, ack = await _call(http, "tasks/update", update, **TASKS_META)
+        assert status == 200 and ack["result"]["resultType"] == "complete"
+        done = await _until(http, task_id, "completed")
+        assert done["result"]["content"][0]["text"] == "deleted a.txt"
+
+        long = {"name": "slow_compute", "arguments": {"seconds": 60}}
+        _, created = await _call(http, "tools/call", long, **TASKS_META)
+        task_id = created["result"]["taskId"]
+        await _call(http, "tasks/cancel", {"taskId": task_id}, **TASKS_META)
+        assert (await _until(http, task_id, "cancelled"))["status"] == "cancelled"
+        status, unknown = await _call(http, "tasks/get", {"taskId": "nope"}, **TASKS_META)
+        assert (status, unknown["error"]["code"]) == (400, -32602)
+
+
+async def test_http_param_headers_must_match_the_arguments() -> None:
+    async with demo_http() as port:
+        http = McpHttp(port)
+        body, headers = _stateless(
+            "tools/call", {"name": "test_custom_header", "arguments": {"region": "eu"}}
+        )
+        resp = await http.post(body, *headers)
+        assert resp.status == 400 and json.loads(resp.body)["error"]["code"] == -32020
+        resp = await http.post(body, *headers, (b"mcp-param-region", b"=?base64?ZXU=?="))
+        assert resp.status == 200
+        assert json.loads(resp.body)["result"]["content"][0]["text"] == "region is eu"
