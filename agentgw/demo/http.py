@@ -329,9 +329,11 @@ class DemoHttpApp:
         )
 
     async def expire_sessions(self) -> None:
-        """Close sessions idle for ``session_ttl``; never returns."""
+        """Close sessions idle for ``session_ttl`` and forget expired tasks;
+        never returns."""
         while True:
             await trio.sleep(min(60.0, self.session_ttl / 2))
+            self.hub.tasks.expire()
             now = trio.current_time()
             for session in list(self.sessions.values()):
                 if session.is_idle(now, self.session_ttl):

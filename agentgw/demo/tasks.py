@@ -163,7 +163,7 @@ class TaskStore:
         return len(self._tasks)
 
     def create(self) -> TaskRecord:
-        self._expire()
+        self.expire()
         if len(self._tasks) >= self.max_tasks:
             raise RpcError(INTERNAL_ERROR, "too many tasks")
         record = TaskRecord(secrets.token_hex(16), self.clock(), self.ttl_ms, self.clock)
@@ -172,13 +172,14 @@ class TaskStore:
 
     def get(self, task_id: object) -> TaskRecord:
         """Raises RpcError (-32602) for an id this store does not hold."""
-        self._expire()
+        self.expire()
         record = self._tasks.get(task_id) if isinstance(task_id, str) else None
         if record is None:
             raise RpcError(INVALID_PARAMS, "unknown taskId")
         return record
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Forget the tasks past their TTL, cancelling those still running."""
         now = self.clock()
         for task_id, record in list(self._tasks.items()):
             if record.expires <= now:
