@@ -8,14 +8,23 @@ Embedding::
         addresses = await nursery.start(gw.serve)
         ...
         gw.shutdown()  # graceful; or cancel the nursery to stop at once
+
+The public names load on first use, so that ``python -m agentgw.demo`` (a
+stdio target the gateway may start once per session) does not import the
+whole gateway.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from agentgw._version import __version__
-from agentgw.app import Gateway, ListenAddress
-from agentgw.config.load import config_from_dict, load_config, parse_config
-from agentgw.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agentgw.app import Gateway, ListenAddress
+    from agentgw.config.load import config_from_dict, load_config, parse_config
+    from agentgw.errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -26,3 +35,19 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+_HOMES = {
+    "ConfigError": "agentgw.errors",
+    "Gateway": "agentgw.app",
+    "ListenAddress": "agentgw.app",
+    "config_from_dict": "agentgw.config.load",
+    "load_config": "agentgw.config.load",
+    "parse_config": "agentgw.config.load",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'agentgw' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

@@ -18,6 +18,13 @@ import trio.testing
 
 from agentgw.demo import server as core
 from agentgw.demo.http import MAX_KEPT_STREAMS, DemoHttpApp, EventStream
+from agentgw.demo.modern import (
+    Hub,
+    StateSealer,
+    SubscriptionFilter,
+    param_header_problem,
+    parse_envelope,
+)
 from agentgw.demo.runner import CallRunner
 from agentgw.demo.server import (
     PROMPTS,
@@ -30,13 +37,18 @@ from agentgw.demo.server import (
     Done,
     Effect,
     Emit,
+    Gather,
     HangUp,
+    Listen,
     Outcome,
     Resume,
     Sleep,
     Start,
+    StartTask,
+    handle_stateless,
 )
 from agentgw.demo.stdio import MAX_LINE, serve_stdio
+from agentgw.demo.tasks import TaskStore
 from agentgw.demo.wire import (
     LATEST_VERSION,
     SUPPORTED_VERSIONS,
@@ -46,6 +58,7 @@ from agentgw.demo.wire import (
     encode_sse,
     is_allowed_origin,
     parse_event_id,
+    prefers_sse,
 )
 
 JSON = dict[str, Any]
@@ -196,7 +209,7 @@ def test_only_ping_works_before_initialize() -> None:
     assert rpc(session, "tools/list").error["code"] == -32600
 
 
-def test_server_discover_is_not_found_so_new_clients_fall_back() -> None:
+def test_server_discover_in_a_session_is_not_found_so_new_clients_fall_back() -> None:
     for session in (DemoSession(), open_session()):
         error = rpc(session, "server/discover", {"_meta": {}}).error
         assert error["code"] == -32601
@@ -262,12 +275,37 @@ FIXTURE_TOOLS = {
     "test_reconnection",
     "json_schema_2020_12_tool",
 }
+# The tools the 2026-07-28 requirement set calls.
+FIXTURE_TOOLS_2026 = {
+    "test_input_required_result_elicitation",
+    "test_input_required_result_sampling",
+    "test_input_required_result_list_roots",
+    "test_input_required_result_request_state",
+    "test_input_required_result_multiple_inputs",
+    "test_input_required_result_multi_round",
+    "test_input_required_result_tampered_state",
+    "test_input_required_result_capabilities",
+    "test_missing_capability",
+    "test_streaming_elicitation",
+    "test_logging_tool",
+    "test_trigger_tool_change",
+    "test_trigger_prompt_change",
+    "greet",
+    "slow_compute",
+    "failing_job",
+    "protocol_error_job",
+    "confirm_delete",
+    "multi_input",
+    "test_tool_with_task",
+    "test_custom_header",
+}
 
 
 def test_tools_list_has_the_fixtures_and_the_demo_tools() -> None:
     tools = rpc(open_session(), "tools/list").result["tools"]
     names = {t["name"] for t in tools}
-    assert FIXTURE_TOOLS | {"echo", "add", "slow", "increment", "list_roots"} == names
+    demo = {"echo", "add", "slow", "increment", "list_roots"}
+    assert FIXTURE_TOOLS | FIXTURE_TOOLS_2026 | demo == names
     assert list(TOOLS) == [t["name"] for t in tools]
     for tool in tools:
         assert tool["description"]
@@ -581,6 +619,7 @@ def test_prompts_list() -> None:
         "test_prompt_with_arguments",
         "test_prompt_with_embedded_resource",
         "test_prompt_with_image",
+        "test_input_required_result_prompt",
         "greeting",
     } == set(PROMPTS)
     with_args = next(p for p in prompts if p["name"] == "test_prompt_with_arguments")
@@ -714,8 +753,9 @@ def test_line_splitter_refuses_long_lines_and_keeps_going() -> None:
 
 
 def test_the_core_does_no_io() -> None:
-    banned = {"trio", "anyio", "socket", "asyncio", "os", "subprocess", "select"}
-    for module in (core.__file__, core.__file__.replace("server.py", "wire.py")):
+    banned = {"trio", "anyio", "socket", "asyncio", "os", "subprocess", "select", "time"}
+    pure = ("server", "wire", "effects", "content", "tools", "modern")
+    for module in (core.__file__.replace("server.py", f"{name}.py") for name in pure):
         tree = ast.parse(Path(module).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -932,3 +972,421 @@ async def test_idle_sessions_expire(autojump_clock: Any) -> None:
         assert set(app.sessions) == {busy.id}
         assert idle.is_closed
         nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------- 2026-07-28
+
+
+@attrs.define
+class Clock:
+    now: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def new_hub(clock: Clock | None = None) -> Hub:
+    return Hub(StateSealer(clock or Clock(), key=b"k" * 32))
+
+
+def envelope(capabilities: JSON | None = None, **extra: Any) -> JSON:
+    return {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": capabilities or {},
+        **extra,
+    }
+
+
+def stateless(
+    hub: Hub, method: str, params: JSON | None = None, capabilities: JSON | None = None, **meta: Any
+) -> Ran:
+    params = {**(params or {}), "_meta": envelope(capabilities, **meta)}
+    message = {"jsonrpc": "2.0", "id": 5, "method": method, "params": params}
+    return drive(DemoSession(), handle_stateless(hub, message))
+
+
+@pytest.mark.parametrize(
+    ("meta", "header", "code"),
+    [
+        (None, None, -32602),
+        ({"io.modelcontextprotocol/clientCapabilities": {}}, None, -32602),
+        ({"io.modelcontextprotocol/protocolVersion": "2026-07-28"}, None, -32602),
+        (envelope(**{"io.modelcontextprotocol/logLevel": "loud"}), None, -32602),
+        (envelope(), "2025-11-25", -32020),
+        ({**envelope(), "io.modelcontextprotocol/protocolVersion": "2099-01-01"}, None, -32022),
+    ],
+)
+def test_the_envelope_is_checked(meta: JSON | None, header: str | None, code: int) -> None:
+    params = {} if meta is None else {"_meta": meta}
+    with pytest.raises(core.RpcError) as caught:
+        parse_envelope(params, header)
+    assert caught.value.code == code
+
+
+def test_client_info_is_optional_and_discover_describes_the_server() -> None:
+    assert parse_envelope({"_meta": envelope()}).client_info is None
+    result = stateless(new_hub(), "server/discover").result
+    assert result["supportedVersions"] == ["2026-07-28"]
+    assert result["resultType"] == "complete" and result["cacheScope"] == "public"
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "agentgw-demo"
+
+
+def test_methods_of_the_handshake_are_gone_and_lists_carry_caching_hints() -> None:
+    hub = new_hub()
+    for method in ("initialize", "ping", "logging/setLevel", "resources/subscribe"):
+        assert stateless(hub, method).error["code"] == -32601
+    for method in ("tools/list", "prompts/list", "resources/list", "resources/templates/list"):
+        result = stateless(hub, method).result
+        assert result["ttlMs"] >= 0 and result["cacheScope"] == "public"
+    read = stateless(hub, "resources/read", {"uri": "test://static-text"}).result
+    assert read["resultType"] == "complete" and "ttlMs" in read
+
+
+def test_a_missing_capability_refuses_the_request() -> None:
+    ran = stateless(
+        new_hub(), "tools/call", {"name": "test_sampling", "arguments": {"prompt": "x"}}
+    )
+    assert ran.error["code"] == -32021
+    assert ran.error["data"] == {"requiredCapabilities": {"sampling": {}}}
+
+
+def test_a_tool_that_asks_answers_input_required_then_completes() -> None:
+    hub = new_hub()
+    caps = {"sampling": {}}
+    call = {"name": "test_sampling", "arguments": {"prompt": "hello"}}
+    first = stateless(hub, "tools/call", call, caps).result
+    assert first["resultType"] == "input_required"
+    asked = first["inputRequests"]["sample"]
+    assert asked["method"] == "sampling/createMessage"
+    assert asked["params"]["messages"][0]["content"]["text"] == "hello"
+    answer = {"role": "assistant", "content": {"type": "text", "text": "hi"}, "model": "m"}
+    retry = {**call, "inputResponses": {"sample": answer}, "requestState": first["requestState"]}
+    done = stateless(hub, "tools/call", retry, caps)
+    assert done.result["resultType"] == "complete" and done.text == "LLM response: hi"
+    assert not [m for m in done.messages if "method" in m]  # no server-to-client request
+
+
+def test_several_inputs_are_asked_at_once_and_missing_ones_asked_again() -> None:
+    hub = new_hub()
+    caps = {"sampling": {}, "elicitation": {}, "roots": {}}
+    call = {"name": "test_input_required_result_multiple_inputs", "arguments": {}}
+    first = stateless(hub, "tools/call", call, caps).result
+    assert set(first["inputRequests"]) == {"user_name", "greeting", "client_roots"}
+    partial_answer = {**call, "inputResponses": {"client_roots": {"roots": []}}}
+    again = stateless(hub, "tools/call", partial_answer, caps).result
+    assert set(again["inputRequests"]) == {"user_name", "greeting"}
+    # What was answered is kept in the sealed state for the next round.
+    rest = {
+        "user_name": {"action": "accept", "content": {"name": "Ada"}},
+        "greeting": {"role": "assistant", "content": {"type": "text", "text": "hey"}, "model": "m"},
+    }
+    last = {**call, "inputResponses": rest, "requestState": again["requestState"]}
+    assert stateless(hub, "tools/call", last, caps).text == (
+        "All inputs received: name=Ada, greeting=hey"
+    )
+
+
+def test_capabilities_decide_which_inputs_are_asked() -> None:
+    call = {"name": "test_input_required_result_capabilities", "arguments": {}}
+    result = stateless(new_hub(), "tools/call", call, {"sampling": {}}).result
+    assert set(result["inputRequests"]) == {"sample_input"}
+
+
+def test_prompts_get_can_ask_for_input() -> None:
+    hub = new_hub()
+    caps = {"elicitation": {}}
+    get = {"name": "test_input_required_result_prompt"}
+    first = stateless(hub, "prompts/get", get, caps).result
+    assert list(first["inputRequests"]) == ["user_context"]
+    context = {"user_context": {"action": "accept", "content": {"context": "tests"}}}
+    done = stateless(hub, "prompts/get", {**get, "inputResponses": context}, caps).result
+    assert done["messages"][0]["content"]["text"] == "Prompt with context: tests"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s[:-3] + ("AAA" if not s.endswith("AAA") else "BBB"),
+        lambda s: s + "-TAMPERED",
+        lambda s: "not a state",
+        lambda s: s.split(".")[0],
+    ],
+)
+def test_a_request_state_that_was_altered_is_refused(change: Callable[[str], str]) -> None:
+    hub = new_hub()
+    caps = {"elicitation": {}}
+    call = {"name": "test_input_required_result_tampered_state", "arguments": {}}
+    state = stateless(hub, "tools/call", call, caps).result["requestState"]
+    answer = {"confirm": {"action": "accept", "content": {"ok": True}}}
+    retry = {**call, "inputResponses": answer, "requestState": change(state)}
+    assert stateless(hub, "tools/call", retry, caps).error["code"] == -32602
+    honest = {**retry, "requestState": state}
+    assert stateless(hub, "tools/call", honest, caps).text.startswith("integrity-ok")
+
+
+def test_a_request_state_is_bound_to_its_tool_and_expires() -> None:
+    clock = Clock()
+    sealer = StateSealer(clock, key=b"k" * 32, ttl=60)
+    state = sealer.seal("tools/call", "a", {"x": {}})
+    assert sealer.open(state, "tools/call", "a") == {"x": {}}
+    for method, target in (("tools/call", "b"), ("prompts/get", "a")):
+        with pytest.raises(core.RpcError):
+            sealer.open(state, method, target)
+    with pytest.raises(core.RpcError):
+        StateSealer(clock, key=b"j" * 32).open(state, "tools/call", "a")
+    clock.now += 61
+    with pytest.raises(core.RpcError):
+        sealer.open(state, "tools/call", "a")
+
+
+@pytest.mark.parametrize("responses", [12345, {"user_name": 5}, [1]])
+def test_malformed_input_responses_are_invalid_params(responses: Any) -> None:
+    call = {"name": "test_input_required_result_elicitation", "inputResponses": responses}
+    assert stateless(new_hub(), "tools/call", call, {"elicitation": {}}).error["code"] == -32602
+
+
+def test_logs_only_for_a_request_that_asks_for_a_level() -> None:
+    hub = new_hub()
+    quiet = stateless(hub, "tools/call", {"name": "test_tool_with_logging"})
+    assert quiet.sent("notifications/message") == []
+    loud = stateless(
+        hub,
+        "tools/call",
+        {"name": "test_tool_with_logging"},
+        **{"io.modelcontextprotocol/logLevel": "info"},
+    )
+    assert len(loud.sent("notifications/message")) == 3
+
+
+def test_listen_acknowledges_and_the_hub_sends_only_what_was_asked() -> None:
+    hub = new_hub()
+    params = {"notifications": {"promptsListChanged": True, "resourcesListChanged": True}}
+    message = {"jsonrpc": "2.0", "id": "L", "method": "subscriptions/listen"}
+    outcome = handle_stateless(hub, {**message, "params": {**params, "_meta": envelope()}})
+    assert isinstance(outcome, Listen)
+    assert outcome.acknowledgment["params"] == {
+        "notifications": {"promptsListChanged": True},  # resource lists never change here
+        "_meta": {"io.modelcontextprotocol/subscriptionId": "L"},
+    }
+    got: list[JSON] = []
+    token = hub.listen(outcome.request_id, outcome.filter, got.append)
+    stateless(hub, "tools/call", {"name": "test_trigger_tool_change"})
+    stateless(hub, "tools/call", {"name": "test_trigger_prompt_change"})
+    assert [m["method"] for m in got] == ["notifications/prompts/list_changed"]
+    hub.unlisten(token)
+    stateless(hub, "tools/call", {"name": "test_trigger_prompt_change"})
+    assert len(got) == 1
+    bad = {**message, "params": {"_meta": envelope()}}
+    assert drive(DemoSession(), handle_stateless(hub, bad)).error["code"] == -32602
+
+
+def test_the_counter_is_shared_by_stateless_requests() -> None:
+    hub = new_hub()
+    got: list[JSON] = []
+    hub.listen(1, SubscriptionFilter(resources=frozenset({"demo://counter"})), got.append)
+    assert stateless(hub, "tools/call", {"name": "increment"}).text == "counter is now 1"
+    assert stateless(hub, "tools/call", {"name": "increment"}).text == "counter is now 2"
+    read = stateless(hub, "resources/read", {"uri": "demo://counter"}).result
+    assert read["contents"][0]["text"] == "2"
+    assert [m["params"]["uri"] for m in got] == ["demo://counter", "demo://counter"]
+
+
+def test_stateless_sessions_stay_apart_from_handshake_sessions() -> None:
+    session = open_session()
+    assert rpc(session, "server/discover").error["code"] == -32601
+    assert rpc(session, "subscriptions/listen", {"notifications": {}}).error["code"] == -32601
+    assert rpc(session, "tools/call", {"name": "test_trigger_tool_change"}).text
+    ran = rpc(session, "tools/call", {"name": "test_trigger_tool_change"})
+    assert ran.unrelated == [{"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}]
+
+
+@pytest.mark.parametrize(
+    ("accept", "sse"),
+    [
+        ("application/json, text/event-stream", False),
+        ("text/event-stream, application/json", True),
+        ("application/json;q=0.5, text/event-stream", True),
+        ("text/event-stream;q=0.1, application/json", False),
+        (None, False),
+    ],
+)
+def test_prefers_sse(accept: str | None, sse: bool) -> None:
+    assert prefers_sse(accept) is sse
+
+
+# ---------------------------------------------------------------- the tasks extension
+
+TASKS = {"extensions": {"io.modelcontextprotocol/tasks": {}}}
+
+
+def start(hub: Hub, method: str, params: JSON, capabilities: JSON | None = None) -> Outcome:
+    params = {**params, "_meta": envelope(capabilities)}
+    return handle_stateless(hub, {"jsonrpc": "2.0", "id": 9, "method": method, "params": params})
+
+
+def finish_task(outcome: StartTask) -> None:
+    """Drive a task's call as its runner would, with no inputs to gather."""
+    effect = outcome.effect
+    while not isinstance(effect, Done):
+        assert isinstance(effect, Sleep | Emit), effect
+        effect = outcome.call.advance()
+    outcome.record.finish(effect.message)
+
+
+def test_a_task_supporting_tool_becomes_a_task_for_clients_of_the_extension() -> None:
+    hub = new_hub()
+    call = {"name": "slow_compute", "arguments": {"seconds": 2}}
+    outcome = start(hub, "tools/call", call, TASKS)
+    assert isinstance(outcome, StartTask)
+    created = outcome.message["result"]
+    assert created["resultType"] == "task" and created["status"] == "working"
+    assert created["ttlMs"] > 0 and created["createdAt"].endswith("Z")
+    assert not {"result", "error", "inputRequests", "requestState", "task"} & created.keys()
+    task_id = created["taskId"]
+    working = stateless(hub, "tasks/get", {"taskId": task_id}, TASKS).result
+    assert working["status"] == "working" and "result" not in working
+    assert isinstance(outcome.effect, Sleep) and outcome.effect.seconds == 2
+    finish_task(outcome)
+    done = stateless(hub, "tasks/get", {"taskId": task_id}, TASKS).result
+    assert done["status"] == "completed" and done["resultType"] == "complete"
+    assert done["result"]["content"][0]["text"] == "computed in 2 s"
+    # Without the extension the same call runs at once.
+    assert isinstance(start(hub, "tools/call", call), Start)
+    legacy = start(hub, "tools/call", {**call, "task": {"ttl": 1000}})
+    assert isinstance(legacy, Start)
+
+
+def test_a_task_waits_for_its_inputs_and_tasks_update_brings_them() -> None:
+    hub = new_hub()
+    outcome = start(hub, "tools/call", {"name": "multi_input"}, {**TASKS, "elicitation": {}})
+    assert isinstance(outcome, StartTask)
+    gather = outcome.effect
+    assert isinstance(gather, Gather)
+    record = outcome.record
+    woken: list[str] = []
+    record.on_change = lambda: woken.append(record.status)
+    assert not record.wait_for(gather.requests)
+    task_id = record.task_id
+    waiting = stateless(hub, "tasks/get", {"taskId": task_id}, TASKS).result
+    assert waiting["status"] == "input_required"
+    assert set(waiting["inputRequests"]) == {"name", "confirm"}
+    name = {"action": "accept", "content": {"name": "Ada"}}
+    ack = stateless(
+        hub, "tasks/update", {"taskId": task_id, "inputResponses": {"name": name}}, TASKS
+    )
+    assert ack.result == {"resultType": "complete", "_meta": ack.result["_meta"]}
+    partial = stateless(hub, "tasks/get", {"taskId": task_id}, TASKS).result
+    assert partial["status"] == "input_required" and list(partial["inputRequests"]) == ["confirm"]
+    rest = {"confirm": {"action": "accept", "content": {"confirm": True}}, "stray": {}}
+    stateless(hub, "tasks/update", {"taskId": task_id, "inputResponses": rest}, TASKS)
+    assert woken == ["input_required", "working"]
+    assert record.wait_for(gather.requests)
+    effect = outcome.call.advance(record.replies(gather.requests))
+    assert isinstance(effect, Done)
+    record.finish(effect.message)
+    assert record.describe()["result"]["content"][0]["text"] == "name=Ada"
+
+
+def test_tool_errors_complete_and_protocol_errors_fail() -> None:
+    hub = new_hub()
+    failing = start(hub, "tools/call", {"name": "failing_job"}, TASKS)
+    broken = start(hub, "tools/call", {"name": "protocol_error_job"}, TASKS)
+    assert isinstance(failing, StartTask) and isinstance(broken, StartTask)
+    finish_task(failing)
+    finish_task(broken)
+    assert failing.record.status == "completed" and failing.record.result is not None
+    assert failing.record.result["isError"] is True
+    assert broken.record.status == "failed" and broken.record.result is None
+    assert broken.record.error == {"code": -32603, "message": "the job broke"}
+
+
+def test_a_tool_that_only_runs_as_a_task_needs_the_extension() -> None:
+    ran = stateless(new_hub(), "tools/call", {"name": "failing_job"})
+    assert ran.error["code"] == -32021
+    assert ran.error["data"] == {
+        "requiredCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}}
+    }
+    assert rpc(open_session(), "tools/call", {"name": "failing_job"}).result["isError"]
+
+
+def test_input_first_then_a_task() -> None:
+    hub = new_hub()
+    caps = {**TASKS, "elicitation": {}}
+    first = start(hub, "tools/call", {"name": "test_tool_with_task"}, caps)
+    assert isinstance(first, Answer)
+    asked = first.message["result"]
+    assert asked["resultType"] == "input_required" and "taskId" not in asked
+    name = {"user_name": {"action": "accept", "content": {"name": "Alice"}}}
+    retry = {"name": "test_tool_with_task", "inputResponses": name}
+    second = start(hub, "tools/call", {**retry, "requestState": asked["requestState"]}, caps)
+    assert isinstance(second, StartTask)
+    assert "requestState" not in second.message["result"]
+    finish_task(second)
+    assert second.record.describe()["result"]["content"][0]["text"].startswith("Hello, Alice")
+
+
+def test_tasks_methods_need_the_extension_and_a_known_id() -> None:
+    hub = new_hub()
+    for method in ("tasks/get", "tasks/update", "tasks/cancel"):
+        params = {"taskId": "x", "inputResponses": {}}
+        assert stateless(hub, method, params).error["code"] == -32021
+        assert stateless(hub, method, params, TASKS).error["code"] == -32602
+    for removed in ("tasks/result", "tasks/list"):
+        assert stateless(hub, removed, {"taskId": "x"}, TASKS).error["code"] == -32601
+    assert rpc(open_session(), "tasks/get", {"taskId": "x"}).error["code"] == -32601
+
+
+def test_cancel_stops_a_running_task_and_is_idempotent() -> None:
+    hub = new_hub()
+    outcome = start(
+        hub, "tools/call", {"name": "slow_compute", "arguments": {"seconds": 60}}, TASKS
+    )
+    assert isinstance(outcome, StartTask)
+    stopped: list[bool] = []
+    outcome.record.on_cancel = lambda: stopped.append(True)
+    params = {"taskId": outcome.record.task_id}
+    for _ in range(2):
+        ack = stateless(hub, "tasks/cancel", params, TASKS).result
+        assert set(ack) == {"resultType", "_meta"}
+    assert stopped == [True] and outcome.record.status == "cancelled"
+    outcome.record.finish({"result": {"content": []}})  # a late answer changes nothing
+    assert stateless(hub, "tasks/get", params, TASKS).result["status"] == "cancelled"
+
+
+def test_task_records_expire_and_are_bounded() -> None:
+    clock = Clock()
+    store = TaskStore(clock, ttl_ms=1000, max_tasks=2)
+    first = store.create()
+    store.create()
+    with pytest.raises(core.RpcError):
+        store.create()
+    clock.now += 1.5
+    with pytest.raises(core.RpcError) as caught:
+        store.get(first.task_id)
+    assert caught.value.code == -32602 and first.status == "cancelled"
+    assert len(store) == 0
+
+
+# ---------------------------------------------------------------- Mcp-Param-* headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "args", "problem"),
+    [
+        ({"mcp-param-region": "eu"}, {"region": "eu"}, None),
+        ({"mcp-param-region": "=?base64?ZXU=?="}, {"region": "eu"}, None),
+        ({"mcp-param-region": "=?base64?ZXU?="}, {"region": "eu"}, "not valid Base64"),
+        ({"mcp-param-region": "=?base64?Z!U=?="}, {"region": "eu"}, "not valid Base64"),
+        ({"mcp-param-region": "=?base64?ZXU="}, {"region": "=?base64?ZXU="}, None),
+        ({}, {"region": "eu"}, "missing Mcp-Param-Region"),
+        ({"mcp-param-region": "us"}, {"region": "eu"}, "does not match"),
+        ({"mcp-param-region": "eu"}, {}, "does not match"),
+        ({}, {}, None),
+    ],
+)
+def test_param_headers_match_the_arguments(
+    headers: dict[str, str], args: JSON, problem: str | None
+) -> None:
+    schema = TOOLS["test_custom_header"].input_schema
+    found = param_header_problem(schema, args, headers.get)
+    assert (found is None) if problem is None else (found is not None and problem in found)

@@ -14,7 +14,18 @@ handler writes the log out. Event ids are ``<stream>-<seq>``; for clients of
 data), so a client that lost the stream, or that the server hung up on (SSE
 polling), resumes it with a GET carrying ``Last-Event-ID``. Messages about no
 request go to the session's standalone stream, opened with GET (the newest
-GET takes it over). DELETE ends the session; idle sessions expire.
+GET takes it over). DELETE ends the session; idle sessions expire. The
+legacy HTTP+SSE transport is at ``/sse`` (``agentgw.demo.legacy_sse``).
+
+A POST with no session that carries the 2026-07-28 envelope (``_meta`` with
+a protocol version, or an MCP-Protocol-Version header of a revision with no
+handshake) is a stateless request: its Mcp-Method and Mcp-Name headers must
+match the body (else 400, -32020), and the core answers it in a throwaway
+context. Errors get the status the revision gives their code (400, or 404
+for an unknown method). A running call streams its notifications on the
+response and ends it; the client cancels by going away. A
+``subscriptions/listen`` request gets a stream that starts with the
+acknowledgment and carries the hub's notifications until the client leaves.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Iterable
 from functools import partial
@@ -31,13 +43,28 @@ import attrs
 import trio
 
 from agentgw.config.model import HttpLimits
+from agentgw.demo.legacy_sse import LegacySseApp
+from agentgw.demo.modern import Hub, StateSealer, is_stateless_request, param_header_problem
 from agentgw.demo.runner import CallRunner
-from agentgw.demo.server import Answer, DemoSession, Done, Effect, Emit, Start
+from agentgw.demo.server import (
+    Answer,
+    Cancel,
+    DemoSession,
+    Done,
+    Effect,
+    Emit,
+    Listen,
+    Start,
+    StartTask,
+    handle_stateless,
+)
+from agentgw.demo.tools import TOOLS
 from agentgw.demo.wire import (
+    ERROR_STATUS,
+    HEADER_MISMATCH,
     INVALID_REQUEST,
     JSON,
     LOCAL_HOSTS,
-    METHOD_NOT_FOUND,
     PARSE_ERROR,
     SESSION_NOT_FOUND,
     SSE_KEEPALIVE,
@@ -53,6 +80,7 @@ from agentgw.demo.wire import (
     is_allowed_origin,
     media_type,
     parse_event_id,
+    prefers_sse,
 )
 from agentgw.errors import ClientGone
 from agentgw.server.connection import ClientConnection, ServerRequest
@@ -64,6 +92,7 @@ KEEPALIVE_SECONDS = 15.0
 MAX_BODY_BYTES = 4 << 20
 MAX_KEPT_STREAMS = 32  # finished streams not read to the end, kept for a late resume
 MAX_STANDALONE_EVENTS = 256
+MAX_QUEUED = 64  # messages waiting for a slow client on a stateless stream
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
@@ -178,6 +207,80 @@ class HttpSession:
             stream.wake()
 
 
+async def _drop_unrelated(message: JSON) -> None:
+    logger.debug("no session stream for %s", message.get("method"))
+
+
+@attrs.define(eq=False)
+class _ChannelSink:
+    """A stateless call's ``Sink``: its messages, for the response stream."""
+
+    send_channel: trio.MemorySendChannel[JSON]
+    receive: trio.MemoryReceiveChannel[JSON]
+
+    async def send(self, message: JSON) -> None:
+        try:
+            await self.send_channel.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; the call is being cancelled
+
+    def hang_up(self) -> None:
+        pass  # 2026-07-28 streams are not resumed
+
+    def end(self) -> None:
+        self.send_channel.close()
+
+
+def _is_closed(receive: trio.MemoryReceiveChannel[JSON]) -> bool:
+    return receive.statistics().open_send_channels == 0
+
+
+def _is_stateless(message: JSON, version: str | None) -> bool:
+    """A request of 2026-07-28 or later: the envelope, or a header naming a
+    revision with no handshake (a request of an older revision is not)."""
+    if is_stateless_request(message):
+        return True
+    return version is not None and version not in SUPPORTED_VERSIONS
+
+
+# The header that names a request's target, and where the body has it (SEP-2243).
+_NAME_FIELD = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
+}
+
+
+def _routing_problem(req: ServerRequest, message: JSON, version: str | None) -> str | None:
+    """Why the standard headers do not match the body, or None."""
+    if version is None:
+        return "missing MCP-Protocol-Version header"
+    method = message["method"]
+    header = _header(req, b"mcp-method")
+    if header is None or header.strip() != method:
+        return "Mcp-Method header does not match the request"
+    params = message.get("params")
+    field = _NAME_FIELD.get(method)
+    value = params.get(field) if field is not None and isinstance(params, dict) else None
+    if isinstance(value, str):
+        name = _header(req, b"mcp-name")
+        if name is None or name.strip() != value:
+            return "Mcp-Name header does not match the request"
+    tool = TOOLS.get(value) if method == "tools/call" and isinstance(value, str) else None
+    if tool is not None:
+        assert isinstance(params, dict)
+        lookup = partial(_header_str, req)
+        return param_header_problem(tool.input_schema, params.get("arguments"), lookup)
+    return None
+
+
+def _header_str(req: ServerRequest, name: str) -> str | None:
+    return _header(req, name.encode())
+
+
 def _header(req: ServerRequest, name: bytes) -> str | None:
     values = [v for n, v in req.headers if n == name]
     return b", ".join(values).decode("latin-1") if values else None
@@ -211,14 +314,26 @@ class DemoHttpApp:
     session_ttl: float = 1800.0
     max_sessions: int = 10000
     sessions: dict[str, HttpSession] = attrs.field(factory=dict)
+    hub: Hub = attrs.field(factory=lambda: Hub(StateSealer(time.time)))
+    stateless_calls: CallRunner = attrs.field(init=False)
+    legacy: LegacySseApp = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.stateless_calls = CallRunner(self.nursery, _drop_unrelated)
+        self.legacy = LegacySseApp(self.nursery)
 
     def __repr__(self) -> str:
-        return f"<DemoHttpApp sessions={len(self.sessions)}>"
+        return (
+            f"<DemoHttpApp sessions={len(self.sessions)} "
+            f"stateless_calls={self.stateless_calls.running} listeners={self.hub.listening}>"
+        )
 
     async def expire_sessions(self) -> None:
-        """Close sessions idle for ``session_ttl``; never returns."""
+        """Close sessions idle for ``session_ttl`` and forget expired tasks;
+        never returns."""
         while True:
             await trio.sleep(min(60.0, self.session_ttl / 2))
+            self.hub.tasks.expire()
             now = trio.current_time()
             for session in list(self.sessions.values()):
                 if session.is_idle(now, self.session_ttl):
@@ -226,7 +341,7 @@ class DemoHttpApp:
                     self._end_session(session)
 
     async def handle(self, req: ServerRequest) -> None:
-        if req.path != "/mcp":
+        if req.path not in ("/mcp", "/sse", "/messages"):
             await req.respond(404, "not found: the MCP endpoint is /mcp\n")
             return
         origin = _header(req, b"origin")
@@ -236,6 +351,9 @@ class DemoHttpApp:
             text = "forbidden: Host or Origin is not an allowed host (DNS rebinding protection)"
             await _refuse(req, 403, INVALID_REQUEST, text)
             return
+        if req.path != "/mcp":
+            await self._legacy_sse(req)
+            return
         if req.method == "POST":
             await self._post(req)
         elif req.method == "GET":
@@ -244,6 +362,15 @@ class DemoHttpApp:
             await self._delete(req)
         else:
             await req.respond(405, "method not allowed\n", [(b"allow", b"GET, POST, DELETE")])
+
+    async def _legacy_sse(self, req: ServerRequest) -> None:
+        if req.path == "/sse" and req.method == "GET":
+            await self.legacy.open_stream(req)
+        elif req.path == "/messages" and req.method == "POST":
+            await self.legacy.post(req)
+        else:
+            allow = b"GET" if req.path == "/sse" else b"POST"
+            await req.respond(405, "method not allowed\n", [(b"allow", allow)])
 
     # -- POST: one JSON-RPC message
 
@@ -270,15 +397,12 @@ class DemoHttpApp:
         method = message.get("method")
         if method is not None:
             req.record.extra["mcp.method"] = method
+        version = _header(req, b"mcp-protocol-version")
+        if _header(req, b"mcp-session-id") is None and _is_stateless(message, version):
+            await self._stateless(req, message, version)
+            return
         if kind == "request" and method == "initialize":
             await self._initialize(req, message)
-            return
-        if method == "server/discover":
-            # A 2026-07-28 probe: this server speaks only the initialize
-            # handshake, and clients fall back to it on this error.
-            versions = ", ".join(SUPPORTED_VERSIONS)
-            text = f"server/discover is not supported; use initialize ({versions})"
-            await _refuse(req, 400, METHOD_NOT_FOUND, text, id_of(message))
             return
         session = await self._session(req, id_of(message))
         if session is None:
@@ -289,7 +413,7 @@ class DemoHttpApp:
             await req.respond(202, b"")
             return
         if isinstance(outcome, Answer):
-            await _json(req, 200, outcome.message)
+            await self._answer(req, session, outcome.message)
             return
         assert isinstance(outcome, Start)
         # Messages about no request go to the standalone stream at once; only
@@ -300,11 +424,114 @@ class DemoHttpApp:
             session.standalone.append(effect.message)
             effect = call.advance()
         if isinstance(effect, Done):
-            await _json(req, 200, effect.message)
+            await self._answer(req, session, effect.message)
             return
         stream = session.new_stream()
         session.runner.start(call, effect, stream)
         await self._pump(req, session, stream, 0, is_new=True)
+
+    async def _answer(self, req: ServerRequest, session: HttpSession, message: JSON) -> None:
+        """A response that is ready: JSON, or a one-event stream for a client
+        that ranks ``text/event-stream`` first in its Accept header."""
+        if not prefers_sse(_header(req, b"accept")):
+            await _json(req, 200, message)
+            return
+        stream = session.new_stream()
+        stream.append(message)
+        stream.end()
+        await self._pump(req, session, stream, 0, is_new=True)
+
+    # -- POST of 2026-07-28: no session
+
+    async def _stateless(self, req: ServerRequest, message: JSON, version: str | None) -> None:
+        if classify(message) != "request":
+            await req.respond(202, b"")  # this revision has no client notifications to act on
+            return
+        problem = _routing_problem(req, message, version)
+        if problem is not None:
+            await _refuse(req, 400, HEADER_MISMATCH, problem, message["id"])
+            return
+        outcome = handle_stateless(self.hub, message, version)
+        if isinstance(outcome, StartTask):
+            self.stateless_calls.start_task(outcome.call, outcome.record, outcome.effect)
+            outcome = Answer(outcome.message)
+        if isinstance(outcome, Answer):
+            error = outcome.message.get("error")
+            if error is not None:
+                req.record.error = error["message"]
+                status = ERROR_STATUS.get(error["code"], 200)
+                await _json(req, status, outcome.message)
+            elif prefers_sse(_header(req, b"accept")):
+                await req.send_head(200, SSE_HEADERS)
+                await req.send_data(encode_sse(dumps(outcome.message).decode()))
+                await req.end()
+            else:
+                await _json(req, 200, outcome.message)
+        elif isinstance(outcome, Listen):
+            await self._listen(req, outcome)
+        else:
+            assert isinstance(outcome, Start)
+            await self._stream_call(req, outcome)
+
+    async def _stream_call(self, req: ServerRequest, outcome: Start) -> None:
+        """Run a stateless call, streaming its messages; the client cancels
+        it by going away."""
+        sink = _ChannelSink(*trio.open_memory_channel[JSON](MAX_QUEUED))
+        self.stateless_calls.start(outcome.call, outcome.effect, sink)
+        try:
+            await req.send_head(200, SSE_HEADERS)
+            await self._drain(req, sink.receive)
+            await req.end()
+        finally:
+            self.stateless_calls.apply(Cancel(outcome.call))
+            sink.receive.close()
+
+    async def _listen(self, req: ServerRequest, listen: Listen) -> None:
+        send, receive = trio.open_memory_channel[JSON](MAX_QUEUED)
+
+        def deliver(message: JSON) -> None:
+            try:
+                send.send_nowait(message)
+            except trio.WouldBlock:
+                logger.warning("subscription %r is not reading; closing it", listen.request_id)
+                send.close()
+            except trio.ClosedResourceError:
+                pass
+
+        token = self.hub.listen(listen.request_id, listen.filter, deliver)
+        try:
+            await req.send_head(200, SSE_HEADERS)
+            await req.send_data(encode_sse(dumps(listen.acknowledgment).decode()))
+            await self._drain(req, receive)
+            await req.end()
+        finally:
+            self.hub.unlisten(token)
+            send.close()
+            receive.close()
+
+    async def _drain(self, req: ServerRequest, receive: trio.MemoryReceiveChannel[JSON]) -> None:
+        """Write messages as SSE events until the channel closes; a comment
+        keeps an idle stream open; raises ClientGone when the client leaves."""
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                await req.watch_disconnect()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            while True:
+                with trio.move_on_after(KEEPALIVE_SECONDS) as idle:
+                    try:
+                        message = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
+                if idle.cancelled_caught:
+                    await req.send_data(SSE_KEEPALIVE)
+                    continue
+                await req.send_data(encode_sse(dumps(message).decode()))
+            nursery.cancel_scope.cancel()
+        if nursery.cancel_scope.cancelled_caught and not _is_closed(receive):
+            raise ClientGone("client closed the event stream")
 
     async def _initialize(self, req: ServerRequest, message: JSON) -> None:
         if _header(req, b"mcp-session-id") is not None:

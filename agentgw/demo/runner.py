@@ -23,12 +23,14 @@ from agentgw.demo.server import (
     Done,
     Effect,
     Emit,
+    Gather,
     HangUp,
     Outcome,
     Resume,
     Sleep,
     Step,
 )
+from agentgw.demo.tasks import TaskRecord
 from agentgw.demo.wire import JSON
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,38 @@ class Sink(Protocol):
 
     def end(self) -> None:
         """The call is over: finished, cancelled or abandoned."""
+
+
+@attrs.define(eq=False)
+class TaskSink:
+    """A task's ``Sink``: its response goes to its record, not to a stream
+    (its notifications are dropped). ``tasks/update`` wakes a task that
+    gathers input; ``tasks/cancel`` cancels its call."""
+
+    record: TaskRecord
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self.record.on_change = self._wake
+
+    async def gather(self, wanted: Gather) -> dict[str, JSON]:
+        while not self.record.wait_for(wanted.requests):
+            await self._changed.wait()
+        return self.record.replies(wanted.requests)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def send(self, message: JSON) -> None:
+        if "id" in message and "method" not in message:
+            self.record.finish(message)
+
+    def hang_up(self) -> None:
+        pass
+
+    def end(self) -> None:
+        self.record.abandon()
 
 
 _TIMED_OUT = object()
@@ -83,6 +117,13 @@ class CallRunner:
         # arrives first still stops it.
         scope = self._scopes[call] = trio.CancelScope()
         self.nursery.start_soon(self._drive, call, effect, sink, scope)
+
+    def start_task(self, call: Call, record: TaskRecord, effect: Effect) -> None:
+        """Drive a call that became a task; ``tasks/cancel`` stops it."""
+        if isinstance(effect, Done):
+            return  # it finished at once: its record has the outcome
+        record.on_cancel = lambda: self.apply(Cancel(call))
+        self.start(call, effect, TaskSink(record))
 
     def apply(self, outcome: Outcome) -> None:
         """Deliver a ``Resume`` or ``Cancel`` from the core; ignore others."""
@@ -125,6 +166,9 @@ class CallRunner:
             await trio.sleep(effect.seconds)
         elif isinstance(effect, HangUp):
             sink.hang_up()
+        elif isinstance(effect, Gather):
+            assert isinstance(sink, TaskSink), "only a task gathers its input"
+            return await sink.gather(effect)
         elif isinstance(effect, Ask):
             waiter = self._waiters[call] = _Waiter()
             await sink.send(effect.message)

@@ -8,42 +8,82 @@ transport must do:
 - ``Start``: a request that is still running, with its first effect;
 - ``Resume``: the client answered one of our requests; a call waits for it;
 - ``Cancel``: the client cancelled a running call: stop it, send nothing;
+- ``Listen``: a 2026-07-28 ``subscriptions/listen``: acknowledge it, then
+  relay the hub's notifications until the client goes away;
 - ``None``: nothing to do (other notifications, stray replies).
 
-A running request is a ``Call`` around a generator (a "program") that yields
-effects: ``Emit`` a notification or server-to-client request, ``Sleep``,
-``Ask`` the client and wait for its reply, ``HangUp`` the response stream.
+A running request is a ``Call`` around a program (``agentgw.demo.effects``).
 The transport performs each effect and calls ``Call.advance`` for the next
 one, until ``Done`` carries the response. So timing, concurrency and
 cancellation live in the transports, and this module is synchronous.
 
-The catalogue (tools, prompts, resources) implements every fixture the MCP
-conformance suite calls, plus a few tools for newcomers (``echo``, ``add``,
-``slow``, ``increment``, ``list_roots``).
+A 2026-07-28 request has no session: ``handle_stateless`` checks its
+``_meta`` envelope and runs it in a throwaway ``DemoSession`` built from it.
+There a program's ``Input`` does not reach the transport: the call either
+finds the answers in the retry (``inputResponses``, and the sealed
+``requestState`` of earlier rounds) or ends with an ``input_required``
+result. In a handshake-era session ``Input`` becomes one ``Ask`` per input.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import re
-import struct
-import zlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 
-from agentgw._version import __version__
+from agentgw.demo.content import (
+    COUNTER_URI,
+    TEMPLATE_COMPLETIONS,
+    TEMPLATE_URI,
+    finished,
+    read_resource,
+    tool_error,
+)
+from agentgw.demo.content import PROMPTS as PROMPTS
+from agentgw.demo.content import RESOURCES as RESOURCES
+from agentgw.demo.effects import Ask as Ask
+from agentgw.demo.effects import BecomeTask as BecomeTask
+from agentgw.demo.effects import Done as Done
+from agentgw.demo.effects import Effect as Effect
+from agentgw.demo.effects import Emit as Emit
+from agentgw.demo.effects import Gather as Gather
+from agentgw.demo.effects import HangUp as HangUp
+from agentgw.demo.effects import Input as Input
+from agentgw.demo.effects import InputRequest as InputRequest
+from agentgw.demo.effects import Program as Program
+from agentgw.demo.effects import RpcError as RpcError
+from agentgw.demo.effects import Sleep as Sleep
+from agentgw.demo.effects import Step as Step
+from agentgw.demo.modern import (
+    INPUT_CAPABILITY,
+    INPUT_METHODS,
+    LOG_LEVELS,
+    SERVER_INFO,
+    SERVER_NAME,
+    Hub,
+    SubscriptionFilter,
+    acknowledgment,
+    decorate,
+    parse_envelope,
+)
+from agentgw.demo.modern import (
+    METHODS as STATELESS_METHODS,
+)
+from agentgw.demo.tasks import EXTENSION as TASKS_EXTENSION
+from agentgw.demo.tasks import TaskRecord
+from agentgw.demo.tools import TOOLS as TOOLS
+from agentgw.demo.tools import ProgressToken, check_arguments
 from agentgw.demo.wire import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     JSON,
     METHOD_NOT_FOUND,
+    MISSING_CAPABILITY,
     REQUEST_TIMEOUT,
-    RESOURCE_NOT_FOUND,
+    STATELESS_VERSIONS,
     RequestId,
     classify,
     error_message,
@@ -56,54 +96,10 @@ from agentgw.demo.wire import (
 
 logger = logging.getLogger(__name__)
 
-SERVER_NAME = "agentgw-demo"
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-ProgressToken = str | int
-
-
-# ---------------------------------------------------------------- effects
-
-
-@attrs.frozen
-class Emit:
-    """Send a message: a notification or a request nobody waits for.
-    ``is_related=False`` marks one that is not about the running call (it
-    goes to the session's own stream, not the call's)."""
-
-    message: JSON
-    is_related: bool = True
-
-
-@attrs.frozen
-class Sleep:
-    seconds: float
-
-
-@attrs.frozen
-class Ask:
-    """Send a server-to-client request and wait for the reply (at most
-    ``timeout`` seconds; then the transport calls ``Call.time_out``)."""
-
-    message: JSON
-    timeout: float
-
-
-@attrs.frozen
-class HangUp:
-    """End the call's response stream now; the call goes on and the client
-    resumes with ``Last-Event-ID`` (SSE polling). Only HTTP acts on it."""
-
-
-@attrs.frozen
-class Done:
-    """The call is over; ``message`` is its response."""
-
-    message: JSON
-
-
-Step = Emit | Sleep | Ask | HangUp
-Effect = Step | Done
-Program = Generator[Step, Any, JSON]
+INSTRUCTIONS = (
+    "A demo server: try the echo, add and slow tools, "
+    "the greeting prompt and the demo://readme resource."
+)
 
 
 # ---------------------------------------------------------------- outcomes
@@ -131,20 +127,41 @@ class Cancel:
     call: Call
 
 
-Outcome = Answer | Start | Resume | Cancel | None
+@attrs.frozen
+class Listen:
+    """A ``subscriptions/listen`` request: the stream's first message is
+    ``acknowledgment``; then the transport registers with the hub."""
+
+    request_id: RequestId
+    filter: SubscriptionFilter
+    acknowledgment: JSON
 
 
-class RpcError(Exception):
-    """A request fails with this JSON-RPC error."""
+@attrs.frozen
+class StartTask:
+    """A ``tools/call`` became a task: answer ``message`` (its
+    ``CreateTaskResult``) now, then drive ``call`` from ``effect`` in the
+    background, reporting to ``record`` (unless ``effect`` is already
+    ``Done``: then the record holds the outcome)."""
 
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
+    call: Call
+    record: TaskRecord
+    message: JSON
+    effect: Effect
+
+
+Outcome = Answer | Start | Resume | Cancel | Listen | StartTask | None
 
 
 # ---------------------------------------------------------------- calls
+
+
+@attrs.define(eq=False)
+class _Gathering:
+    """The inputs of one ``Input`` still to ask, one ``Ask`` at a time."""
+
+    requests: list[InputRequest]
+    replies: dict[str, JSON] = attrs.field(factory=dict)
 
 
 @attrs.define(eq=False)
@@ -159,17 +176,58 @@ class Call:
     is_finished: bool = False
     is_cancelled: bool = False
     _queued: Effect | None = attrs.field(default=None, repr=False)
+    _gathering: _Gathering | None = attrs.field(default=None, repr=False)
+    # Set once the call runs as a task (tasks extension).
+    record: TaskRecord | None = attrs.field(default=None, repr=False)
+    _steps: int = attrs.field(default=0, repr=False)
+
+    def start(self) -> Effect | BecomeTask:
+        """The first effect, or ``BecomeTask`` when the program asks to run
+        as a task and the client can (``DemoSession`` makes the task)."""
+        return self._next(None, may_become_task=True)
 
     def advance(self, value: Any = None) -> Effect:
-        """The next effect; ``value`` is the reply after an ``Ask``."""
+        """The next effect; ``value`` is the reply after an ``Ask`` or a
+        ``Gather``."""
+        effect = self._next(value, may_become_task=False)
+        assert not isinstance(effect, BecomeTask)
+        return effect
+
+    def _next(self, value: Any, *, may_become_task: bool) -> Effect | BecomeTask:
         if self._queued is not None:
             effect, self._queued = self._queued, None
             return effect
         if self.is_finished:
             raise RuntimeError(f"{self!r} is finished")
         self.pending_ask = None
+        if self._gathering is not None:
+            gathering = self._gathering
+            gathering.replies[gathering.requests.pop(0).key] = value
+            if gathering.requests:
+                return self._ask(gathering.requests[0])
+            self._gathering = None
+            value = gathering.replies
         try:
-            step = self._program.send(value)
+            while True:
+                step = self._program.send(value)
+                value = None
+                if isinstance(step, BecomeTask):
+                    if may_become_task and self._steps == 0 and self._session.has_tasks:
+                        return step
+                    continue
+                if not isinstance(step, Input):
+                    self._steps += 1
+                    return step
+                if self.record is not None:
+                    self._steps += 1
+                    return Gather(step.requests)
+                if not self._session.is_stateless:
+                    self._gathering = _Gathering(list(step.requests))
+                    return self._ask(step.requests[0])
+                value = self._session.answers_for(step)
+                if value is None:
+                    result = self._session.input_required(self.method, step)
+                    return self._finish(result_message(self.request_id, result))
         except StopIteration as stop:
             return self._finish(result_message(self.request_id, stop.value))
         except RpcError as exc:
@@ -177,10 +235,6 @@ class Call:
         except Exception:
             logger.exception("%s %r failed", self.method, self.request_id)
             return self._finish(error_message(self.request_id, INTERNAL_ERROR, "internal error"))
-        if isinstance(step, Ask):
-            self.pending_ask = step.message["id"]
-            self._session.asks[step.message["id"]] = self
-        return step
 
     def time_out(self) -> Effect:
         """The client did not answer our request in time: tell it we gave up
@@ -206,9 +260,17 @@ class Call:
             self._program.close()
         self._session.calls.pop(self.request_id, None)
 
+    def _ask(self, wanted: InputRequest) -> Ask:
+        ask = self._session.ask_message(wanted.method, wanted.params)
+        self.pending_ask = ask.message["id"]
+        self._session.asks[ask.message["id"]] = self
+        return ask
+
     def _finish(self, message: JSON) -> Done:
         self.is_finished = True
         self._session.calls.pop(self.request_id, None)
+        if self._session.is_stateless and self.record is None and "result" in message:
+            message = {**message, "result": decorate(self.method, message["result"])}
         return Done(message)
 
 
@@ -217,22 +279,29 @@ class Call:
 
 @attrs.define(eq=False)
 class DemoSession:
-    """One MCP session's state and its request handlers.
+    """One MCP session's state and its request handlers; for a 2026-07-28
+    request, the throwaway context of that one request.
 
     Args:
         ask_timeout: how long a tool waits for the client to answer a
             server-to-client request (sampling, elicitation, roots).
+        hub: the state shared by 2026-07-28 requests (None in a session).
     """
 
     ask_timeout: float = 300.0
     protocol_version: str | None = None
     client_info: JSON = attrs.field(factory=dict)
     client_capabilities: JSON = attrs.field(factory=dict)
-    log_level: str = "debug"
+    log_level: str | None = "debug"
     subscriptions: set[str] = attrs.field(factory=set)
     counter: int = 0
     calls: dict[RequestId, Call] = attrs.field(factory=dict)
     asks: dict[RequestId, Call] = attrs.field(factory=dict)
+    hub: Hub | None = None
+    # 2026-07-28 only: the answers the request brought (MRTR).
+    target: str = ""
+    answers: JSON = attrs.field(factory=dict)
+    has_verified_state: bool = False
     _next_ask: int = 1
 
     def __repr__(self) -> str:
@@ -241,11 +310,42 @@ class DemoSession:
             f"calls={len(self.calls)} asks={len(self.asks)}>"
         )
 
+    @property
+    def is_stateless(self) -> bool:
+        return self.hub is not None
+
     def is_at_least(self, version: str) -> bool:
         return self.protocol_version is not None and self.protocol_version >= version
 
     def has_capability(self, name: str) -> bool:
         return isinstance(self.client_capabilities.get(name), dict)
+
+    @property
+    def has_tasks(self) -> bool:
+        """Whether this 2026-07-28 request declared the tasks extension."""
+        extensions = self.client_capabilities.get("extensions")
+        return (
+            self.is_stateless
+            and isinstance(extensions, dict)
+            and isinstance(extensions.get(TASKS_EXTENSION), dict)
+        )
+
+    def require_tasks(self) -> None:
+        """Raises -32021 unless the request declared the tasks extension."""
+        if not self.has_tasks:
+            data: JSON = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
+            raise RpcError(
+                MISSING_CAPABILITY, f"the client did not declare {TASKS_EXTENSION}", data
+            )
+
+    def check_capability(self, name: str) -> bool:
+        """Whether the client declared ``name``. For a 2026-07-28 request a
+        missing one refuses the request (-32021) instead: a server must not
+        go on without it."""
+        if self.has_capability(name) or not self.is_stateless:
+            return self.has_capability(name)
+        data: JSON = {"requiredCapabilities": {name: {}}}
+        raise RpcError(MISSING_CAPABILITY, f"the client did not declare {name}", data)
 
     def handle(self, message: object) -> Outcome:
         """Take one parsed message from the client; see the module docstring."""
@@ -288,7 +388,10 @@ class DemoSession:
     def _on_request(self, request_id: RequestId, method: str, params: JSON) -> Outcome:
         if request_id in self.calls:
             return Answer(error_message(request_id, INVALID_REQUEST, "request id already in use"))
-        handler = _METHODS.get(method)
+        if self.is_stateless:
+            handler = _METHODS.get(method) if method in STATELESS_METHODS else None
+        else:
+            handler = _METHODS.get(method) if method not in _STATELESS_ONLY else None
         if handler is None:
             return Answer(
                 error_message(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")
@@ -296,20 +399,90 @@ class DemoSession:
         if self.protocol_version is None and method not in ("initialize", "ping"):
             return Answer(error_message(request_id, INVALID_REQUEST, "initialize first"))
         try:
+            if self.is_stateless and method == "subscriptions/listen":
+                wanted = SubscriptionFilter.from_params(params)
+                return Listen(request_id, wanted, acknowledgment(request_id, wanted))
+            if self.is_stateless:
+                self._take_answers(method, params)
             program = handler(self, params)
         except RpcError as exc:
             return Answer(error_message(request_id, exc.code, exc.message, exc.data))
         call = Call(request_id, method, self, program)
         self.calls[request_id] = call
-        effect = call.advance()
+        effect = call.start()
+        if isinstance(effect, BecomeTask):
+            return self._start_task(call)
         if isinstance(effect, Done):
             return Answer(effect.message)
         return Start(call, effect)
 
+    def _start_task(self, call: Call) -> Outcome:
+        assert self.hub is not None
+        try:
+            record = self.hub.tasks.create()
+        except RpcError as exc:
+            call.close()
+            return Answer(error_message(call.request_id, exc.code, exc.message, exc.data))
+        call.record = record
+        self.calls.pop(call.request_id, None)  # the task outlives this request
+        message = result_message(call.request_id, decorate("tools/call", record.created_result()))
+        effect = call.advance()
+        if isinstance(effect, Done):
+            record.finish(effect.message)
+        return StartTask(call, record, message, effect)
+
+    # -- 2026-07-28: input_required results (MRTR)
+
+    def _take_answers(self, method: str, params: JSON) -> None:
+        """Gather the answers a retry brings: those sealed in its
+        ``requestState`` by earlier rounds, then its ``inputResponses``."""
+        responses = params.get("inputResponses")
+        state = params.get("requestState")
+        if method not in INPUT_METHODS:
+            return
+        name = params.get("uri") if method == "resources/read" else params.get("name")
+        self.target = name if isinstance(name, str) else ""
+        if responses is not None and not (
+            isinstance(responses, dict) and all(isinstance(v, dict) for v in responses.values())
+        ):
+            raise RpcError(
+                INVALID_PARAMS, "invalid params: inputResponses must map keys to results"
+            )
+        if state is not None and not isinstance(state, str):
+            raise RpcError(INVALID_PARAMS, "invalid params: requestState must be a string")
+        assert self.hub is not None
+        if state is not None:
+            self.answers = self.hub.sealer.open(state, method, self.target)
+            self.has_verified_state = True
+        self.answers = {**self.answers, **(responses or {})}
+
+    def answers_for(self, wanted: Input) -> dict[str, JSON] | None:
+        """Each input's reply when the request brought them all, else None."""
+        if not all(r.key in self.answers for r in wanted.requests):
+            return None
+        return {r.key: {"result": self.answers[r.key]} for r in wanted.requests}
+
+    def input_required(self, method: str, wanted: Input) -> JSON:
+        """The result that asks the client for what is still missing, with
+        the answers so far sealed in ``requestState``."""
+        assert self.hub is not None
+        missing = [r for r in wanted.requests if r.key not in self.answers]
+        for r in missing:
+            self.check_capability(INPUT_CAPABILITY[r.method])
+        kept = {k: v for k, v in self.answers.items() if k not in {r.key for r in missing}}
+        return {
+            "resultType": "input_required",
+            "inputRequests": {r.key: {"method": r.method, "params": r.params} for r in missing},
+            "requestState": self.hub.sealer.seal(method, self.target, kept),
+        }
+
     # -- helpers for programs
 
     def log(self, level: str, data: Any) -> Iterator[Emit]:
-        """A ``notifications/message`` when ``level`` passes the client's filter."""
+        """A ``notifications/message`` when ``level`` passes the client's
+        filter (for a 2026-07-28 request: only when it asked for a level)."""
+        if self.log_level is None:
+            return
         if LOG_LEVELS.index(level) >= LOG_LEVELS.index(self.log_level):
             params = {"level": level, "logger": SERVER_NAME, "data": data}
             yield Emit(notification("notifications/message", params))
@@ -331,648 +504,64 @@ class DemoSession:
             params["message"] = message
         yield Emit(notification("notifications/progress", params))
 
-    def ask(self, method: str, params: JSON) -> Ask:
+    def ask(self, key: str, method: str, params: JSON) -> Program:
+        """Ask the client one thing; returns its reply (``result`` or ``error``)."""
+        replies = yield Input((InputRequest(key, method, params),))
+        reply: JSON = replies[key]
+        return reply
+
+    def ask_message(self, method: str, params: JSON) -> Ask:
         ask_id = f"s{self._next_ask}"
         self._next_ask += 1
         return Ask(request(ask_id, method, params), self.ask_timeout)
 
-
-# ---------------------------------------------------------------- fixtures
-
-
-def _png_1x1_red() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
-    pixels = zlib.compress(b"\x00\xff\x00\x00")  # filter byte, then one red pixel
-    signature = b"\x89PNG\r\n\x1a\n"
-    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
-def _wav_silence(samples: int = 80, rate: int = 8000) -> bytes:
-    data = b"\x00\x00" * samples  # 16-bit mono
-    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
-    riff = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-    riff += b"data" + struct.pack("<I", len(data)) + data
-    return b"RIFF" + struct.pack("<I", len(riff)) + riff
-
-
-PNG_BASE64 = base64.b64encode(_png_1x1_red()).decode()
-WAV_BASE64 = base64.b64encode(_wav_silence()).decode()
-
-README = """\
-# agentgw demo server
-
-A small MCP server shipped with agentgw, to try the gateway and to test it.
-
-Tools: `echo`, `add`, `slow` (progress, cancellation), `increment` (resource
-update notifications), `list_roots`, and every `test_*` tool of the MCP
-conformance suite (text, image, audio, resources, logging, progress,
-sampling, elicitation, errors).
-
-Run it with `python -m agentgw.demo` (stdio) or
-`python -m agentgw.demo --http 8765` (Streamable HTTP at /mcp).
-"""
-
-JSON_SCHEMA_2020_12 = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "$defs": {
-        "address": {
-            "type": "object",
-            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
-        }
-    },
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
-    "additionalProperties": False,
-}
-
-
-def _schema(properties: JSON | None = None, required: tuple[str, ...] = ()) -> JSON:
-    out: JSON = {"type": "object", "properties": properties or {}}
-    if required:
-        out["required"] = list(required)
-    return out
-
-
-def _text(text: str) -> JSON:
-    return {"content": [{"type": "text", "text": text}]}
-
-
-def _tool_error(text: str) -> JSON:
-    return {"content": [{"type": "text", "text": text}], "isError": True}
-
-
-def _now(result: JSON) -> Program:
-    """A program that finishes at once."""
-    yield from ()
-    return result
-
-
-# ---------------------------------------------------------------- tools
-
-ToolHandler = Callable[[DemoSession, JSON, ProgressToken | None], Program]
-
-
-@attrs.frozen
-class Tool:
-    name: str
-    description: str
-    input_schema: JSON
-    handler: ToolHandler
-    title: str | None = None
-    output_schema: JSON | None = None
-    annotations: JSON | None = None
-
-    def describe(self, session: DemoSession) -> JSON:
-        out: JSON = {"name": self.name, "description": self.description}
-        out["inputSchema"] = self.input_schema
-        if self.annotations is not None:
-            out["annotations"] = self.annotations
-        if session.is_at_least("2025-06-18"):
-            if self.title is not None:
-                out["title"] = self.title
-            if self.output_schema is not None:
-                out["outputSchema"] = self.output_schema
-        return out
-
-
-TOOLS: dict[str, Tool] = {}
-
-
-def _tool(
-    name: str,
-    description: str,
-    input_schema: JSON | None = None,
-    **options: Any,
-) -> Callable[[ToolHandler], ToolHandler]:
-    def register(handler: ToolHandler) -> ToolHandler:
-        schema = input_schema if input_schema is not None else _schema()
-        TOOLS[name] = Tool(name, description, schema, handler, **options)
-        return handler
-
-    return register
-
-
-_PRIMITIVES: dict[str, Callable[[object], bool]] = {
-    "string": lambda v: isinstance(v, str),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-}
-
-
-def check_arguments(schema: JSON, args: JSON) -> str | None:
-    """The first problem with ``args`` against a flat object schema, or None."""
-    properties: JSON = schema.get("properties", {})
-    for name in schema.get("required", ()):
-        if name not in args:
-            return f"missing argument: {name}"
-    for name, value in args.items():
-        spec = properties.get(name)
-        if spec is None:
-            if schema.get("additionalProperties") is False:
-                return f"unknown argument: {name}"
-            continue
-        check = _PRIMITIVES.get(spec.get("type", ""))
-        if check is not None and not check(value):
-            return f"argument {name} must be of type {spec['type']}"
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if "minimum" in spec and value < spec["minimum"]:
-                return f"argument {name} must be at least {spec['minimum']}"
-            if "maximum" in spec and value > spec["maximum"]:
-                return f"argument {name} must be at most {spec['maximum']}"
-    return None
-
-
-@_tool(
-    "echo",
-    "Returns the message it is given.",
-    _schema({"message": {"type": "string", "description": "Text to echo back"}}, ("message",)),
-    title="Echo",
-    annotations={"readOnlyHint": True},
-)
-def _echo(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    return _now(_text(args["message"]))
-
-
-@_tool(
-    "add",
-    "Adds two numbers.",
-    _schema({"a": {"type": "number"}, "b": {"type": "number"}}, ("a", "b")),
-    title="Add",
-    output_schema=_schema({"sum": {"type": "number"}}, ("sum",)),
-    annotations={"readOnlyHint": True},
-)
-def _add(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    total = args["a"] + args["b"]
-    result = _text(str(total))
-    if s.is_at_least("2025-06-18"):
-        result["structuredContent"] = {"sum": total}
-    return _now(result)
-
-
-@_tool(
-    "slow",
-    "Sleeps for `seconds`, sending a progress notification after each of `steps` "
-    "steps when the request has a progress token. Stops when cancelled.",
-    _schema(
-        {
-            "seconds": {"type": "number", "minimum": 0, "maximum": 3600, "default": 5},
-            "steps": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 5},
-        }
-    ),
-    title="Slow operation",
-)
-def _slow(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    seconds = float(args.get("seconds", 5))
-    steps = int(args.get("steps", 5))
-    for step in range(1, steps + 1):
-        yield Sleep(seconds / steps)
-        yield from s.progress(token, step, steps, f"step {step} of {steps}")
-    return _text(f"slept {seconds:g} s in {steps} steps")
-
-
-@_tool(
-    "increment",
-    "Adds one to the counter resource demo://counter; subscribers get "
-    "notifications/resources/updated.",
-    title="Increment the counter",
-)
-def _increment(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    s.counter += 1
-    if COUNTER_URI in s.subscriptions:
-        yield Emit(
-            notification("notifications/resources/updated", {"uri": COUNTER_URI}),
-            is_related=False,
-        )
-    return _text(f"counter is now {s.counter}")
-
-
-@_tool("list_roots", "Asks the client for its roots (roots/list) and returns them.")
-def _list_roots(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    if not s.has_capability("roots"):
-        return _tool_error("the client does not support roots")
-    reply = yield s.ask("roots/list", {})
-    if "error" in reply:
-        return _tool_error(f"roots/list failed: {reply['error'].get('message')}")
-    return _text(json.dumps(reply["result"].get("roots", [])))
-
-
-@_tool("test_simple_text", "Tests simple text content response")
-def _simple_text(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    return _now(_text("This is a simple text response for testing."))
-
-
-@_tool("test_image_content", "Tests image content response")
-def _image(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    return _now({"content": [{"type": "image", "data": PNG_BASE64, "mimeType": "image/png"}]})
-
-
-@_tool("test_audio_content", "Tests audio content response")
-def _audio(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    return _now({"content": [{"type": "audio", "data": WAV_BASE64, "mimeType": "audio/wav"}]})
-
-
-@_tool("test_embedded_resource", "Tests embedded resource content response")
-def _embedded(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    resource = {
-        "uri": "test://embedded-resource",
-        "mimeType": "text/plain",
-        "text": "This is an embedded resource content.",
-    }
-    return _now({"content": [{"type": "resource", "resource": resource}]})
-
-
-@_tool(
-    "test_multiple_content_types",
-    "Tests response with multiple content types (text, image, resource)",
-)
-def _mixed(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    resource = {
-        "uri": "test://mixed-content-resource",
-        "mimeType": "application/json",
-        "text": json.dumps({"test": "data", "value": 123}),
-    }
-    content = [
-        {"type": "text", "text": "Multiple content types test:"},
-        {"type": "image", "data": PNG_BASE64, "mimeType": "image/png"},
-        {"type": "resource", "resource": resource},
-    ]
-    return _now({"content": content})
-
-
-@_tool("test_tool_with_logging", "Tests tool that emits log messages during execution")
-def _with_logging(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    yield from s.log("info", "Tool execution started")
-    yield Sleep(0.05)
-    yield from s.log("info", "Tool processing data")
-    yield Sleep(0.05)
-    yield from s.log("info", "Tool execution completed")
-    return _text("Tool with logging executed successfully")
-
-
-@_tool("test_tool_with_progress", "Tests tool that reports progress notifications")
-def _with_progress(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    for done in (0, 50, 100):
-        if done:
-            yield Sleep(0.05)
-        yield from s.progress(token, done, 100, f"Completed step {done} of 100")
-    return _text(f"progress reported to token {token!r}")
-
-
-@_tool("test_error_handling", "Tests error response handling")
-def _error(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    return _now(_tool_error("This tool intentionally returns an error for testing"))
-
-
-@_tool(
-    "test_reconnection",
-    "Tests SSE stream disconnection and client reconnection (SEP-1699): the server "
-    "closes the response stream mid-call and sends the result after the client "
-    "reconnects with Last-Event-ID.",
-)
-def _reconnection(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    yield HangUp()
-    yield Sleep(0.1)
-    return _text(
-        "Reconnection test completed successfully. If you received this, the client "
-        "properly reconnected after stream closure."
+    def list_changed(self, kind: str) -> Iterator[Emit]:
+        """Tell the client the ``tools`` or ``prompts`` list changed: the
+        session's stream, or the hub's listen streams (2026-07-28)."""
+        if self.hub is None:
+            yield Emit(notification(f"notifications/{kind}/list_changed"), is_related=False)
+        elif kind == "tools":
+            self.hub.tools_changed()
+        else:
+            self.hub.prompts_changed()
+
+    def read_counter(self) -> int:
+        return self.hub.counter if self.hub is not None else self.counter
+
+    def bump_counter(self) -> int:
+        if self.hub is None:
+            self.counter += 1
+            return self.counter
+        self.hub.counter += 1
+        self.hub.resource_updated(COUNTER_URI)
+        return self.hub.counter
+
+
+def handle_stateless(hub: Hub, message: JSON, header_version: str | None = None) -> Outcome:
+    """Take one 2026-07-28 message (a request with the ``_meta`` envelope).
+
+    Args:
+        hub: the state shared by 2026-07-28 requests.
+        message: the parsed message; notifications and replies are ignored.
+        header_version: the MCP-Protocol-Version header over HTTP.
+    """
+    kind = classify(message)
+    if kind in ("notification", "response"):
+        return None
+    if kind == "invalid":
+        return Answer(error_message(id_of(message), INVALID_REQUEST, "invalid JSON-RPC message"))
+    try:
+        envelope = parse_envelope(message.get("params"), header_version)
+    except RpcError as exc:
+        return Answer(error_message(message["id"], exc.code, exc.message, exc.data))
+    session = DemoSession(
+        protocol_version=envelope.version,
+        client_info=envelope.client_info or {},
+        client_capabilities=envelope.capabilities,
+        log_level=envelope.log_level,
+        hub=hub,
     )
-
-
-def _sampled_text(result: JSON) -> str:
-    content = result.get("content")
-    items = content if isinstance(content, list) else [content]
-    texts = [c["text"] for c in items if isinstance(c, dict) and c.get("type") == "text"]
-    return "\n".join(texts) if texts else "(no text)"
-
-
-@_tool(
-    "test_sampling",
-    "Tests server-initiated sampling (LLM completion request)",
-    _schema(
-        {"prompt": {"type": "string", "description": "The prompt to send to the LLM"}},
-        ("prompt",),
-    ),
-)
-def _sampling(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    if not s.has_capability("sampling"):
-        return _tool_error("the client does not support sampling")
-    message = {"role": "user", "content": {"type": "text", "text": args["prompt"]}}
-    reply = yield s.ask("sampling/createMessage", {"messages": [message], "maxTokens": 100})
-    if "error" in reply:
-        return _tool_error(f"sampling failed: {reply['error'].get('message')}")
-    return _text(f"LLM response: {_sampled_text(reply['result'])}")
-
-
-def _elicit(s: DemoSession, message: str, schema: JSON, label: str) -> Program:
-    if not s.has_capability("elicitation"):
-        return _tool_error("the client does not support elicitation")
-    reply = yield s.ask("elicitation/create", {"message": message, "requestedSchema": schema})
-    if "error" in reply:
-        return _tool_error(f"elicitation failed: {reply['error'].get('message')}")
-    result = reply["result"]
-    content = json.dumps(result.get("content") or {})
-    return _text(f"{label}: action={result.get('action')}, content={content}")
-
-
-@_tool(
-    "test_elicitation",
-    "Tests server-initiated elicitation (user input request)",
-    _schema(
-        {"message": {"type": "string", "description": "The message to show the user"}},
-        ("message",),
-    ),
-)
-def _elicitation(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    schema = _schema(
-        {
-            "username": {"type": "string", "description": "User's response"},
-            "email": {"type": "string", "description": "User's email address"},
-        },
-        ("username", "email"),
-    )
-    return _elicit(s, args["message"], schema, "User response")
-
-
-@_tool(
-    "test_elicitation_sep1034_defaults",
-    "Tests elicitation with default values for every primitive type (SEP-1034)",
-)
-def _elicitation_defaults(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    schema = _schema(
-        {
-            "name": {"type": "string", "description": "User name", "default": "John Doe"},
-            "age": {"type": "integer", "description": "User age", "default": 30},
-            "score": {"type": "number", "description": "User score", "default": 95.5},
-            "status": {
-                "type": "string",
-                "description": "User status",
-                "enum": ["active", "inactive", "pending"],
-                "default": "active",
-            },
-            "verified": {"type": "boolean", "description": "Verified", "default": True},
-        }
-    )
-    message = "Please review and update the form fields with defaults"
-    return _elicit(s, message, schema, "Elicitation completed")
-
-
-def _titled(prefix: str, titles: tuple[str, ...]) -> list[JSON]:
-    return [{"const": f"{prefix}{i}", "title": t} for i, t in enumerate(titles, 1)]
-
-
-@_tool(
-    "test_elicitation_sep1330_enums",
-    "Tests elicitation with the five enum schema variants (SEP-1330)",
-)
-def _elicitation_enums(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    options = ["option1", "option2", "option3"]
-    schema = _schema(
-        {
-            "untitledSingle": {"type": "string", "description": "Pick one", "enum": options},
-            "titledSingle": {
-                "type": "string",
-                "description": "Pick one (titled)",
-                "oneOf": _titled("value", ("First Option", "Second Option", "Third Option")),
-            },
-            "legacyEnum": {
-                "type": "string",
-                "description": "Pick one (legacy titles)",
-                "enum": ["opt1", "opt2", "opt3"],
-                "enumNames": ["Option One", "Option Two", "Option Three"],
-            },
-            "untitledMulti": {
-                "type": "array",
-                "description": "Pick some",
-                "minItems": 1,
-                "maxItems": 3,
-                "items": {"type": "string", "enum": options},
-            },
-            "titledMulti": {
-                "type": "array",
-                "description": "Pick some (titled)",
-                "minItems": 1,
-                "maxItems": 3,
-                "items": {
-                    "anyOf": _titled("value", ("First Choice", "Second Choice", "Third Choice"))
-                },
-            },
-        }
-    )
-    message = "Please select options from the enum fields"
-    return _elicit(s, message, schema, "Elicitation completed")
-
-
-@_tool(
-    "json_schema_2020_12_tool",
-    "Tool with JSON Schema 2020-12 features for conformance testing (SEP-1613)",
-    JSON_SCHEMA_2020_12,
-)
-def _json_schema(s: DemoSession, args: JSON, token: ProgressToken | None) -> Program:
-    return _now(_text(f"JSON Schema 2020-12 tool called with: {json.dumps(args)}"))
-
-
-# ---------------------------------------------------------------- resources
-
-COUNTER_URI = "demo://counter"
-TEMPLATE_URI = "test://template/{id}/data"
-_TEMPLATE = re.compile(r"^test://template/([^/]+)/data$")
-
-
-@attrs.frozen
-class Resource:
-    uri: str
-    name: str
-    title: str
-    description: str
-    mime_type: str
-    read: Callable[[DemoSession], JSON]
-
-    def describe(self, session: DemoSession) -> JSON:
-        out: JSON = {"uri": self.uri, "name": self.name, "description": self.description}
-        out["mimeType"] = self.mime_type
-        if session.is_at_least("2025-06-18"):
-            out["title"] = self.title
-        return out
-
-
-def _text_contents(uri: str, mime_type: str, text: str) -> JSON:
-    return {"uri": uri, "mimeType": mime_type, "text": text}
-
-
-RESOURCES = {
-    r.uri: r
-    for r in (
-        Resource(
-            "test://static-text",
-            "static-text",
-            "Static Text Resource",
-            "A static text resource for testing",
-            "text/plain",
-            lambda s: _text_contents(
-                "test://static-text",
-                "text/plain",
-                "This is the content of the static text resource.",
-            ),
-        ),
-        Resource(
-            "test://static-binary",
-            "static-binary",
-            "Static Binary Resource",
-            "A static binary resource (a PNG image) for testing",
-            "image/png",
-            lambda s: {"uri": "test://static-binary", "mimeType": "image/png", "blob": PNG_BASE64},
-        ),
-        Resource(
-            "test://watched-resource",
-            "watched-resource",
-            "Watched Resource",
-            "A resource to subscribe to",
-            "text/plain",
-            lambda s: _text_contents(
-                "test://watched-resource", "text/plain", "Watched resource content"
-            ),
-        ),
-        Resource(
-            "demo://readme",
-            "readme",
-            "About this server",
-            "What the agentgw demo server offers",
-            "text/markdown",
-            lambda s: _text_contents("demo://readme", "text/markdown", README),
-        ),
-        Resource(
-            COUNTER_URI,
-            "counter",
-            "Counter",
-            "A number the increment tool raises; subscribe to hear about it",
-            "text/plain",
-            lambda s: _text_contents(COUNTER_URI, "text/plain", str(s.counter)),
-        ),
-    )
-}
-
-
-def _read_resource(s: DemoSession, uri: str) -> JSON:
-    resource = RESOURCES.get(uri)
-    if resource is not None:
-        return resource.read(s)
-    match = _TEMPLATE.match(uri)
-    if match is not None:
-        item_id = match.group(1)
-        data = {"id": item_id, "templateTest": True, "data": f"Data for ID: {item_id}"}
-        return _text_contents(uri, "application/json", json.dumps(data))
-    raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
-
-
-# ---------------------------------------------------------------- prompts
-
-
-@attrs.frozen
-class Prompt:
-    name: str
-    title: str
-    description: str
-    arguments: tuple[tuple[str, str, bool], ...]  # (name, description, required)
-    render: Callable[[JSON], list[JSON]]
-    completions: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
-
-    def describe(self, session: DemoSession) -> JSON:
-        out: JSON = {"name": self.name, "description": self.description}
-        if session.is_at_least("2025-06-18"):
-            out["title"] = self.title
-        if self.arguments:
-            out["arguments"] = [
-                {"name": n, "description": d, "required": r} for n, d, r in self.arguments
-            ]
-        return out
-
-
-def _user(content: JSON) -> JSON:
-    return {"role": "user", "content": content}
-
-
-PROMPTS = {
-    p.name: p
-    for p in (
-        Prompt(
-            "test_simple_prompt",
-            "Simple Test Prompt",
-            "A simple prompt without arguments",
-            (),
-            lambda a: [_user({"type": "text", "text": "This is a simple prompt for testing."})],
-        ),
-        Prompt(
-            "test_prompt_with_arguments",
-            "Prompt With Arguments",
-            "A prompt with required arguments",
-            (("arg1", "First test argument", True), ("arg2", "Second test argument", True)),
-            lambda a: [
-                _user(
-                    {
-                        "type": "text",
-                        "text": f"Prompt with arguments: arg1='{a['arg1']}', arg2='{a['arg2']}'",
-                    }
-                )
-            ],
-            {"arg1": ("paris", "park", "party"), "arg2": ("london", "lisbon", "lyon")},
-        ),
-        Prompt(
-            "test_prompt_with_embedded_resource",
-            "Prompt With Embedded Resource",
-            "A prompt that includes an embedded resource",
-            (("resourceUri", "URI of the resource to embed", True),),
-            lambda a: [
-                _user(
-                    {
-                        "type": "resource",
-                        "resource": _text_contents(
-                            a["resourceUri"], "text/plain", "Embedded resource content for testing."
-                        ),
-                    }
-                ),
-                _user({"type": "text", "text": "Please process the embedded resource above."}),
-            ],
-        ),
-        Prompt(
-            "test_prompt_with_image",
-            "Prompt With Image",
-            "A prompt that includes image content",
-            (),
-            lambda a: [
-                _user({"type": "image", "data": PNG_BASE64, "mimeType": "image/png"}),
-                _user({"type": "text", "text": "Please analyze the image above."}),
-            ],
-        ),
-        Prompt(
-            "greeting",
-            "Greeting",
-            "Asks the model to greet someone",
-            (("name", "Who to greet", True), ("style", "formal or casual", False)),
-            lambda a: [
-                _user(
-                    {
-                        "type": "text",
-                        "text": f"Please write a {a.get('style', 'friendly')} greeting "
-                        f"for {a['name']}.",
-                    }
-                )
-            ],
-            {"name": ("Ada", "Alan", "Grace", "Linus"), "style": ("formal", "casual")},
-        ),
-    )
-}
-
-TEMPLATE_COMPLETIONS = {"id": ("1", "2", "3", "123")}
-
-
-# ---------------------------------------------------------------- methods
+    return session.handle(message)
 
 
 def _initialize(s: DemoSession, params: JSON) -> Program:
@@ -986,22 +575,21 @@ def _initialize(s: DemoSession, params: JSON) -> Program:
     s.client_capabilities = capabilities if isinstance(capabilities, dict) else {}
     info = params.get("clientInfo")
     s.client_info = info if isinstance(info, dict) else {}
-    server_info: JSON = {"name": SERVER_NAME, "version": __version__}
+    server_info: JSON = dict(SERVER_INFO)
     if s.is_at_least("2025-06-18"):
         server_info["title"] = "agentgw demo server"
-    return _now(
+    return finished(
         {
             "protocolVersion": s.protocol_version,
             "capabilities": {
-                "tools": {"listChanged": False},
+                "tools": {"listChanged": True},
                 "resources": {"subscribe": True, "listChanged": False},
-                "prompts": {"listChanged": False},
+                "prompts": {"listChanged": True},
                 "logging": {},
                 "completions": {},
             },
             "serverInfo": server_info,
-            "instructions": "A demo server: try the echo, add and slow tools, "
-            "the greeting prompt and the demo://readme resource.",
+            "instructions": INSTRUCTIONS,
         }
     )
 
@@ -1013,12 +601,12 @@ def _no_cursor(params: JSON) -> None:
 
 
 def _ping(s: DemoSession, params: JSON) -> Program:
-    return _now({})
+    return finished({})
 
 
 def _tools_list(s: DemoSession, params: JSON) -> Program:
     _no_cursor(params)
-    return _now({"tools": [t.describe(s) for t in TOOLS.values()]})
+    return finished({"tools": [t.describe(s) for t in TOOLS.values()]})
 
 
 def _tools_call(s: DemoSession, params: JSON) -> Program:
@@ -1033,17 +621,53 @@ def _tools_call(s: DemoSession, params: JSON) -> Program:
         raise RpcError(INVALID_PARAMS, "arguments must be an object")
     problem = check_arguments(tool.input_schema, args)
     if problem is not None:
-        return _now(_tool_error(f"invalid arguments for {tool.name}: {problem}"))
+        return finished(tool_error(f"invalid arguments for {tool.name}: {problem}"))
     meta = params.get("_meta")
     token = meta.get("progressToken") if isinstance(meta, dict) else None
     if not isinstance(token, str | int) or isinstance(token, bool):
         token = None
-    return tool.handler(s, args, token)
+    if tool.task_support == "required" and not s.has_tasks:
+        if s.is_stateless:
+            s.require_tasks()
+        return finished(tool_error(f"{tool.name} runs only as a task (the tasks extension)"))
+    program = tool.handler(s, args, token)
+    if tool.task_support != "forbidden" and s.has_tasks and not tool.decides_task:
+        return _as_task(program)
+    return program
+
+
+def _as_task(program: Program) -> Program:
+    yield BecomeTask()
+    return (yield from program)
+
+
+def _task(s: DemoSession, params: JSON) -> TaskRecord:
+    s.require_tasks()
+    assert s.hub is not None
+    return s.hub.tasks.get(params.get("taskId"))
+
+
+def _tasks_get(s: DemoSession, params: JSON) -> Program:
+    return finished(_task(s, params).describe())
+
+
+def _tasks_update(s: DemoSession, params: JSON) -> Program:
+    record = _task(s, params)
+    responses = params.get("inputResponses")
+    if not isinstance(responses, dict) or not all(isinstance(v, dict) for v in responses.values()):
+        raise RpcError(INVALID_PARAMS, "invalid params: inputResponses must map keys to results")
+    record.update(responses)
+    return finished({})
+
+
+def _tasks_cancel(s: DemoSession, params: JSON) -> Program:
+    _task(s, params).cancel()
+    return finished({})
 
 
 def _resources_list(s: DemoSession, params: JSON) -> Program:
     _no_cursor(params)
-    return _now({"resources": [r.describe(s) for r in RESOURCES.values()]})
+    return finished({"resources": [r.describe(s) for r in RESOURCES.values()]})
 
 
 def _templates_list(s: DemoSession, params: JSON) -> Program:
@@ -1056,7 +680,7 @@ def _templates_list(s: DemoSession, params: JSON) -> Program:
     }
     if s.is_at_least("2025-06-18"):
         template["title"] = "Resource Template"
-    return _now({"resourceTemplates": [template]})
+    return finished({"resourceTemplates": [template]})
 
 
 def _uri(params: JSON) -> str:
@@ -1067,22 +691,22 @@ def _uri(params: JSON) -> str:
 
 
 def _resources_read(s: DemoSession, params: JSON) -> Program:
-    return _now({"contents": [_read_resource(s, _uri(params))]})
+    return finished({"contents": [read_resource(s, _uri(params))]})
 
 
 def _subscribe(s: DemoSession, params: JSON) -> Program:
     s.subscriptions.add(_uri(params))
-    return _now({})
+    return finished({})
 
 
 def _unsubscribe(s: DemoSession, params: JSON) -> Program:
     s.subscriptions.discard(_uri(params))
-    return _now({})
+    return finished({})
 
 
 def _prompts_list(s: DemoSession, params: JSON) -> Program:
     _no_cursor(params)
-    return _now({"prompts": [p.describe(s) for p in PROMPTS.values()]})
+    return finished({"prompts": [p.describe(s) for p in PROMPTS.values()]})
 
 
 def _prompts_get(s: DemoSession, params: JSON) -> Program:
@@ -1096,7 +720,7 @@ def _prompts_get(s: DemoSession, params: JSON) -> Program:
     for arg, _, required in prompt.arguments:
         if required and arg not in args:
             raise RpcError(INVALID_PARAMS, f"missing argument: {arg}")
-    return _now({"description": prompt.description, "messages": prompt.render(args)})
+    return prompt.get(s, args)
 
 
 def _complete(s: DemoSession, params: JSON) -> Program:
@@ -1119,7 +743,9 @@ def _complete(s: DemoSession, params: JSON) -> Program:
     else:
         raise RpcError(INVALID_PARAMS, f"Unknown reference type: {ref.get('type')}")
     values = [c for c in candidates if c.lower().startswith(value.lower())]
-    return _now({"completion": {"values": values[:100], "total": len(values), "hasMore": False}})
+    return finished(
+        {"completion": {"values": values[:100], "total": len(values), "hasMore": False}}
+    )
 
 
 def _set_level(s: DemoSession, params: JSON) -> Program:
@@ -1127,12 +753,38 @@ def _set_level(s: DemoSession, params: JSON) -> Program:
     if level not in LOG_LEVELS:
         raise RpcError(INVALID_PARAMS, f"level must be one of {', '.join(LOG_LEVELS)}")
     s.log_level = level
-    return _now({})
+    return finished({})
+
+
+def _discover(s: DemoSession, params: JSON) -> Program:
+    return finished(
+        {
+            "supportedVersions": list(STATELESS_VERSIONS),
+            "capabilities": {
+                "tools": {"listChanged": True},
+                "resources": {"subscribe": True, "listChanged": False},
+                "prompts": {"listChanged": True},
+                "logging": {},
+                "completions": {},
+                "extensions": {TASKS_EXTENSION: {}},
+            },
+            "instructions": INSTRUCTIONS,
+        }
+    )
+
+
+def _listen(s: DemoSession, params: JSON) -> Program:
+    raise AssertionError("subscriptions/listen is answered by DemoSession._on_request")
 
 
 _METHODS: dict[str, Callable[[DemoSession, JSON], Program]] = {
     "initialize": _initialize,
     "ping": _ping,
+    "server/discover": _discover,
+    "subscriptions/listen": _listen,
+    "tasks/get": _tasks_get,
+    "tasks/update": _tasks_update,
+    "tasks/cancel": _tasks_cancel,
     "tools/list": _tools_list,
     "tools/call": _tools_call,
     "resources/list": _resources_list,
@@ -1145,3 +797,8 @@ _METHODS: dict[str, Callable[[DemoSession, JSON], Program]] = {
     "completion/complete": _complete,
     "logging/setLevel": _set_level,
 }
+# Methods only a 2026-07-28 request reaches (a session's server/discover is
+# the probe of a 2026-07-28 client, which falls back to initialize on -32601).
+_STATELESS_ONLY = frozenset(
+    {"server/discover", "subscriptions/listen", "tasks/get", "tasks/update", "tasks/cancel"}
+)

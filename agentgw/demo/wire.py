@@ -28,9 +28,25 @@ SUPPORTED_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
 # Streamable HTTP requests without an MCP-Protocol-Version header are 2025-03-26.
 DEFAULT_HTTP_VERSION = "2025-03-26"
+# The revisions with no handshake: every request carries its own ``_meta``.
+STATELESS_VERSIONS = ("2026-07-28",)
 
 SESSION_NOT_FOUND = -32001
 REQUEST_TIMEOUT = -32001
+HEADER_MISMATCH = -32020
+MISSING_CAPABILITY = -32021
+UNSUPPORTED_VERSION = -32022
+
+# The HTTP status of a 2026-07-28 error response, by JSON-RPC code (others get 200).
+ERROR_STATUS = {
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    INVALID_PARAMS: 400,
+    HEADER_MISMATCH: 400,
+    MISSING_CAPABILITY: 400,
+    UNSUPPORTED_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
+}
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
@@ -190,6 +206,29 @@ def accepts(accept: str | None, wanted: str) -> bool:
         if mt in (wanted, "*/*", f"{kind}/*"):
             return True
     return False
+
+
+def _quality(item: str) -> float:
+    for param in item.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip())
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def prefers_sse(accept: str | None) -> bool:
+    """Whether an Accept header ranks ``text/event-stream`` above
+    ``application/json`` (by q-value, then by order)."""
+    ranks: dict[str, tuple[float, int]] = {}
+    for position, item in enumerate((accept or "").split(",")):
+        mt = media_type(item)
+        if mt in ("application/json", "text/event-stream"):
+            ranks.setdefault(mt, (_quality(item), -position))
+    sse = ranks.get("text/event-stream")
+    return sse is not None and sse > ranks.get("application/json", (0.0, 0))
 
 
 def host_name(authority: str) -> str:

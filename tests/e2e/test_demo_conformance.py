@@ -20,8 +20,9 @@ import h11
 import mcp.types as types
 import pytest
 import trio
-from mcp import Client, StdioServerParameters
+from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.context import ClientRequestContext
+from mcp.client.sse import sse_client
 
 from agentgw.demo.http import serve_http
 from tests.support import Client as HttpClient
@@ -140,8 +141,14 @@ async def _elicit(
     return types.ElicitResult(action="accept", content={"username": "ada", "email": "a@x"})
 
 
-async def _exercise(client: Client) -> None:
-    assert client.protocol_version == "2025-11-25"
+# The SDK 2.3 client probes with server/discover and speaks 2026-07-28 with
+# the demo (sampling and elicitation as input_required rounds); with
+# mode="legacy" it uses the initialize handshake (server-to-client requests).
+VERSION_OF_MODE = {"legacy": "2025-11-25", "auto": "2026-07-28"}
+
+
+async def _exercise(client: Client, version: str) -> None:
+    assert client.protocol_version == version
     names = {t.name for t in (await client.list_tools()).tools}
     assert {"echo", "add", "slow", "test_sampling", "test_reconnection"} <= names
 
@@ -176,17 +183,25 @@ async def _exercise(client: Client) -> None:
     assert "Ada" in json.dumps(prompt.model_dump())
 
 
-async def test_sdk_client_over_stdio() -> None:
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_sdk_client_over_stdio(mode: str) -> None:
     params = StdioServerParameters(command=sys.executable, args=DEMO[1:])
     logs: list[Any] = []
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         logs.append(params.data)
 
+    # 2026-07-28 sends logs only to a request that asks for a level.
+    options: dict[str, Any] = {"log_level": "info"} if mode == "auto" else {}
     async with Client(
-        params, sampling_callback=_sample, elicitation_callback=_elicit, logging_callback=on_log
+        params,
+        mode=mode,
+        sampling_callback=_sample,
+        elicitation_callback=_elicit,
+        logging_callback=on_log,
+        **options,
     ) as client:
-        await _exercise(client)
+        await _exercise(client, VERSION_OF_MODE[mode])
         await client.call_tool("test_tool_with_logging")
         assert logs == [
             "Tool execution started",
@@ -204,10 +219,13 @@ SDK_LEAKS_ASYNC_GENERATORS = pytest.mark.filterwarnings(
 
 
 @SDK_LEAKS_ASYNC_GENERATORS
-async def test_sdk_client_over_http() -> None:
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_sdk_client_over_http(mode: str) -> None:
     async with demo_process() as url:
-        async with Client(url, sampling_callback=_sample, elicitation_callback=_elicit) as client:
-            await _exercise(client)
+        async with Client(
+            url, mode=mode, sampling_callback=_sample, elicitation_callback=_elicit
+        ) as client:
+            await _exercise(client, VERSION_OF_MODE[mode])
             # The server hangs up mid-call; the SDK resumes with Last-Event-ID.
             with trio.fail_after(10):
                 resumed = await client.call_tool("test_reconnection")
@@ -393,10 +411,6 @@ async def test_http_refusals() -> None:
             assert resp.status == 403, (host, origin)
         resp = await http.post(ping, (b"origin", b"http://localhost:1234"), host="localhost:99")
         assert resp.status == 200
-        # A 2026-07-28 client probes first, and falls back on this error.
-        http.session = None
-        resp = await http.post(_body("server/discover"), (b"mcp-protocol-version", b"2026-07-28"))
-        assert resp.status == 400 and json.loads(resp.body)["error"]["code"] == -32601
 
 
 async def test_http_streams_a_call_that_sends_notifications() -> None:
@@ -491,3 +505,262 @@ async def test_http_cancel_ends_the_stream_without_a_response() -> None:
                 while not isinstance(event := await client.next_event(), h11.EndOfMessage):
                     assert isinstance(event, h11.Data)
                     assert b'"id":8' not in event.data
+
+
+# ---------------------------------------------------------------- 2026-07-28 on the wire
+
+MODERN = "2026-07-28"
+ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+}
+
+
+# Where the body has the value of the Mcp-Name header (SEP-2243).
+NAME_FIELD = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
+}
+
+
+def _stateless(
+    method: str, params: dict[str, Any] | None = None, request_id: int = 1, **meta: Any
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A 2026-07-28 request and its standard headers (SEP-2243)."""
+    params = dict(params or {})
+    params["_meta"] = {**ENVELOPE, **meta}
+    headers = [(b"mcp-protocol-version", MODERN.encode()), (b"mcp-method", method.encode())]
+    field = NAME_FIELD.get(method)
+    name = params.get(field) if field is not None else None
+    if isinstance(name, str):
+        headers.append((b"mcp-name", name.encode()))
+    return _body(method, params, request_id), headers
+
+
+async def _call(
+    http: McpHttp, method: str, params: dict[str, Any] | None = None, **meta: Any
+) -> tuple[int, dict[str, Any]]:
+    body, headers = _stateless(method, params, **meta)
+    resp = await http.post(body, *headers)
+    message = (
+        parse_sse(resp.body)[-1].message if resp.body.startswith(b"data") else json.loads(resp.body)
+    )
+    return resp.status, message
+
+
+async def test_http_stateless_requests_get_the_statuses_of_2026_07_28() -> None:
+    async with demo_http() as port:
+        http = McpHttp(port)
+        status, discover = await _call(http, "server/discover")
+        assert status == 200
+        result = discover["result"]
+        assert result["supportedVersions"] == [MODERN] and result["resultType"] == "complete"
+        assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "agentgw-demo"
+        assert result["cacheScope"] == "public" and result["ttlMs"] >= 0
+        assert {"tools", "prompts", "resources"} <= result["capabilities"].keys()
+
+        def error(resp: Response) -> tuple[int, int, Any]:
+            message = json.loads(resp.body)
+            return resp.status, message["error"]["code"], message["id"]
+
+        version = (b"mcp-protocol-version", MODERN.encode())
+        method = (b"mcp-method", b"tools/list")
+        no_meta = _body("tools/list", {}, 7)
+        assert error(await http.post(no_meta, version, method)) == (400, -32602, 7)
+        body, headers = _stateless("tools/list", request_id=8)
+        assert error(await http.post(body, method)) == (400, -32020, 8)  # no version header
+        assert error(await http.post(body, version)) == (400, -32020, 8)  # no Mcp-Method
+        wrong = (b"mcp-method", b"TOOLS/LIST")
+        assert error(await http.post(body, version, wrong)) == (400, -32020, 8)
+        other = (b"mcp-protocol-version", b"2099-01-01")
+        assert error(await http.post(body, other, method)) == (400, -32020, 8)
+        future = {"io.modelcontextprotocol/protocolVersion": "2099-01-01"}
+        body, _ = _stateless("tools/list", request_id=9, **future)
+        resp = await http.post(body, other, method)
+        assert error(resp) == (400, -32022, 9)
+        data = json.loads(resp.body)["error"]["data"]
+        assert data == {"supported": [MODERN], "requested": "2099-01-01"}
+
+        echo = {"name": "echo", "arguments": {"message": "hi"}}
+        body, headers = _stateless("tools/call", echo)
+        named = [h for h in headers if h[0] != b"mcp-name"]
+        resp = await http.post(body, *named, (b"mcp-name", b"add"))
+        assert error(resp)[:2] == (400, -32020)
+        resp = await http.post(body, *named, (b"mcp-name", b"echo"))
+        assert resp.status == 200 and json.loads(resp.body)["result"]["content"][0]["text"] == "hi"
+
+        for removed in ("initialize", "ping", "logging/setLevel", "resources/subscribe", "x/y"):
+            body, headers = _stateless(removed, {"uri": "demo://counter"})
+            assert error(await http.post(body, *headers))[:2] == (404, -32601), removed
+        status, refused = await _call(http, "tools/call", {"name": "test_missing_capability"})
+        assert (status, refused["error"]["code"]) == (400, -32021)
+        assert refused["error"]["data"] == {"requiredCapabilities": {"sampling": {}}}
+        status, missing = await _call(http, "resources/read", {"uri": "test://nope"})
+        assert (status, missing["error"]["code"]) == (400, -32602)
+        assert missing["error"]["data"] == {"uri": "test://nope"}
+
+        note = json.dumps(
+            {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"_meta": ENVELOPE}}
+        )
+        assert (
+            await http.post(note.encode(), version, (b"mcp-method", b"notifications/progress"))
+        ).status == 202
+        # No session was made, and logs go only to a request that asks for a level.
+        assert http.session is None
+        body, headers = _stateless("tools/call", {"name": "test_logging_tool"})
+        quiet = await http.post(body, *headers)
+        assert b"notifications/message" not in quiet.body
+        body, headers = _stateless(
+            "tools/call",
+            {"name": "test_logging_tool"},
+            **{"io.modelcontextprotocol/logLevel": "info"},
+        )
+        chatty = parse_sse((await http.post(body, *headers)).body)
+        assert chatty[0].message["method"] == "notifications/message"
+        assert chatty[-1].message["result"]["content"][0]["text"] == "Logging evaluated"
+
+
+async def test_http_input_required_rounds_carry_a_sealed_request_state() -> None:
+    async with demo_http() as port:
+        http = McpHttp(port)
+        call = {"name": "test_input_required_result_multi_round", "arguments": {}}
+        _, first = await _call(http, "tools/call", call)
+        r1 = first["result"]
+        assert r1["resultType"] == "input_required" and list(r1["inputRequests"]) == ["step1"]
+        assert r1["inputRequests"]["step1"]["method"] == "elicitation/create"
+        name = {"action": "accept", "content": {"name": "Ada"}}
+        round2 = {**call, "inputResponses": {"step1": name}, "requestState": r1["requestState"]}
+        _, second = await _call(http, "tools/call", round2)
+        r2 = second["result"]
+        assert list(r2["inputRequests"]) == ["step2"] and r2["requestState"] != r1["requestState"]
+        color = {"action": "accept", "content": {"color": "teal"}}
+        round3 = {**call, "inputResponses": {"step2": color}, "requestState": r2["requestState"]}
+        _, third = await _call(http, "tools/call", round3)
+        assert third["result"]["resultType"] == "complete"
+        assert (
+            third["result"]["content"][0]["text"] == "Multi-round complete for Ada who likes teal"
+        )
+
+        # An altered state, or one issued for another tool, is refused.
+        tampered = {**round3, "requestState": r2["requestState"][:-2] + "AA"}
+        status, refused = await _call(http, "tools/call", tampered)
+        assert (status, refused["error"]["code"]) == (400, -32602)
+        elsewhere = {"name": "test_input_required_result_elicitation", "arguments": {}}
+        moved = {**elsewhere, "inputResponses": {}, "requestState": r2["requestState"]}
+        status, refused = await _call(http, "tools/call", moved)
+        assert (status, refused["error"]["code"]) == (400, -32602)
+        invalid = {**elsewhere, "inputResponses": {"user_name": 12345}}
+        status, refused = await _call(http, "tools/call", invalid)
+        assert (status, refused["error"]["code"]) == (400, -32602)
+
+
+async def test_http_listen_stream_acknowledges_then_sends_what_was_asked() -> None:
+    async with demo_http() as port:
+        http = McpHttp(port)
+        wanted = {
+            "notifications": {"toolsListChanged": True, "resourceSubscriptions": ["demo://counter"]}
+        }
+        body, headers = _stateless("subscriptions/listen", wanted, request_id=42)
+        async with open_client(port) as client:
+            head = await http.open_stream(client, "POST", body, *headers)
+            assert head.status_code == 200
+            events = SseReader(client)
+            with trio.fail_after(5):
+                ack = (await events.next()).message
+            assert ack["method"] == "notifications/subscriptions/acknowledged"
+            assert ack["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": 42}
+            assert ack["params"]["notifications"] == {
+                "toolsListChanged": True,
+                "resourceSubscriptions": ["demo://counter"],
+            }
+            await _call(http, "tools/call", {"name": "test_trigger_prompt_change"})  # not asked for
+            await _call(http, "tools/call", {"name": "test_trigger_tool_change"})
+            await _call(http, "tools/call", {"name": "increment"})
+            with trio.fail_after(5):
+                tools = (await events.next()).message
+                counter = (await events.next()).message
+            assert tools["method"] == "notifications/tools/list_changed"
+            assert tools["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": 42}
+            assert counter["method"] == "notifications/resources/updated"
+            assert counter["params"]["uri"] == "demo://counter"
+
+
+@SDK_LEAKS_ASYNC_GENERATORS
+async def test_sdk_client_over_the_legacy_sse_transport() -> None:
+    async with demo_process() as url:
+        sse_url = url.removesuffix("/mcp") + "/sse"
+        async with sse_client(sse_url) as (read, write):
+            async with ClientSession(read, write, sampling_callback=_sample) as session:
+                assert (await session.initialize()).protocol_version == "2025-11-25"
+                echo = await session.call_tool("echo", {"message": "hi"})
+                assert echo.content[0] == types.TextContent(type="text", text="hi")
+                sampled = await session.call_tool("test_sampling", {"prompt": "hello"})
+                assert sampled.content[0] == types.TextContent(
+                    type="text", text="LLM response: echo: hello"
+                )
+
+
+async def _until(http: McpHttp, task_id: str, *statuses: str) -> dict[str, Any]:
+    with trio.fail_after(10):
+        while True:
+            _, got = await _call(http, "tasks/get", {"taskId": task_id}, **TASKS_META)
+            if got["result"]["status"] in statuses:
+                result: dict[str, Any] = got["result"]
+                return result
+            await trio.sleep(0.05)
+
+
+TASKS_META = {
+    "io.modelcontextprotocol/clientCapabilities": {
+        "elicitation": {},
+        "extensions": {"io.modelcontextprotocol/tasks": {}},
+    }
+}
+
+
+async def test_http_tasks_run_in_the_background_and_take_input() -> None:
+    async with demo_http() as port:
+        http = McpHttp(port)
+        compute = {"name": "slow_compute", "arguments": {"seconds": 0.2}}
+        _, created = await _call(http, "tools/call", compute, **TASKS_META)
+        task = created["result"]
+        assert task["resultType"] == "task" and task["status"] == "working"
+        done = await _until(http, task["taskId"], "completed")
+        assert done["result"]["content"][0]["text"] == "computed in 0.2 s"
+
+        confirm = {"name": "confirm_delete", "arguments": {"filename": "a.txt"}}
+        _, created = await _call(http, "tools/call", confirm, **TASKS_META)
+        task_id = created["result"]["taskId"]
+        waiting = await _until(http, task_id, "input_required")
+        (key,) = waiting["inputRequests"]
+        answer = {key: {"action": "accept", "content": {"confirm": True}}}
+        update = {"taskId": task_id, "inputResponses": answer}
+        status, ack = await _call(http, "tasks/update", update, **TASKS_META)
+        assert status == 200 and ack["result"]["resultType"] == "complete"
+        done = await _until(http, task_id, "completed")
+        assert done["result"]["content"][0]["text"] == "deleted a.txt"
+
+        long = {"name": "slow_compute", "arguments": {"seconds": 60}}
+        _, created = await _call(http, "tools/call", long, **TASKS_META)
+        task_id = created["result"]["taskId"]
+        await _call(http, "tasks/cancel", {"taskId": task_id}, **TASKS_META)
+        assert (await _until(http, task_id, "cancelled"))["status"] == "cancelled"
+        status, unknown = await _call(http, "tasks/get", {"taskId": "nope"}, **TASKS_META)
+        assert (status, unknown["error"]["code"]) == (400, -32602)
+
+
+async def test_http_param_headers_must_match_the_arguments() -> None:
+    async with demo_http() as port:
+        http = McpHttp(port)
+        body, headers = _stateless(
+            "tools/call", {"name": "test_custom_header", "arguments": {"region": "eu"}}
+        )
+        resp = await http.post(body, *headers)
+        assert resp.status == 400 and json.loads(resp.body)["error"]["code"] == -32020
+        resp = await http.post(body, *headers, (b"mcp-param-region", b"=?base64?ZXU=?="))
+        assert resp.status == 200
+        assert json.loads(resp.body)["result"]["content"][0]["text"] == "region is eu"
