@@ -315,7 +315,10 @@ def _check_metrics(name: str, service: Service, stats: str) -> str:
         text = scrape_metrics(stats)
         counted = metric_sum(text, REQUESTS_METRIC) if text is not None else 0.0
         if counted >= CHECK_CALLS:
-            return f"metrics on: {REQUESTS_METRIC} at http://{stats}/metrics counts {counted:.0f}"
+            return (
+                f"metrics on: {REQUESTS_METRIC} at http://{stats}/metrics counted the "
+                f"{counted:.0f} requests so far"
+            )
         time.sleep(0.2)
     raise StartError(
         with_exit(
