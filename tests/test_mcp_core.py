@@ -261,10 +261,10 @@ def test_jsonrpc_builders() -> None:
         "error": {"code": -32600, "message": "bad"},
     }
     assert jsonrpc.make_error("x", 1, "m", {"d": 1})["error"]["data"] == {"d": 1}
-    assert (
-        jsonrpc.dumps(jsonrpc.make_result(1, "é"))
-        == '{"jsonrpc":"2.0","id":1,"result":"é"}'.encode()
-    )
+    assert jsonrpc.dumps(jsonrpc.make_result(1, "é")) == b'{"jsonrpc":"2.0","id":1,"result":"\\u00e9"}'
+    # A lone surrogate is valid JSON but not UTF-8: it stays escaped.
+    lone = jsonrpc.parse_messages(b'{"jsonrpc":"2.0","id":1,"result":"\\ud800"}')[0][0]
+    assert jsonrpc.dumps(lone) == b'{"jsonrpc":"2.0","id":1,"result":"\\ud800"}'
 
 
 # ---------------------------------------------------------------- names
@@ -749,7 +749,8 @@ def test_nesting_depth_counts_what_a_walk_counts(value: object) -> None:
 
 def test_too_deep_a_body_is_a_parse_error() -> None:
     deep = b'{"jsonrpc": "2.0", "id": 1, "result": ' + b"[" * 70 + b"]" * 70 + b"}"
-    with pytest.raises(jsonrpc.JsonRpcError, match="nested deeper"):
+    with pytest.raises(jsonrpc.JsonRpcError, match="^parse error$") as caught:
         jsonrpc.parse_messages(deep)
+    assert caught.value.detail is not None and "nested deeper" in caught.value.detail
     fine = b'{"jsonrpc": "2.0", "id": 1, "result": {"s": "' + b"[" * 200 + b'"}}'
     assert jsonrpc.parse_messages(fine)[0][0]["result"]["s"] == "[" * 200
