@@ -259,13 +259,16 @@ async def forward(
     try:
         with trio.fail_after(whole) if whole != math.inf else nullcontext():
             async with session.request(target, message, headers) as call:
-                with trio.move_on_after(timeouts.first_reply) as first:
-                    reply = await call.next()
-                if first.cancelled_caught:
-                    raise UpstreamTimeout(
-                        f"target {target}: upstream timeout",
-                        detail=f"no answer in {timeouts.first_reply:g}s",
-                    )
+                # A JSON answer is here already: no timer, no wait.
+                reply = call.next_nowait()
+                if reply is None:
+                    with trio.move_on_after(timeouts.first_reply):
+                        reply = await call.next()
+                    if reply is None:  # the wait was cut short
+                        raise UpstreamTimeout(
+                            f"target {target}: upstream timeout",
+                            detail=f"no answer in {timeouts.first_reply:g}s",
+                        )
                 while True:
                     final = is_final(reply)
                     await outbox.send(outbound(route, target, reply, method), final=final)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -35,9 +35,9 @@ import trio
 
 from agentgw.config.model import McpTarget
 from agentgw.errors import UpstreamError, UpstreamUnavailable
+from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.ids import IdMap, IdMapFull
 from agentgw.server.watch import wait_watched
-from agentgw.tls import ClientTLS
 from agentgw.upstream.mcp.base import Answer, McpTransport, open_transport
 from agentgw.upstream.pool import ConnectionPool
 
@@ -120,6 +120,19 @@ class Call:
     answer: Answer | None = None
     is_answered: bool = False
 
+    def next_nowait(self) -> Message | None:
+        """The next message if it is here already (a JSON answer), else None."""
+        answer = self.answer
+        if answer is None or not answer.messages:
+            return None
+        message = answer.messages[0]
+        if not is_final(message) or message.get("id") != self.upstream_id:
+            return None  # ids to map, or more to come: next() does it
+        answer.messages.popleft()
+        self.session._pending.pop((self.target, self.upstream_id), None)
+        self.is_answered = True
+        return {**message, "id": self.pending.client_id}
+
     async def next(self) -> Message:
         """The next message for the client (ids and tokens as the client
         knows them).
@@ -158,11 +171,13 @@ class SessionStatistics:
 
 @attrs.define(eq=False)
 class RelaySession:
+    """One session. ``route`` is the route it was made for: after a reload
+    changed that route, the session keeps its own targets until it ends."""
+
     sid: str
-    targets: tuple[McpTarget, ...]
+    route: McpRoute
     pool: ConnectionPool
     ttl: float
-    tls: Mapping[str, ClientTLS] = attrs.field(factory=dict)  # by target name
     upstream_sessions: dict[str, str | None] = attrs.field(factory=dict)
     transports: dict[str, McpTransport] = attrs.field(factory=dict)
     dead: dict[str, str] = attrs.field(factory=dict)
@@ -183,6 +198,10 @@ class RelaySession:
     _progress: dict[tuple[str, Any], Pending] = attrs.field(factory=dict)
     _server_requests: IdMap = attrs.field(factory=lambda: IdMap(MAX_IN_FLIGHT, prefix="agw-"))
     _get_streams: list[trio.MemorySendChannel[Message]] = attrs.field(factory=list)
+
+    @property
+    def targets(self) -> tuple[McpTarget, ...]:
+        return self.route.targets
 
     def __repr__(self) -> str:
         targets = list(self.transports)
@@ -214,7 +233,7 @@ class RelaySession:
                             open_transport(
                                 target,
                                 pool=self.pool,
-                                tls=self.tls.get(target.name),
+                                tls=self.route.tls.get(target.name),
                                 session_id=self.upstream_sessions.get(target.name),
                                 protocol_version=self.protocol_version,
                                 server_stream=not self.is_replica,

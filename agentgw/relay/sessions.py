@@ -79,7 +79,8 @@ class SessionDirectory:
     ttl: float = 1800.0
     idle_timeout: float | None = None
     _tokens: OrderedDict[str, str] = attrs.field(factory=OrderedDict)
-    # By ``id(route)``: a reloaded route is a new route, with a new session.
+    # By ``id(route)`` (and checked to be that route: an id is unique only
+    # while its object lives); a changed route gets a new shared session.
     _shared: dict[int, RelaySession] = attrs.field(factory=dict)
     _shared_locks: dict[int, trio.Lock] = attrs.field(factory=dict)
 
@@ -125,8 +126,7 @@ class SessionDirectory:
     ) -> RelaySession:
         return RelaySession(
             sid=sid,
-            targets=route.targets,
-            tls=route.tls,
+            route=route,
             pool=self.pool,
             ttl=ttl or self.ttl,
             idle_timeout=self.idle_timeout,
@@ -184,13 +184,16 @@ class SessionDirectory:
         """The one session per route that 2026-07-28 requests (which have
         no session) go through, initialized with the first caller's headers."""
         session = self._shared.get(id(route))
-        if session is not None and not session.closed.is_set():
+        if session is not None and session.route is route and not session.closed.is_set():
             return session
         lock = self._shared_locks.setdefault(id(route), trio.Lock())
         async with lock:
             session = self._shared.get(id(route))
-            if session is not None and not session.closed.is_set():
+            if session is not None and session.route is route and not session.closed.is_set():
                 return session
+            for key, old in list(self._shared.items()):  # routes a reload dropped
+                if old.closed.is_set():
+                    del self._shared[key]
             session = await self._start(
                 self._session(route, secrets.token_urlsafe(16), is_shared=True)
             )

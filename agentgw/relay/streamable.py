@@ -65,7 +65,7 @@ async def post(ep: McpEndpoint, ctx: RequestContext, route: McpRoute) -> None:
         return
     session = await ep.directory.find(token, route)
     ctx.record.extra["mcp.session"] = session.sid[:8]
-    await post_to_session(ep, ctx, route, session, message, headers)
+    await post_to_session(ep, ctx, session.route, session, message, headers)
 
 
 async def _initialize(

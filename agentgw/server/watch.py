@@ -49,29 +49,32 @@ class ClientWatch:
     deadline: float = attrs.field(factory=lambda: trio.current_time() + GRACE)
     is_started: bool = False
     is_gone: bool = False
-    _stop: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    _stopped: trio.Event = attrs.field(factory=trio.Event)
+    # Made when the watcher starts: most requests never need them.
+    _stop: trio.CancelScope | None = None
+    _stopped: trio.Event | None = None
 
     def start(self) -> None:
         """Start watching the client (once)."""
         if not self.is_started:
             self.is_started = True
-            self.nursery.start_soon(self._run)
+            self._stop, self._stopped = trio.CancelScope(), trio.Event()
+            self.nursery.start_soon(self._run, self._stop, self._stopped)
 
-    async def _run(self) -> None:
+    async def _run(self, stop: trio.CancelScope, stopped: trio.Event) -> None:
         try:
-            with self._stop:
+            with stop:
                 await self.watch()
                 self.is_gone = True
                 self.scope.cancel()
         finally:
-            self._stopped.set()
+            stopped.set()
 
     async def stop(self) -> None:
         """Stop watching; returns once the watcher no longer reads."""
-        if self.is_started:
+        if self._stop is not None and self._stopped is not None:
             self._stop.cancel()
-            await self._stopped.wait()
+            with trio.CancelScope(shield=True):
+                await self._stopped.wait()
 
 
 async def run_watched(
@@ -91,8 +94,7 @@ async def run_watched(
             await work()
     finally:
         _CURRENT.reset(token)
-        with trio.CancelScope(shield=True):
-            await state.stop()
+        await state.stop()
     return state.is_gone
 
 

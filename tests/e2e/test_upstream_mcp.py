@@ -25,8 +25,8 @@ import trio_websocket
 from agentgw.config.model import HttpTarget, McpTarget, StdioTarget
 from agentgw.errors import UpstreamError, UpstreamUnavailable
 from agentgw.upstream.mcp import Answer, TransportClosed
-from agentgw.upstream.mcp._common import open_task_nursery
 from agentgw.upstream.mcp import open_transport as open_real_transport
+from agentgw.upstream.mcp._common import open_task_nursery
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire.http import MCP_NOT_FORWARDED, forward_headers
 from tests.support import Upstream, serve_raw, serve_upstream
@@ -85,6 +85,8 @@ async def open_transport(target: McpTarget, **kwargs: Any) -> AsyncIterator[McpT
         async with open_task_nursery() as nursery:
             yield McpTransport(transport, nursery)
             nursery.cancel_scope.cancel()
+
+
 CLIENT_HEADERS = [
     (b"host", b"gateway.example"),
     (b"authorization", b"Bearer T"),
