@@ -38,7 +38,7 @@ from agentgw.errors import UpstreamError, UpstreamUnavailable
 from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.ids import IdMap, IdMapFull
 from agentgw.server.watch import wait_watched
-from agentgw.upstream.mcp.base import Answer, McpTransport, open_transport
+from agentgw.upstream.mcp.base import Answer, McpTransport, TransportOpener, open_transport
 from agentgw.upstream.pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
@@ -198,6 +198,8 @@ class RelaySession:
     _progress: dict[tuple[str, Any], Pending] = attrs.field(factory=dict)
     _server_requests: IdMap = attrs.field(factory=lambda: IdMap(MAX_IN_FLIGHT, prefix="agw-"))
     _get_streams: list[trio.MemorySendChannel[Message]] = attrs.field(factory=list)
+    # How a target's transport is opened (tests give an in-memory one).
+    opener: TransportOpener = open_transport
 
     @property
     def targets(self) -> tuple[McpTarget, ...]:
@@ -230,7 +232,7 @@ class RelaySession:
                 for target in self.targets:
                     try:
                         transport = await stack.enter_async_context(
-                            open_transport(
+                            self.opener(
                                 target,
                                 pool=self.pool,
                                 tls=self.route.tls.get(target.name),
