@@ -326,19 +326,16 @@ async def forward(
     """
     method = str(message.get("method"))
     whole = timeouts.whole
+    # Bounds the wait for the first message, the answer's head included:
+    # lifted once it came.
+    first_wait = trio.CancelScope(deadline=trio.current_time() + timeouts.first_reply)
     try:
-        with trio.fail_after(whole) if whole != math.inf else nullcontext():
+        with trio.fail_after(whole) if whole != math.inf else nullcontext(), first_wait:
             async with session.request(target, message, headers) as call:
-                # A JSON answer is here already: no timer, no wait.
                 reply = call.next_nowait()
                 if reply is None:
-                    with trio.move_on_after(timeouts.first_reply):
-                        reply = await call.next()
-                    if reply is None:  # the wait was cut short
-                        raise UpstreamTimeout(
-                            f"target {target}: upstream timeout",
-                            detail=f"no answer in {timeouts.first_reply:g}s",
-                        )
+                    reply = await call.next()
+                first_wait.deadline = math.inf
                 while True:
                     final = is_final(reply)
                     await outbox.send(outbound(route, target, reply, method), final=final)
@@ -355,3 +352,8 @@ async def forward(
         raise UpstreamTimeout(
             f"target {target}: upstream timeout", detail=f"no response in {whole:g}s"
         ) from None
+    if first_wait.cancelled_caught:
+        raise UpstreamTimeout(
+            f"target {target}: upstream timeout",
+            detail=f"no answer in {timeouts.first_reply:g}s",
+        )
