@@ -34,7 +34,7 @@ import attrs
 import trio
 
 from agentgw.config.model import McpTarget
-from agentgw.errors import UpstreamError, UpstreamUnavailable
+from agentgw.errors import HTTPError, UpstreamError, UpstreamUnavailable
 from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.ids import IdMap, IdMapFull
 from agentgw.server.watch import wait_watched
@@ -375,8 +375,8 @@ class RelaySession:
         return False
 
     async def _answer_upstream_error(self, target: str, msg_id: Any, text: str) -> None:
-        error = {"code": -32603, "message": f"agentgw: {text}"}
-        await self._send_upstream(target, {"jsonrpc": "2.0", "id": msg_id, "error": error})
+        error = HTTPError(f"agentgw: {text}")
+        await self._send_upstream(target, error.rpc_error(msg_id))
 
     async def _send_upstream(
         self, target: str, message: Message, headers: Headers = ()
@@ -392,8 +392,8 @@ class RelaySession:
         for key, pending in list(self._pending.items()):
             if key[0] == target and not pending.is_inline:
                 del self._pending[key]
-                error = {"code": -32603, "message": f"target {target}: upstream unavailable"}
-                pending.fail({"jsonrpc": "2.0", "id": pending.client_id, "error": error})
+                error = UpstreamUnavailable(f"target {target}: upstream unavailable")
+                pending.fail(error.rpc_error(pending.client_id))
         self._server_requests.discard_target(target)
         logger.info("session %s: target %s is gone: %s", self.sid[:8], target, reason)
 

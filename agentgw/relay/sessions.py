@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from agentgw._version import __version__
-from agentgw.errors import HTTPError, NotFound, UpstreamError
+from agentgw.errors import SESSION_NOT_FOUND, HTTPError, NotFound, UpstreamError
 from agentgw.mcp import versions
 from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.session_token import InvalidSession, SessionCodec, SessionState
@@ -68,7 +68,7 @@ class SessionIds:
 
 
 def session_not_found(detail: str) -> NotFound:
-    return NotFound("session not found", code=-32001, detail=detail)
+    return NotFound("session not found", code=SESSION_NOT_FOUND, detail=detail)
 
 
 @attrs.define(eq=False)
