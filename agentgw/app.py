@@ -78,7 +78,7 @@ from agentgw.relay.sessions import SessionDirectory, SessionIds
 from agentgw.routing import Router, choose_backend
 from agentgw.server import management
 from agentgw.server.connection import ClientConnection, ServerRequest
-from agentgw.server.listen import open_tcp_listeners
+from agentgw.server.listen import Acceptor, open_tcp_listeners
 from agentgw.tls import ClientTLS, ServerTLS, TlsCompiler, accept_tls
 from agentgw.upstream.client import simple_request
 from agentgw.upstream.jwks import JwksSource
@@ -91,6 +91,7 @@ from agentgw.workers import WorkerSpec, open_unix_listener
 
 logger = logging.getLogger(__name__)
 
+ACCEPT_BURST = 64  # connections taken per wake-up of an accept loop
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
@@ -612,24 +613,47 @@ class Gateway:
         conns: trio.Nursery,
         from_worker: bool = False,
     ) -> None:
-        while True:
-            await self._slots.acquire()
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                self._slots.release()
-                if exc.errno not in _ACCEPT_ERRNOS:
-                    raise
-                now = time.monotonic()
-                if now - self._last_accept_error >= 10:
-                    self._last_accept_error = now
-                    logger.error("accept failed (%s); backing off", errno.errorcode[exc.errno])
-                await trio.sleep(0.1)
-                continue
-            except BaseException:
-                self._slots.release()
+        acceptor = Acceptor(listener)
+        try:
+            while True:
+                await self._accept_some(acceptor, cb, conns, from_worker)
+        finally:
+            acceptor.close()
+
+    async def _accept_some(
+        self, acceptor: Acceptor, cb: CompiledBind, conns: trio.Nursery, from_worker: bool
+    ) -> None:
+        """Wait for a connection, then take those queued behind it too."""
+        await self._slots.acquire()
+        try:
+            stream = await acceptor.accept()
+        except OSError as exc:
+            self._slots.release()
+            if exc.errno not in _ACCEPT_ERRNOS:
                 raise
-            conns.start_soon(self._serve_connection, stream, cb, from_worker)
+            now = time.monotonic()
+            if now - self._last_accept_error >= 10:
+                self._last_accept_error = now
+                logger.error("accept failed (%s); backing off", errno.errorcode[exc.errno])
+            await trio.sleep(0.1)
+            return
+        except BaseException:
+            self._slots.release()
+            raise
+        conns.start_soon(self._serve_connection, stream, cb, from_worker)
+        for _ in range(ACCEPT_BURST):
+            try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                return
+            try:
+                queued = acceptor.take_queued()
+            except OSError:
+                queued = None  # the next accept reports it
+            if queued is None:
+                self._slots.release()
+                return
+            conns.start_soon(self._serve_connection, queued, cb, from_worker)
 
     async def _serve_connection(
         self, stream: trio.SocketStream, cb: CompiledBind, from_worker: bool = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+import attrs
 import trio
 
 BACKLOG = 0xFFFF  # as trio's default; the kernel caps it at somaxconn
@@ -75,3 +76,42 @@ async def open_tcp_listeners(
             listener.socket.close()
         raise
     return listeners
+
+
+@attrs.define(eq=False)
+class Acceptor:
+    """Accepts a listener's connections in bursts.
+
+    Trio's ``accept`` passes through the scheduler twice per connection, so
+    when the gateway is busy, connections queued in the kernel are taken a
+    few per scheduling batch and new clients wait seconds. ``take_queued``
+    takes one more that is already queued, with no checkpoint, from a
+    duplicate of the listening descriptor (``close`` closes it).
+    """
+
+    listener: trio.SocketListener
+    _raw: socket.socket = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        sock = self.listener.socket
+        self._raw = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        self._raw.setblocking(False)
+
+    async def accept(self) -> trio.SocketStream:
+        """The next connection, waiting for one."""
+        return await self.listener.accept()
+
+    def take_queued(self) -> trio.SocketStream | None:
+        """A connection already queued, or None.
+
+        Raises:
+            OSError: accepting failed (``EMFILE``...).
+        """
+        try:
+            sock, _ = self._raw.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+    def close(self) -> None:
+        self._raw.close()

@@ -11,7 +11,7 @@ import trio
 
 from agentgw import Gateway
 from agentgw.config.load import config_from_dict
-from agentgw.server.listen import is_dual_stack, open_tcp_listeners
+from agentgw.server.listen import Acceptor, is_dual_stack, open_tcp_listeners
 from tests.support import Client, run_gateway
 
 
@@ -116,3 +116,34 @@ async def test_bind_error_names_the_address() -> None:
             await open_tcp_listeners("127.0.0.1", port)
     finally:
         await taken.aclose()
+
+
+async def test_an_acceptor_takes_every_queued_connection_without_waiting() -> None:
+    (listener,) = await open_tcp_listeners("127.0.0.1", 0)
+    port = listener.socket.getsockname()[1]
+    acceptor = Acceptor(listener)
+    clients = []
+    try:
+        for _ in range(5):
+            clients.append(await trio.open_tcp_stream("127.0.0.1", port))
+        first = await acceptor.accept()
+        queued = []
+        with trio.fail_after(5):
+            while len(queued) < 4:  # the kernel may still be completing handshakes
+                taken = acceptor.take_queued()
+                if taken is None:
+                    await trio.sleep(0.01)
+                else:
+                    queued.append(taken)
+        assert acceptor.take_queued() is None
+        # They are real connections: bytes go through each.
+        for client, server in zip(clients, [first, *queued], strict=True):
+            await client.send_all(b"x")
+            assert await server.receive_some(1) == b"x"
+        for stream in [first, *queued]:
+            await stream.aclose()
+    finally:
+        acceptor.close()
+        for client in clients:
+            await client.aclose()
+        await listener.aclose()
