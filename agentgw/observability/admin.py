@@ -83,6 +83,13 @@ class Admin:
     def __attrs_post_init__(self) -> None:
         self._route_of = {id(targets): label for targets, label in self.routes}
 
+    def update(
+        self, config: Config, routes: Sequence[tuple[tuple[McpTarget, ...], RouteLabel]]
+    ) -> None:
+        """A reload: the new config, and the MCP routes sessions may be on."""
+        self.config, self.routes = config, routes
+        self.__attrs_post_init__()
+
     def route_of(self, session: RelaySession) -> RouteLabel | None:
         return self._route_of.get(id(session.targets))
 

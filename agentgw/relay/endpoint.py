@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import urllib.parse
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -281,7 +282,13 @@ class McpEndpoint:
     pool: ConnectionPool
     keepalive: float = 15.0
     ttl: float = 1800.0
-    _shared: dict[int, RelaySession] = attrs.field(factory=dict)
+    # By id(route), with the route: an id is only unique while its object lives.
+    _shared: dict[int, tuple[McpRoute, RelaySession]] = attrs.field(factory=dict)
+    # The route each session was made for: after a reload changed its route,
+    # a session keeps being served with its own targets until it ends.
+    _routes: weakref.WeakKeyDictionary[RelaySession, McpRoute] = attrs.field(
+        factory=weakref.WeakKeyDictionary
+    )
     _verified_tokens: OrderedDict[str, str] = attrs.field(factory=OrderedDict)
     _shared_lock: trio.Lock = attrs.field(factory=trio.Lock)
     _legacy: dict[
@@ -390,11 +397,15 @@ class McpEndpoint:
             pool=self.pool,
             ttl=ttl or self.ttl,
         )
+        await self._start(session, route)
+        return session
+
+    async def _start(self, session: RelaySession, route: McpRoute) -> None:
+        self._routes[session] = route
         try:
             await self.manager.start(session)
         except UpstreamError as exc:
             raise McpError(503, exc.reason, -32603) from exc
-        return session
 
     # ------------------------------------------------------------ Streamable HTTP
 
@@ -436,6 +447,7 @@ class McpEndpoint:
             return
         session = await self._find_session(token.decode("latin-1"), route)
         req.record.extra["mcp.session"] = session.sid[:8]
+        route = self._routes.get(session, route)
         await self._post_to_session(req, route, session, message, headers)
 
     async def _post_to_session(
@@ -527,9 +539,12 @@ class McpEndpoint:
 
     async def _shared_session(self, route: McpRoute, headers: UpstreamHeaders) -> RelaySession:
         async with self._shared_lock:
-            session = self._shared.get(id(route))
-            if session is not None and not session.closed.is_set():
-                return session
+            for key, (_, old) in list(self._shared.items()):
+                if old.closed.is_set():
+                    del self._shared[key]
+            shared = self._shared.get(id(route))
+            if shared is not None and shared[0] is route:
+                return shared[1]
             session = RelaySession(
                 sid=secrets.token_urlsafe(16),
                 targets=route.targets,
@@ -538,10 +553,7 @@ class McpEndpoint:
                 ttl=self.ttl,
                 is_shared=True,
             )
-            try:
-                await self.manager.start(session)
-            except UpstreamError as exc:
-                raise McpError(503, exc.reason, -32603) from exc
+            await self._start(session, route)
             init = {
                 "jsonrpc": "2.0",
                 "id": 0,
@@ -561,7 +573,7 @@ class McpEndpoint:
                 await session.notify(
                     target, {"jsonrpc": "2.0", "method": "notifications/initialized"}
                 )
-            self._shared[id(route)] = session
+            self._shared[id(route)] = (route, session)
             return session
 
     async def _find_session(self, token: str, route: McpRoute) -> RelaySession:
@@ -597,10 +609,7 @@ class McpEndpoint:
             protocol_version=state.protocol_version or None,
             is_replica=owner is not None and owner != self.worker,
         )
-        try:
-            await self.manager.start(session)
-        except UpstreamError as exc:
-            raise McpError(503, exc.reason, -32603) from exc
+        await self._start(session, route)
         return session
 
     async def _stateless(
