@@ -104,7 +104,9 @@ def _fixed_document(config: Config) -> dict[str, Any]:
 
 
 def _differences(old: Any, new: Any, path: str) -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
+    if isinstance(old, dict) or isinstance(new, dict):  # a missing block is all defaults
+        old = old if isinstance(old, dict) else {} if old is None else {"": old}
+        new = new if isinstance(new, dict) else {} if new is None else {"": new}
         out: list[str] = []
         for key in [*old, *(k for k in new if k not in old)]:
             at = f"{path}.{key}" if path else str(key)
