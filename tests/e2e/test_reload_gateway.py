@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,15 @@ from tests.e2e.test_mcp_gateway import (
     stdio,
 )
 from tests.e2e.test_metrics import scrape, value, with_stats
-from tests.support import Upstream, free_port, open_client, request, run_gateway, serve_upstream
+from tests.support import (
+    Client,
+    Upstream,
+    free_port,
+    open_client,
+    request,
+    run_gateway,
+    serve_upstream,
+)
 
 
 async def slow_handler(req: h11.Request, body: bytes, up: Upstream) -> Any:
@@ -170,20 +181,13 @@ async def test_a_bind_moves_to_another_address_or_stays_if_it_cannot() -> None:
                 assert (await client.request("GET", "/x")).status == 200
 
 
-def open_client_at(host: str, port: int) -> Any:
-    from contextlib import asynccontextmanager
-
-    from tests.support import Client
-
-    @asynccontextmanager
-    async def opened() -> Any:
-        client = Client(await trio.open_tcp_stream(host, port))
-        try:
-            yield client
-        finally:
-            await client.aclose()
-
-    return opened()
+@asynccontextmanager
+async def open_client_at(host: str, port: int) -> AsyncIterator[Client]:
+    client = Client(await trio.open_tcp_stream(host, port))
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 # ---------------------------------------------------------------- MCP sessions
@@ -228,11 +232,11 @@ async def test_sessions_keep_their_targets_and_unchanged_routes_keep_their_sessi
         assert len(_starts(log_b)) == 2 and len(_starts(log_b2)) == 1
 
         # A config equal to the running one changes nothing at all.
-        children = set(_children(_own_pid()))
+        children = set(_children(os.getpid()))
         assert await gw.reload(config_from_dict(changed))
         status, _ = await _call_at(port, "/b", token_new, "second_echo", {"message": "m"})
         assert status == 200
-        assert set(_children(_own_pid())) == children
+        assert set(_children(os.getpid())) == children
 
         # The old session drains on its own: a DELETE ends it and its child.
         old_child = _pid_in(log_b, 0)
@@ -262,12 +266,6 @@ async def test_the_shared_session_of_an_unchanged_route_survives_a_reload(
         resp = await _modern_call(port, "paged_echo")
         assert resp.status == 200 and b"paged echo" in resp.body, resp.body
         assert len(_starts(log)) == 2  # a changed route gets a new one
-
-
-def _own_pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _pid_in(log: Path, index: int) -> int:
