@@ -29,15 +29,19 @@ from tests.e2e.test_mcp_gateway import (
     stdio,
 )
 from tests.e2e.test_metrics import scrape, value, with_stats
+from tests.e2e.test_security import IdentityProvider, fresh, jwt_auth, secured
 from tests.support import (
     Client,
     Upstream,
+    echo_handler,
     free_port,
     open_client,
+    proxy_config,
     request,
     run_gateway,
     serve_upstream,
 )
+from tests.test_jwt import token
 
 
 async def slow_handler(req: h11.Request, body: bytes, up: Upstream) -> Any:
@@ -319,3 +323,35 @@ async def _modern_call(port: int, name: str) -> Any:
     }
     headers = [ACCEPT, JSON_CT, (b"mcp-protocol-version", b"2026-07-28")]
     return await request(port, "POST", "/mcp", headers=headers, body=json.dumps(body).encode())
+
+
+# ---------------------------------------------------------------- JWKS
+
+
+async def test_a_remote_jwks_keeps_its_keys_and_its_task_across_reloads() -> None:
+    idp = IdentityProvider()
+    async with serve_upstream(idp.handle) as idp_server, serve_upstream(echo_handler) as up:
+        jwks = {"url": f"http://127.0.0.1:{idp_server.port}/certs"}
+        config = secured(up.port, jwtAuth=jwt_auth("strict", jwks))
+        bearer = [(b"authorization", b"Bearer " + token(fresh(), kid="k1").encode())]
+        async with run_gateway(config) as (gw, port):
+            with trio.fail_after(5):
+                while (await request(port, "GET", "/", headers=bearer)).status != 200:
+                    await trio.sleep(0.05)
+            hits = idp.hits
+            # Another route: the JWT policy compiles anew and gets the keys at once.
+            changed = json.loads(json.dumps(config))
+            routes = changed["binds"][0]["listeners"][0]["routes"]
+            routes.insert(
+                0, {**routes[0], "name": "other", "matches": [{"path": {"pathPrefix": "/o"}}]}
+            )
+            assert await gw.reload(config_from_dict(changed))
+            assert (await request(port, "GET", "/", headers=bearer)).status == 200
+            assert (await request(port, "GET", "/o", headers=bearer)).status == 200
+            assert (await request(port, "GET", "/")).status == 401
+            assert idp.hits == hits  # one task per URL: no fetch for the reload
+            assert list(gw._jwks_running) == [jwks["url"]]
+            # Without the policy the URL's task stops.
+            assert await gw.reload(config_from_dict(proxy_config(up.port)))
+            assert gw._jwks_running == {}
+            assert (await request(port, "GET", "/")).status == 200
