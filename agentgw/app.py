@@ -3,8 +3,11 @@
 How this works: ``Gateway(config)`` compiles the config into runtime objects
 (routers, merged route policies, backend origins) and fails fast with
 ``ConfigError``. ``serve()`` owns the root nursery: accept loops, the upstream
-pool's evictor and the readiness endpoint run there, and connections run in a
-child nursery whose deadline is the drain deadline. ``shutdown()`` starts a
+pool's evictor, the readiness endpoint and the config watcher run there, and
+connections run in a child nursery whose deadline is the drain deadline.
+Each bind's sockets are a ``BindSlot`` whose ``current`` compiled bind a
+reload swaps; a request reads it once, when it starts (the reload section
+below, and ``agentgw/reload.py``). ``shutdown()`` starts a
 graceful drain: listeners close, idle connections close, in-flight requests
 get until ``config.connectionTerminationDeadline`` and are then cancelled
 (a streaming response is ended cleanly). Cancelling the caller's scope
@@ -515,8 +518,12 @@ class BindSlot:
     connections: set[ClientConnection] = attrs.field(factory=set)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     stopped: trio.Event = attrs.field(factory=trio.Event)
+    is_closed: bool = False
 
     async def aclose(self) -> None:
+        if self.is_closed:
+            return
+        self.is_closed = True
         for listener in self.listeners:
             await listener.aclose()
         if self.internal is not None:
@@ -713,7 +720,9 @@ class Gateway:
                             await root.start(self.watcher.serve, self._reload_from_source)
                         task_status.started(addresses)
                         await self._shutdown.wait()
-                        accepting.cancel_scope.cancel()
+                        async with self._reload_lock:  # a reload under way ends first
+                            self._accepting = None
+                            accepting.cancel_scope.cancel()
                     await self._drain(conns)
                 root.cancel_scope.cancel()
         finally:

@@ -315,6 +315,30 @@ async def test_sighup_reloads_the_file_and_an_inline_config_has_nothing_to_reloa
             assert proc.returncode is None
 
 
+async def test_a_configmap_update_is_picked_up(tmp_path: Path) -> None:
+    """The kubelet's way: ``config.yaml -> ..data/config.yaml``, and a new
+    ``..data`` symlink renamed over the old one."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    async with serve_upstream(upstream_handler) as up:
+        first = {"binds": [proxy_bind(0, up.port)], "config": settings(0)}
+        first["binds"][0]["listeners"][0]["routes"] = [proxy_route("a", "/a", up.port)]
+        second = json.loads(json.dumps(first))
+        second["binds"][0]["listeners"][0]["routes"].append(proxy_route("b", "/b", up.port))
+        for stamp, doc in (("..2024_01", first), ("..2024_02", second)):
+            (volume / stamp).mkdir()
+            (volume / stamp / "config.yaml").write_text(yaml.safe_dump(doc))
+        os.symlink("..2024_01", volume / "..data")
+        os.symlink("..data/config.yaml", volume / "config.yaml")
+        async with gateway_subprocess("-f", str(volume / "config.yaml")) as (proc, ports):
+            await wait_for(proc, "watching the config file")
+            assert await status_of(ports[0], "/b") == 404
+            os.symlink("..2024_02", volume / "..data_tmp")
+            os.replace(volume / "..data_tmp", volume / "..data")
+            await wait_for_status(ports[0], "/b", 200)
+            assert await status_of(ports[0], "/a") == 200
+
+
 async def test_every_worker_reloads(tmp_path: Path) -> None:
     main, added, stats = await free_ports(3)
     path = tmp_path / "config.yaml"
