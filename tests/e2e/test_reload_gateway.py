@@ -99,6 +99,10 @@ async def test_a_removed_route_stops_at_once_and_its_requests_in_flight_finish()
                 assert (await kept.request("GET", "/keep/x")).status == 200
                 assert (await request(port, "GET", "/gone/x")).status == 404
             assert done == [200]  # the request in flight finished on the old route
+            admin = gw.management_addresses["admin"][1]
+            dump = json.loads((await request(admin, "GET", "/config_dump")).body)
+            names = [r["name"] for r in dump["config"]["binds"][0]["listeners"][0]["routes"]]
+            assert names == ["keep"]
             stats = gw.management_addresses["stats"][1]
             samples = await scrape(stats)
             assert value(samples, "agentgw_config_reload_total", result="success") == 1
