@@ -837,9 +837,17 @@ class Gateway:
                     return
                 served, tls = accepted
             handle = self._handle_relayed if from_worker else self._handle
+            names = cb.tls.hostnames if cb.tls is not None else None
 
             async def handler(req: ServerRequest) -> None:
-                await handle(slot.current, req)  # the config as this request starts
+                current = slot.current  # the config as this request starts
+                if tls is not None and (current.tls is None or current.tls.hostnames != names):
+                    # A reload changed the listeners this handshake chose among.
+                    conn.start_drain()
+                    req.record.error = "HTTPS listeners changed since the TLS handshake"
+                    await req.respond(421, "misdirected request\n")
+                    return
+                await handle(current, req)
 
             conn = ClientConnection(
                 served,

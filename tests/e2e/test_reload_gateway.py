@@ -30,6 +30,7 @@ from tests.e2e.test_mcp_gateway import (
 )
 from tests.e2e.test_metrics import scrape, value, with_stats
 from tests.e2e.test_security import IdentityProvider, fresh, jwt_auth, secured
+from tests.e2e.test_tls_listener import https
 from tests.support import (
     Client,
     Upstream,
@@ -42,6 +43,7 @@ from tests.support import (
     serve_upstream,
 )
 from tests.test_jwt import token
+from tests.tls_support import Pki, open_tls_client, tls_request
 
 
 async def slow_handler(req: h11.Request, body: bytes, up: Upstream) -> Any:
@@ -359,3 +361,35 @@ async def test_a_remote_jwks_keeps_its_keys_and_its_task_across_reloads() -> Non
             assert await gw.reload(config_from_dict(proxy_config(up.port)))
             assert gw._jwks_running == {}
             assert (await request(port, "GET", "/")).status == 200
+
+
+# ---------------------------------------------------------------- HTTPS
+
+
+async def test_https_connections_across_reloads(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    async with serve_upstream(slow_handler) as up:
+        config = https(binds(bind(0, "/", upstream=up.port)), pki)
+        async with run_gateway(config) as (gw, port):
+            context = pki.client_context()
+            async with open_tls_client(port, context) as client:
+                assert (await client.request("GET", "/a", host="localhost")).status == 200
+                # New routes, the same HTTPS listeners: the connection carries on.
+                changed = json.loads(json.dumps(config))
+                listener = changed["binds"][0]["listeners"][0]
+                listener["routes"].append({**listener["routes"][0], "name": "more"})
+                assert await gw.reload(config_from_dict(changed))
+                assert (await client.request("GET", "/b", host="localhost")).status == 200
+                # Another HTTPS listener: what the handshake chose among changed.
+                cert, key = pki.files(pki.issue("other.example"))
+                other = {**listener, "name": "other", "hostname": "other.example"}
+                other["tls"] = {"cert": cert, "key": key}
+                changed["binds"][0]["listeners"].append(other)
+                assert await gw.reload(config_from_dict(changed))
+                resp = await client.request("GET", "/c", host="localhost")
+                assert resp.status == 421
+                assert resp.header(b"connection") == b"close"
+            resp = await tls_request(port, context, "GET", "/d")  # a new connection
+            assert resp.status == 200
+            other_resp = await tls_request(port, context, "GET", "/e", "other.example")
+            assert other_resp.status == 200
