@@ -104,15 +104,17 @@ def _fixed_document(config: Config) -> dict[str, Any]:
 
 
 def _differences(old: Any, new: Any, path: str) -> list[str]:
-    if isinstance(old, dict) or isinstance(new, dict):  # a missing block is all defaults
-        old = old if isinstance(old, dict) else {} if old is None else {"": old}
-        new = new if isinstance(new, dict) else {} if new is None else {"": new}
-        out: list[str] = []
-        for key in [*old, *(k for k in new if k not in old)]:
-            at = f"{path}.{key}" if path else str(key)
-            out.extend(_differences(old.get(key), new.get(key), at))
-        return out
-    return [] if old == new else [path]
+    if old == new:
+        return []
+    # A block left out is all defaults: name the keys the other one sets.
+    old = {} if old is None and isinstance(new, dict) else old
+    new = {} if new is None and isinstance(old, dict) else new
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [path]
+    out: list[str] = []
+    for key in [*old, *(k for k in new if k not in old)]:
+        out.extend(_differences(old.get(key), new.get(key), f"{path}.{key}" if path else key))
+    return out
 
 
 def fixed_changes(running: Config, new: Config) -> list[str]:
@@ -161,6 +163,7 @@ class ConfigWatcher:
     Args:
         path: the file given with ``-f``.
         interval: seconds between two looks at the file.
+        settle: how long a changed file must stay the same before it is read.
     """
 
     path: str
