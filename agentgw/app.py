@@ -474,7 +474,10 @@ def compile_config(config: Config, previous: Compiled | None = None) -> Compiled
     """
     security = Security([], previous=previous.security if previous is not None else None)
     tls = TlsCompiler([])
-    binds = compile_binds(config, security, tls)
+    try:
+        binds = compile_binds(config, security, tls)
+    finally:
+        security.previous = None  # no chain of every config ever loaded
     tracing = TracingSettings.from_config(config)
     if tracing is not None:
         check_exporter(tracing)
