@@ -3,9 +3,11 @@ targets: what a new config changes at once, and what it leaves alone."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -393,3 +395,15 @@ async def test_https_connections_across_reloads(tmp_path: Path) -> None:
             assert resp.status == 200
             other_resp = await tls_request(port, context, "GET", "/e", "other.example")
             assert other_resp.status == 200
+
+
+async def test_a_replaced_config_is_not_kept_alive() -> None:
+    async with serve_upstream(slow_handler) as up:
+        config = binds(bind(0, "/", upstream=up.port))
+        async with run_gateway(config) as (gw, port):
+            first = weakref.ref(gw._compiled)
+            for _ in range(3):
+                assert await gw.reload(config_from_dict(config))
+            assert (await request(port, "GET", "/x")).status == 200
+            gc.collect()
+            assert first() is None
