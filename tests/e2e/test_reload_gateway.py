@@ -402,8 +402,9 @@ async def test_a_replaced_config_is_not_kept_alive() -> None:
         config = binds(bind(0, "/", upstream=up.port))
         async with run_gateway(config) as (gw, port):
             first = weakref.ref(gw._compiled)
+            security = weakref.ref(gw._compiled.security)
             for _ in range(3):
                 assert await gw.reload(config_from_dict(config))
             assert (await request(port, "GET", "/x")).status == 200
             gc.collect()
-            assert first() is None
+            assert first() is None and security() is None
