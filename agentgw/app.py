@@ -50,6 +50,7 @@ from agentgw.config.model import (
     RuleSet,
 )
 from agentgw.errors import ConfigError, UpstreamError
+from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.session_token import SessionCodec
 from agentgw.observability.admin import Admin, RouteLabel
 from agentgw.observability.metrics import Metrics, Sources
@@ -73,9 +74,11 @@ from agentgw.policy.pipeline import (
     run_request,
 )
 from agentgw.policy.ratelimit import McpRateLimits, RateLimiter, compile_mcp_limits
-from agentgw.proxy import proxy_request, relay_to_worker
-from agentgw.relay.endpoint import McpEndpoint, McpRoute
+from agentgw.relay.context import RequestContext
+from agentgw.relay.endpoint import McpEndpoint
+from agentgw.relay.proxy import proxy_request, relay_to_worker
 from agentgw.relay.session import SessionManager
+from agentgw.relay.sessions import SessionDirectory, SessionIds
 from agentgw.reload import ConfigSource, ConfigWatcher, fixed_changes, keep_fixed
 from agentgw.routing import Router, choose_backend
 from agentgw.server import management
@@ -86,7 +89,7 @@ from agentgw.upstream.client import simple_request
 from agentgw.upstream.jwks import JwksSource
 from agentgw.upstream.pool import ConnectionPool, Origin
 from agentgw.wire.http import HeadLimits, header_value
-from agentgw.wire.tls import decode_connection
+from agentgw.wire.tls import decode_connection, encode_connection
 from agentgw.workers import CLIENT_HEADER as WORKER_CLIENT_HEADER
 from agentgw.workers import TLS_HEADER as WORKER_TLS_HEADER
 from agentgw.workers import WorkerSpec, open_unix_listener
@@ -594,14 +597,15 @@ class Gateway:
         key = settings.session.key if settings.session else None
         if key is None and worker is not None:
             key = worker.session_key  # one key for all workers
-        self.mcp = McpEndpoint(
+        directory = SessionDirectory(
             self.sessions,
             SessionCodec.from_config(key),
             self.pool,
+            ids=SessionIds(worker.index, worker.count) if worker else SessionIds(),
             ttl=settings.mcp.session_ttl,
-            worker=worker.index if worker else None,
-            workers=worker.count if worker else 1,
+            idle_timeout=settings.mcp.stream_idle_timeout,
         )
+        self.mcp = McpEndpoint(directory, response_timeout=self.limits.upstream_response_timeout)
         self.is_draining = False
         self._connections: set[ClientConnection] = set()
         self._shutdown = trio.Event()
@@ -1104,18 +1108,13 @@ class Gateway:
             owner = self.mcp.owner_of(req, mcp_route)
             if owner is not None and owner != worker.index:
                 path = worker.socket_path(owner, cb.bind.port)
-                if await relay_to_worker(req, self.pool, path):
+                if await relay_to_worker(req, self.pool, path, _worker_facts(req)):
                     record.extra["worker.owner"] = str(owner)
                     return
                 logger.info("worker %d is not there: serving its session here", owner)
+        peer = req.tls.peer if req.tls is not None else None
         view = RequestView(
-            req.method,
-            req.path,
-            req.headers,
-            req.host,
-            req.client,
-            req.scheme,
-            req.tls.peer if req.tls is not None else None,
+            req.method, req.path, req.headers, req.host, req.client, req.scheme, peer
         )
         decision = run_request(route.policies, view)
         if isinstance(decision, Respond):
@@ -1130,7 +1129,6 @@ class Gateway:
         if route.policies.mcp_auth is not None and is_oauth_metadata(req.path):
             await self._oauth_metadata(req, view, route.policies.mcp_auth)
             return
-        req.identity = decision.identity
         if decision.identity is not None and decision.identity.sub is not None:
             record.extra["jwt.sub"] = decision.identity.sub
         index = _choose(route.backends)
@@ -1138,14 +1136,14 @@ class Gateway:
             record.error = "no backend"
             await req.respond(503, "no backend available\n")
             return
+        ctx = RequestContext(req, view, route.policies_for(index), decision.identity)
         if index in route.mcp:
-            await self.mcp.handle(req, route.mcp[index], route.policies_for(index), view)
+            await self.mcp.handle(ctx, route.mcp[index])
             return
         await proxy_request(
-            req,
+            ctx,
             self.pool,
             route.origins[index],
-            route.policies_for(index),
             response_timeout=self.limits.upstream_response_timeout,
         )
 
@@ -1258,6 +1256,15 @@ def _mcp_route_labels(
 
 def _jwks_by_issuer(security: Security) -> dict[str, JwksSource]:
     return {issuer: source for source in security.jwks.values() for _, issuer in source.users}
+
+
+def _worker_facts(req: ServerRequest) -> list[tuple[bytes, bytes]]:
+    """What a worker relaying ``req`` tells the session's owner: the client
+    (and its TLS connection), in headers only the workers' socket trusts."""
+    facts = [(WORKER_CLIENT_HEADER, f"{req.client[0]}:{req.client[1]}".encode())]
+    if req.tls is not None:
+        facts.append((WORKER_TLS_HEADER, encode_connection(req.tls)))
+    return facts
 
 
 def _choose(backends: tuple[Backend, ...]) -> int | None:

@@ -103,9 +103,10 @@ def _no_start(stack: ExitStack, placement: Placement, wanted: Collection[str]) -
 @dataclass(frozen=True)
 class Scenario:
     """`load` and `upstream` describe the method in the report; each pair of
-    `comparisons` is (system, baseline) and gets a table of ratios. `targets`
-    are what an issue asks for (bench/report.py): the report says whether each
-    was met, and none fails the run.
+    `comparisons` is (system, baseline) and gets a table of ratios, and each pair
+    of `cost_comparisons` a table of what the system costs over the baseline
+    (req/s, CPU per request). `targets` are what an issue asks for
+    (bench/report.py): the report says whether each was met, and none fails the run.
 
     A scenario that wrk cannot drive gives `run` instead, and none of the
     wrk-shaped fields: the CLI calls it rather than the runner."""
@@ -118,6 +119,7 @@ class Scenario:
     load: str = ""
     upstream: str = ""
     comparisons: tuple[tuple[str, str], ...] = ()
+    cost_comparisons: tuple[tuple[str, str], ...] = ()
     targets: tuple[Target, ...] = ()
     run: OwnLoop | None = None
     # With --quick, only these concurrencies (empty: all of `concurrencies`).

@@ -6,12 +6,14 @@ Streamable HTTP as a 2025-11-25 client: `initialize`, then
 `MCP-Protocol-Version` headers. A reply may come as `application/json` or as
 an SSE stream; both are read. A session opened with an `authorization` value
 sends it as the `Authorization` header on every request, `initialize` included.
+An `https://` URL needs the client context (`tls`) that trusts the server.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,7 @@ class McpSession:
     session_id: str
     protocol_version: str
     authorization: str | None = None  # the `Authorization` header's value
+    tls: ssl.SSLContext | None = None  # for an https:// URL
 
     def headers(self) -> dict[str, str]:
         return {
@@ -44,12 +47,15 @@ class McpSession:
         }
 
 
-def open_session(url: str, *, authorization: str | None = None) -> McpSession:
+def open_session(
+    url: str, *, authorization: str | None = None, tls: ssl.SSLContext | None = None
+) -> McpSession:
     """Send `initialize` and `notifications/initialized` to `url`.
 
     Args:
         authorization: the `Authorization` header to send on every request of the
             session, or None for none.
+        tls: the client context for an https:// URL (None: the system's defaults).
 
     Raises:
         McpError: a status other than 200 (202 for the notification), no session id,
@@ -57,7 +63,7 @@ def open_session(url: str, *, authorization: str | None = None) -> McpSession:
     """
     params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
     request = _request("init", "initialize", params)
-    status, headers, body = post(url, _base_headers(authorization), request, "initialize")
+    status, headers, body = post(url, _base_headers(authorization), request, "initialize", tls=tls)
     if status != 200:
         raise McpError(f"initialize: HTTP {status}: {_excerpt(body)}")
     result = _result(headers, body, "init", "initialize")
@@ -67,9 +73,11 @@ def open_session(url: str, *, authorization: str | None = None) -> McpSession:
     version = result.get("protocolVersion")
     if not isinstance(version, str):
         raise McpError(f"initialize: no protocolVersion in the result: {_excerpt(body)}")
-    session = McpSession(url, session_id, version, authorization)
+    session = McpSession(url, session_id, version, authorization, tls)
     notification = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    status, _, body = post(url, session.headers(), notification, "notifications/initialized")
+    status, _, body = post(
+        url, session.headers(), notification, "notifications/initialized", tls=tls
+    )
     if status != 202:
         raise McpError(f"notifications/initialized: HTTP {status} (not 202): {_excerpt(body)}")
     return session
@@ -78,7 +86,9 @@ def open_session(url: str, *, authorization: str | None = None) -> McpSession:
 def list_tools(session: McpSession) -> list[str]:
     """The names `tools/list` gives (one page: the benchmark's servers have few tools)."""
     request = _request("list", "tools/list", {})
-    status, headers, body = post(session.url, session.headers(), request, "tools/list")
+    status, headers, body = post(
+        session.url, session.headers(), request, "tools/list", tls=session.tls
+    )
     if status != 200:
         raise McpError(f"tools/list: HTTP {status}: {_excerpt(body)}")
     tools = _result(headers, body, "list", "tools/list").get("tools")
@@ -98,7 +108,7 @@ def check_echo(session: McpSession, tool: str, message: str, *, calls: int) -> N
         params = {"name": tool, "arguments": {"message": message}}
         request = _request(rpc_id, "tools/call", params)
         what = f"tools/call {tool} ({n} of {calls})"
-        status, headers, body = post(session.url, session.headers(), request, what)
+        status, headers, body = post(session.url, session.headers(), request, what, tls=session.tls)
         if status != 200:
             raise McpError(f"{what}: HTTP {status}: {_excerpt(body)}")
         result = _result(headers, body, rpc_id, what)
@@ -116,7 +126,7 @@ def call_error(session: McpSession, tool: str, message: str) -> dict[str, Any]:
     params = {"name": tool, "arguments": {"message": message}}
     request = _request("denied", "tools/call", params)
     what = f"tools/call {tool}"
-    status, headers, body = post(session.url, session.headers(), request, what)
+    status, headers, body = post(session.url, session.headers(), request, what, tls=session.tls)
     if status != 200:
         raise McpError(f"{what}: HTTP {status}: {_excerpt(body)}")
     error = _reply(headers, body, "denied", what).get("error")
@@ -127,7 +137,7 @@ def call_error(session: McpSession, tool: str, message: str) -> dict[str, Any]:
 
 def close_session(session: McpSession) -> None:
     """DELETE the session; the answer does not matter."""
-    _send(session.url, "DELETE", session.headers(), None, "DELETE")
+    _send(session.url, "DELETE", session.headers(), None, "DELETE", session.tls)
 
 
 def _base_headers(authorization: str | None) -> dict[str, str]:
@@ -141,21 +151,39 @@ def _request(rpc_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]
 
 
 def post(
-    url: str, headers: dict[str, str], message: dict[str, Any], what: str
+    url: str,
+    headers: dict[str, str],
+    message: dict[str, Any],
+    what: str,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
     """POST `message` as JSON with `headers`: the status, headers and body of the answer.
+
+    Args:
+        tls: the client context for an https:// URL.
 
     Raises:
         McpError: no answer (`what` names the request in the message).
     """
-    return _send(url, "POST", headers, json.dumps(message).encode(), what)
+    return _send(url, "POST", headers, json.dumps(message).encode(), what, tls)
 
 
 def _send(
-    url: str, method: str, headers: dict[str, str], body: bytes | None, what: str
+    url: str,
+    method: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    what: str,
+    tls: ssl.SSLContext | None,
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
     parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=TIMEOUT_S)
+    host = parts.hostname or ""
+    conn = (
+        http.client.HTTPSConnection(host, parts.port, timeout=TIMEOUT_S, context=tls)
+        if parts.scheme == "https"
+        else http.client.HTTPConnection(host, parts.port, timeout=TIMEOUT_S)
+    )
     try:
         conn.request(method, parts.path or "/", body=body, headers=headers)
         response = conn.getresponse()

@@ -11,12 +11,17 @@
 //   --sse      GET /mcp opens the session's server stream (else 405), and
 //              /admin/stats and POST /admin/broadcast?count=K&rate=R push
 //              notifications/message to every open stream (scenarios sse-fanout, soak)
+//   --tls-cert FILE --tls-key FILE
+//              serve HTTPS (node:https) with this PEM certificate chain and key
+//              (scenario mcp, system gateway-1-tls)
 // A call of `echo` with `delay_ms` in its arguments is answered that much later
 // (60 s at most): a call a client can leave in the middle of (scenario soak).
 'use strict';
 
-const http = require('node:http');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
+const http = require('node:http');
+const https = require('node:https');
 
 const stdio = process.argv.includes('--stdio');
 const port = Number.parseInt(process.argv[2] ?? '', 10);
@@ -167,7 +172,7 @@ function handlePost(req, res, raw) {
   }
 }
 
-const server = http.createServer((req, res) => {
+function serve(req, res) {
   const path = req.url.split('?', 1)[0];
   if (SSE && path.startsWith('/admin/')) {
     req.resume();
@@ -198,7 +203,18 @@ const server = http.createServer((req, res) => {
   }
   // No server-to-client stream: GET (and anything else) is not allowed.
   send(res, 405, error(null, -32600, 'Method Not Allowed'), { Allow: 'POST, DELETE' });
-});
+}
+
+const TLS_CERT = option('--tls-cert');
+const TLS_KEY = option('--tls-key');
+if ((TLS_CERT === undefined) !== (TLS_KEY === undefined)) {
+  console.error('mcp_upstream.js: --tls-cert and --tls-key go together');
+  process.exit(2);
+}
+const server =
+  TLS_CERT === undefined
+    ? http.createServer(serve)
+    : https.createServer({ cert: fs.readFileSync(TLS_CERT), key: fs.readFileSync(TLS_KEY) }, serve);
 
 // --sse: the sessions' open GET streams, and the broadcast that feeds them.
 const streams = new Set();
@@ -313,7 +329,8 @@ if (stdio) {
   serveStdio();
 } else {
   server.listen(port, '127.0.0.1', () => {
-    console.log(`mcp upstream listening on 127.0.0.1:${port}`);
+    const scheme = TLS_CERT === undefined ? 'http' : 'https';
+    console.log(`mcp upstream listening on ${scheme}://127.0.0.1:${port}`);
   });
 }
 

@@ -67,6 +67,13 @@ class Summary:
                 counts[kind] = counts.get(kind, 0) + n
         return sorted(counts.items(), key=lambda kv: -kv[1])
 
+    @property
+    def cpu_per_request_s(self) -> float:
+        """The system's CPU time per request, median over rounds."""
+        return statistics.median(
+            m.cpu_s / m.wrk.requests if m.wrk.requests else 0.0 for m in self.runs
+        )
+
     def describe_errors(self) -> str:
         text = f"{self.errors:,} of {self.requests:,}"
         if self.errors:
@@ -233,12 +240,15 @@ def render(
     failures: Sequence[str],
     *,
     targets: Sequence[Target] = (),
+    cost_comparisons: Sequence[tuple[str, str]] = (),
     plot: str | None = None,
 ) -> str:
     """The Markdown report.
 
     Args:
         comparisons: (system, baseline) pairs, each getting a table of ratios.
+        cost_comparisons: (system, baseline) pairs, each getting a table of what the
+            system costs over the baseline: req/s, and CPU time per request.
         targets: what an issue asks of the numbers; the report says where each was met.
         processes: per system, the name of the process whose CPU and RSS are its cost.
         peak_rss: per system, that process's peak RSS in bytes.
@@ -257,6 +267,8 @@ def render(
             and (t.system, t.baseline) == (system, baseline)
         ]
         parts += _comparison_table(summaries, system, baseline, pair)
+    for system, baseline in cost_comparisons:
+        parts += _added_cost_table(summaries, system, baseline)
     parts += _targets_table(summaries, targets)
     parts += _cost_table(summaries, processes, peak_rss)
     if failures:
@@ -355,6 +367,44 @@ def _comparison_table(
             )
             tail += ["", f"Target: {target.what()} {target.wanted()} (medians); {measured_text}."]
     return [*head, *rows, *tail, ""]
+
+
+def _added_cost_table(summaries: Sequence[Summary], system: str, baseline: str) -> list[str]:
+    by_key = {(s.system, s.connections): s for s in summaries}
+    rows = []
+    for c in _concurrencies(summaries):
+        base, measured = by_key.get((baseline, c)), by_key.get((system, c))
+        if base is None or measured is None:
+            continue
+        base_rps, rps = base.median.wrk.requests_per_s, measured.median.wrk.requests_per_s
+        base_cpu, cpu = base.cpu_per_request_s, measured.cpu_per_request_s
+        added = cpu - base_cpu
+        share = f" ({added / base_cpu:+.0%})" if base_cpu > 0 else ""
+        rows.append(
+            f"| {c} | {base_rps:,.0f} | {rps:,.0f} "
+            f"| {rps / base_rps if base_rps > 0 else float('nan'):.2f} "
+            f"| {_cpu_time(base_cpu)} | {_cpu_time(cpu)} "
+            f"| {'+' if added >= 0 else '-'}{_cpu_time(abs(added))}{share} |"
+        )
+    if not rows:
+        return []
+    return [
+        f"## What `{system}` costs over `{baseline}`",
+        "",
+        "Requests/s of the median rounds; CPU time per request of each system's own "
+        "processes (the median over rounds, as in the process cost table), and the "
+        "difference: what the system spends per request above the baseline.",
+        "",
+        f"| c | {baseline} req/s | {system} req/s | ratio | {baseline} CPU per request "
+        f"| {system} CPU per request | added CPU per request |",
+        "|--:|--:|--:|--:|--:|--:|--:|",
+        *rows,
+        "",
+    ]
+
+
+def _cpu_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
 
 
 def _ratios(summaries: Sequence[Summary], system: str, baseline: str) -> list[tuple[int, float]]:

@@ -131,6 +131,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, *, quick: bool = False
             peak_rss,
             failures,
             targets=scenario.targets,
+            cost_comparisons=scenario.cost_comparisons,
             plot=plot.name if plot is not None else None,
         )
         print("\n" + report)

@@ -42,11 +42,7 @@ DRAIN_WAIT_S = 120
 
 # agentgw's own limits: MCP sessions are capped at 10,000 (not configurable);
 # client connections at config.http.maxConnections, raised here.
-LIMITS = f"""
-config:
-  http:
-    maxConnections: {MAX_CONNECTIONS}
-"""
+LIMITS = {"http": {"maxConnections": MAX_CONNECTIONS}}
 
 
 def run(options: RunOptions, quick: bool) -> int:
@@ -71,7 +67,7 @@ def _measure(run: Run, sessions: int, hold_s: int) -> None:
     upstream = start_mcp_upstream("a", run.placement.server_cpu)
     run.stack.callback(upstream.stop)
     port = free_port()
-    config = mcp_gateway_config(port, [upstream]) + LIMITS
+    config = mcp_gateway_config(port, [upstream], settings=LIMITS)
     gateway = start_gateway("agentgw", config, port, run.placement)
     run.stack.callback(gateway.stop)
     url = f"http://127.0.0.1:{port}/mcp"

@@ -197,8 +197,8 @@ def _soak(run: Run, p: Plan) -> None:
     upstream = Upstream(run.placement.server_cpu)
     run.stack.callback(upstream.stop)
     port, stats_port = free_port(), free_port()
-    config = mcp_gateway_config(port, [upstream.service]) + (
-        f"config:\n  statsAddr: 127.0.0.1:{stats_port}\n"
+    config = mcp_gateway_config(
+        port, [upstream.service], settings={"statsAddr": f"127.0.0.1:{stats_port}"}
     )
     gateway = start_gateway("agentgw", config, port, run.placement)
     run.stack.callback(gateway.stop)

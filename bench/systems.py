@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -32,10 +33,15 @@ class Service:
     proc: subprocess.Popen[bytes]
     log_path: Path
     cost_excludes: tuple[str, ...] = ()
+    tls: ssl.SSLContext | None = None  # it serves HTTPS; a client trusts it with this
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        return f"{self.scheme}://127.0.0.1:{self.port}/"
 
     def is_running(self) -> bool:
         return self.proc.poll() is None
@@ -179,11 +185,13 @@ def start_service(
     cwd: Path | None = None,
     ready_timeout_s: float = 20.0,
     cost_excludes: tuple[str, ...] = (),
+    tls: ssl.SSLContext | None = None,
 ) -> Service:
     """Start `argv` in its own process group and wait until it answers HTTP on `port`.
 
     Args:
         cost_excludes: see `Service`.
+        tls: it serves HTTPS, and this client context trusts its certificate.
 
     Raises:
         StartError: it exited or did not answer in time; the process is stopped.
@@ -202,7 +210,12 @@ def start_service(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     service = Service(
-        name=name, port=port, proc=proc, log_path=Path(log_name), cost_excludes=cost_excludes
+        name=name,
+        port=port,
+        proc=proc,
+        log_path=Path(log_name),
+        cost_excludes=cost_excludes,
+        tls=tls,
     )
     try:
         _wait_ready(service, ready_timeout_s)
@@ -217,7 +230,7 @@ def _wait_ready(service: Service, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         if not service.is_running():
             raise StartError(f"{service.name} failed to start: {service.output_tail()}")
-        if _answers_http(service.port):
+        if _answers_http(service.port, service.tls):
             return
         time.sleep(0.05)
     raise StartError(
@@ -226,9 +239,13 @@ def _wait_ready(service: Service, timeout_s: float) -> None:
     )
 
 
-def _answers_http(port: int) -> bool:
-    """A TCP connect, then a GET that gets any status back."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+def _answers_http(port: int, tls: ssl.SSLContext | None) -> bool:
+    """A TCP connect (and a TLS handshake with `tls`), then a GET that gets any status back."""
+    conn = (
+        http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        if tls is None
+        else http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=tls)
+    )
     try:
         conn.request("GET", "/")
         conn.getresponse().read()

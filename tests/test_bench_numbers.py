@@ -18,8 +18,8 @@ from bench.scenario_soak import growth, plan
 from bench.wrk import WrkResult
 
 
-def _summary(system: str, c: int, rps: float, p50_ms: float, p99_ms: float) -> Summary:
-    wrk = WrkResult(
+def _wrk(rps: float, p50_ms: float, p99_ms: float) -> WrkResult:
+    return WrkResult(
         requests=int(rps),
         duration_s=1.0,
         requests_per_s=rps,
@@ -32,6 +32,10 @@ def _summary(system: str, c: int, rps: float, p50_ms: float, p99_ms: float) -> S
         unexpected=0,
         cpu_s=0.1,
     )
+
+
+def _summary(system: str, c: int, rps: float, p50_ms: float, p99_ms: float) -> Summary:
+    wrk = _wrk(rps, p50_ms, p99_ms)
     return Summary(system, c, (Measurement(1, system, c, wrk, 1.0, 0.5),))
 
 
@@ -88,6 +92,34 @@ def test_the_report_says_met_or_missed_with_the_numbers() -> None:
     assert "| gateway p99/p50 | at most 4 at c=256 | 3.5 (c=256) | met |" in text
     assert "| gateway/nginx req/s | at least 2.00 at c=32 | n/a | not measured |" in text
     assert "met at c=1 (0.85), missed at c=32 (0.67)" in text
+
+
+def test_the_cost_over_a_baseline_is_the_added_cpu_per_request() -> None:
+    def rounds(system: str, runs: list[tuple[float, float]]) -> Summary:
+        # (req/s over 1 s, CPU seconds of the system over it), one per round.
+        return Summary(
+            system,
+            1,
+            tuple(
+                Measurement(n, system, 1, _wrk(rps, 1.0, 2.0), 1.0, cpu)
+                for n, (rps, cpu) in enumerate(runs, 1)
+            ),
+        )
+
+    summaries = [
+        # 0.80, 0.70 and 0.90 ms per request: the median is 0.80 ms.
+        rounds("plain", [(1000, 0.8), (1000, 0.7), (1000, 0.9)]),
+        # 0.92 ms per request in every round.
+        rounds("tls", [(900, 0.828), (800, 0.736), (1000, 0.92)]),
+    ]
+    assert summaries[0].cpu_per_request_s == pytest.approx(0.8e-3)
+    text = render(RunInfo("t", ()), summaries, [], {}, {}, [], cost_comparisons=[("tls", "plain")])
+    assert "## What `tls` costs over `plain`" in text
+    # Median rounds by req/s: 1,000 and 900; CPU per request 0.800 and 0.920 ms.
+    assert "| 1 | 1,000 | 900 | 0.90 | 0.800 ms | 0.920 ms | +0.120 ms (+15%) |" in text
+    # A pair that was not measured gets no table.
+    text = render(RunInfo("t", ()), summaries, [], {}, {}, [], cost_comparisons=[("x", "plain")])
+    assert "costs over" not in text
 
 
 def test_growth_is_the_rise_of_the_fitted_line_over_the_window() -> None:

@@ -261,10 +261,11 @@ def test_jsonrpc_builders() -> None:
         "error": {"code": -32600, "message": "bad"},
     }
     assert jsonrpc.make_error("x", 1, "m", {"d": 1})["error"]["data"] == {"d": 1}
-    assert (
-        jsonrpc.dumps(jsonrpc.make_result(1, "é"))
-        == '{"jsonrpc":"2.0","id":1,"result":"é"}'.encode()
-    )
+    escaped = b'{"jsonrpc":"2.0","id":1,"result":"\\u00e9"}'
+    assert jsonrpc.dumps(jsonrpc.make_result(1, "é")) == escaped
+    # A lone surrogate is valid JSON but not UTF-8: it stays escaped.
+    lone = jsonrpc.parse_messages(b'{"jsonrpc":"2.0","id":1,"result":"\\ud800"}')[0][0]
+    assert jsonrpc.dumps(lone) == b'{"jsonrpc":"2.0","id":1,"result":"\\ud800"}'
 
 
 # ---------------------------------------------------------------- names
@@ -731,12 +732,15 @@ def _walked_depth(value: object) -> int:
     return 0
 
 
+def _json_containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(inner, max_size=3) | st.dictionaries(
+        st.text(alphabet='[]{}"\\x'), inner, max_size=3
+    )
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab,:'),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(st.text(alphabet='[]{}"\\x'), inner, max_size=3)
-    ),
+    _json_containers,
     max_leaves=20,
 )
 
@@ -749,7 +753,8 @@ def test_nesting_depth_counts_what_a_walk_counts(value: object) -> None:
 
 def test_too_deep_a_body_is_a_parse_error() -> None:
     deep = b'{"jsonrpc": "2.0", "id": 1, "result": ' + b"[" * 70 + b"]" * 70 + b"}"
-    with pytest.raises(jsonrpc.JsonRpcError, match="nested deeper"):
+    with pytest.raises(jsonrpc.JsonRpcError, match=r"^parse error$") as caught:
         jsonrpc.parse_messages(deep)
+    assert caught.value.detail is not None and "nested deeper" in caught.value.detail
     fine = b'{"jsonrpc": "2.0", "id": 1, "result": {"s": "' + b"[" * 200 + b'"}}'
     assert jsonrpc.parse_messages(fine)[0][0]["result"]["s"] == "[" * 200

@@ -651,7 +651,7 @@ FIELDS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (m.McpRateLimit, "tokens_per_fill"): _non_negative,
     **_durations(m.TimeoutPolicy, "request_timeout", "backend_request_timeout"),
     **_durations(m.Cors, "max_age"),
-    **_durations(m.McpSettings, "session_ttl"),
+    **_durations(m.McpSettings, "session_ttl", "stream_idle_timeout"),
     **_durations(m.BackendSettings, "connect_timeout", "pool_idle_timeout"),
     **_durations(m.Settings, "connection_termination_deadline"),
     **_durations(m.HttpLimits, "header_timeout", "body_timeout", "idle_timeout"),

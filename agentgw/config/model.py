@@ -406,7 +406,13 @@ class Session:
 
 @attrs.frozen
 class McpSettings:
+    """``config.mcp``: ``session_ttl`` ends a session idle that long;
+    ``stream_idle_timeout`` drops an upstream's SSE stream (a call's answer
+    or the GET stream) that says nothing for that long (keep-alive comments
+    count)."""
+
     session_ttl: float = 1800.0
+    stream_idle_timeout: float = 300.0
 
 
 @attrs.frozen

@@ -168,7 +168,7 @@ def encode_cursor(state: Mapping[str, str | None]) -> str:
     """The federated cursor for ``state``: target -> next cursor, None when
     done."""
     doc = {"v": CURSOR_VERSION, "c": dict(state)}
-    raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = json.dumps(doc, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 

@@ -70,13 +70,15 @@ class AccessRecord:
         return out
 
 
+_PLAIN = re.compile(rf"[^\x00-\x20\x7f-\x9f\"\\=]{{1,{MAX_VALUE}}}")
+
+
 def _text_value(value: str | int) -> str:
     if isinstance(value, int):
         return str(value)
-    text = escape(value)
-    if text == "" or " " in text or "=" in text or text != value:
-        return f'"{text}"'
-    return text
+    if _PLAIN.fullmatch(value):  # most values: nothing to escape or quote
+        return value
+    return f'"{escape(value)}"'
 
 
 def format_text(record: AccessRecord) -> str:

@@ -105,7 +105,9 @@ class LineFormatter(logging.Formatter):
 def setup_logging(fmt: str, level: str = "info") -> BatchingHandler:
     """Install the batching handler on the root logger (it starts the writer
     thread); the caller closes the returned handler at exit."""
-    # What a record would look up and never print.
+    # What a record would look up and never print: the caller's frame (a
+    # stack walk per line), thread and process.
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -8,7 +8,7 @@ response.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -376,20 +376,3 @@ def response_headers(policies: RoutePolicies, req: RequestView, headers: Headers
                 exposed = ", ".join(cors.expose_headers).encode()
                 headers.append((b"access-control-expose-headers", exposed))
     return headers
-
-
-def forwarded_headers(
-    headers: Sequence[tuple[bytes, bytes]], client_ip: str, proto: bytes = b"http"
-) -> Headers:
-    """Append the client to ``X-Forwarded-For`` and set ``X-Forwarded-Proto``."""
-    out: Headers = []
-    prior: bytes | None = None
-    for name, value in headers:
-        if name == b"x-forwarded-for":
-            prior = value if prior is None else prior + b", " + value
-        elif name != b"x-forwarded-proto":
-            out.append((name, value))
-    ip = client_ip.encode()
-    out.append((b"x-forwarded-for", prior + b", " + ip if prior else ip))
-    out.append((b"x-forwarded-proto", proto))
-    return out

@@ -2,19 +2,23 @@
 
 How this works: a ``RelaySession`` runs as a task of the ``SessionManager``'s
 nursery (itself under ``Gateway.serve``). The task opens one upstream
-transport per target and starts a reader per transport; it lives until the
-client deletes the session, the session idles past its TTL, or the gateway
-stops, and then closes every transport (child processes included).
+transport per target and a reader per transport; it lives until the client
+deletes the session, the session idles past its TTL, or the gateway stops,
+and then closes every transport (child processes included).
 
-HTTP handlers talk to the session through ``request()``: the client's
-request gets a session-unique upstream id, is sent to its target, and every
-upstream message that belongs to it (progress for its token, server-to-client
-requests and notifications from that target while it is in flight, and
-finally its response) is delivered to that handler's channel. Messages that
-belong to no in-flight request go to the session's GET stream, if any.
-Server-to-client requests get gateway ids (``agw-<n>``) so that requests from
-different targets cannot collide at the client; the client's answer is routed
-back to the right target with the original id.
+A client request goes through ``request()``: it gets a session-unique
+upstream id and is sent to its target, and the ``Call`` it yields gives every
+message that belongs to it, its response last, in the caller's own task. A
+Streamable HTTP target answers on the request's own exchange (``Answer``):
+the call reads it directly, with no queue and no other task. Other targets
+(stdio, SSE, WebSocket) answer through the transport's reader, which hands
+the call its messages through a channel made on first use. What belongs to
+no request in flight goes to the session's GET streams, if any.
+
+Server-to-client requests get gateway ids (``agw-<n>``, ``mcp.ids.IdMap``)
+so that requests from different targets cannot collide at the client; the
+client's answer goes back to the right target with the original id.
+Progress tokens are rewritten per request likewise.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -30,9 +34,11 @@ import attrs
 import trio
 
 from agentgw.config.model import McpTarget
-from agentgw.errors import UpstreamError
-from agentgw.tls import ClientTLS
-from agentgw.upstream.mcp.base import McpTransport, open_transport
+from agentgw.errors import UpstreamError, UpstreamUnavailable
+from agentgw.mcp.federation import McpRoute
+from agentgw.mcp.ids import IdMap, IdMapFull
+from agentgw.server.watch import wait_watched
+from agentgw.upstream.mcp.base import Answer, McpTransport, open_transport
 from agentgw.upstream.pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
@@ -43,6 +49,13 @@ Headers = Sequence[tuple[bytes, bytes]] | Callable[[str], Sequence[tuple[bytes, 
 (when one target passes the client's token on and another does not)."""
 CHANNEL_SIZE = 256
 MAX_IN_FLIGHT = 10_000
+CANCEL_TIMEOUT = 2.0
+
+
+def is_final(message: Message) -> bool:
+    """A response (result or error), as opposed to a notification or a
+    server-to-client request."""
+    return "method" not in message
 
 
 @attrs.define(eq=False)
@@ -51,8 +64,102 @@ class Pending:
 
     target: str
     client_id: Any
-    send: trio.MemorySendChannel[Message]
     progress_token: Any = None
+    # Answered on its own exchange (Streamable HTTP): the target's other
+    # messages are not routed to it.
+    is_inline: bool = False
+    _send: trio.MemorySendChannel[Message] | None = None
+    _receive: trio.MemoryReceiveChannel[Message] | None = None
+
+    def _channel(self) -> None:
+        if self._send is None:
+            self._send, self._receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
+
+    async def deliver(self, message: Message) -> bool:
+        self._channel()
+        assert self._send is not None
+        try:
+            await self._send.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def fail(self, message: Message) -> None:
+        self._channel()
+        assert self._send is not None
+        try:
+            self._send.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._send.close()
+
+    async def receive(self) -> Message | None:
+        """The next delivered message; None once the channel is closed."""
+        self._channel()
+        assert self._receive is not None
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+
+    def close(self) -> None:
+        if self._send is not None:
+            self._send.close()
+        if self._receive is not None:
+            self._receive.close()
+
+
+@attrs.define(eq=False)
+class Call:
+    """One client request in flight: ``next()`` gives its messages, the
+    response last. ``next`` is safe to cancel and call again."""
+
+    session: RelaySession
+    target: str
+    upstream_id: int
+    pending: Pending
+    answer: Answer | None = None
+    is_answered: bool = False
+
+    def next_nowait(self) -> Message | None:
+        """The next message if it is here already (a JSON answer), else None."""
+        answer = self.answer
+        if answer is None or not answer.messages:
+            return None
+        message = answer.messages[0]
+        if not is_final(message) or message.get("id") != self.upstream_id:
+            return None  # ids to map, or more to come: next() does it
+        answer.messages.popleft()
+        self.session._pending.pop((self.target, self.upstream_id), None)
+        self.is_answered = True
+        return {**message, "id": self.pending.client_id}
+
+    async def next(self) -> Message:
+        """The next message for the client (ids and tokens as the client
+        knows them).
+
+        Raises:
+            UpstreamError: the target can give no response.
+        """
+        while self.answer is not None:
+            message = await self.answer.next()
+            if message is None:
+                self.answer = None
+                break
+            out = await self.session._own_message(self, message)
+            if out is not None:
+                self.is_answered = is_final(out)
+                return out
+        if self.pending.is_inline:
+            raise UpstreamUnavailable(
+                f"target {self.target}: upstream unavailable", detail="the answer ended"
+            )
+        out = await wait_watched(self.pending.receive)
+        if out is None:
+            raise UpstreamUnavailable(
+                f"target {self.target}: upstream unavailable", detail="no response"
+            )
+        self.is_answered = is_final(out)
+        return out
 
 
 @attrs.frozen
@@ -64,30 +171,37 @@ class SessionStatistics:
 
 @attrs.define(eq=False)
 class RelaySession:
+    """One session. ``route`` is the route it was made for: after a reload
+    changed that route, the session keeps its own targets until it ends."""
+
     sid: str
-    targets: tuple[McpTarget, ...]
+    route: McpRoute
     pool: ConnectionPool
     ttl: float
-    tls: Mapping[str, ClientTLS] = attrs.field(factory=dict)  # by target name
     upstream_sessions: dict[str, str | None] = attrs.field(factory=dict)
     transports: dict[str, McpTransport] = attrs.field(factory=dict)
     dead: dict[str, str] = attrs.field(factory=dict)
     protocol_version: str | None = None
+    idle_timeout: float | None = None  # of upstream SSE streams
     last_active: float = attrs.field(factory=time.monotonic)
     closed: trio.Event = attrs.field(factory=trio.Event)
     has_ended: bool = False
     # A session shared by many clients (2026-07-28 requests): nothing that
     # is not tied to one request (by id or progress token) is relayed.
     is_shared: bool = False
-    # Taken up from a sibling worker (``agentgw.workers``) for requests only:
-    # no server-to-client stream, and the upstream sessions are never ended.
+    # Taken up from a sibling worker for requests only: no server-to-client
+    # stream, and the upstream sessions are never ended.
     is_replica: bool = False
     init_result: dict[str, Any] | None = None
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _pending: dict[tuple[str, int], Pending] = attrs.field(factory=dict)
     _progress: dict[tuple[str, Any], Pending] = attrs.field(factory=dict)
-    _server_requests: dict[str, tuple[str, Any]] = attrs.field(factory=dict)
+    _server_requests: IdMap = attrs.field(factory=lambda: IdMap(MAX_IN_FLIGHT, prefix="agw-"))
     _get_streams: list[trio.MemorySendChannel[Message]] = attrs.field(factory=list)
+
+    @property
+    def targets(self) -> tuple[McpTarget, ...]:
+        return self.route.targets
 
     def __repr__(self) -> str:
         targets = list(self.transports)
@@ -119,15 +233,16 @@ class RelaySession:
                             open_transport(
                                 target,
                                 pool=self.pool,
-                                tls=self.tls.get(target.name),
+                                tls=self.route.tls.get(target.name),
                                 session_id=self.upstream_sessions.get(target.name),
                                 protocol_version=self.protocol_version,
                                 server_stream=not self.is_replica,
+                                idle_timeout=self.idle_timeout,
                             )
                         )
                     except UpstreamError as exc:
                         self.dead[target.name] = exc.reason
-                        logger.warning("target %s failed to start: %s", target.name, exc.reason)
+                        logger.warning("target %s failed to start: %s", target.name, exc.log_text)
                         continue
                     self.transports[target.name] = transport
                 # Runs before the transports close: a session that did not
@@ -148,8 +263,7 @@ class RelaySession:
     def _keep_upstream_sessions_unless_ended(self) -> None:
         if not self.has_ended or self.is_replica:
             for transport in self.transports.values():
-                if hasattr(transport, "keep_upstream_session"):
-                    transport.keep_upstream_session = True
+                transport.keep_upstream_session = True
 
     async def _wait_until_done(self) -> None:
         while not self.closed.is_set():
@@ -170,89 +284,116 @@ class RelaySession:
                 self.transports.pop(target, None)
                 self._fail_target(target, exc.reason)
                 return
-            await self._dispatch(target, message)
+            await self._from_reader(target, message)
 
-    async def _dispatch(self, target: str, message: Message) -> None:
+    async def _from_reader(self, target: str, message: Message) -> None:
+        """A message that came through the transport's reader."""
         msg_id = message.get("id")
-        if "method" not in message:  # a response to one of our requests
-            if not isinstance(msg_id, int):
+        if is_final(message):  # a response to one of our requests
+            pending = self._pending.pop((target, msg_id), None) if isinstance(msg_id, int) else None
+            if pending is None:
                 logger.debug("target %s answered unknown id %r", target, msg_id)
                 return
-            pending = self._pending.pop((target, msg_id), None)
-            if pending is None:
-                return
-            await self._deliver(pending.send, {**message, "id": pending.client_id})
+            await pending.deliver({**message, "id": pending.client_id})
             return
         if msg_id is not None:  # a server-to-client request
-            gateway_id = f"agw-{next(self._ids)}"
-            if len(self._server_requests) >= MAX_IN_FLIGHT:
-                await self._answer_upstream_error(target, msg_id, "too many requests in flight")
-                return
-            self._server_requests[gateway_id] = (target, msg_id)
-            message = {**message, "id": gateway_id}
-            if self.is_shared or not await self._route(target, message):
-                self._server_requests.pop(gateway_id, None)
-                if message["method"] == "ping":
-                    await self._send_upstream(
-                        target, {"jsonrpc": "2.0", "id": msg_id, "result": {}}
-                    )
-                else:
-                    await self._answer_upstream_error(target, msg_id, "no client stream is open")
+            relayed = await self._server_request(target, message)
+            if relayed is not None and not await self._route(target, relayed):
+                await self._refuse_server_request(target, relayed)
             return
-        # a notification
-        params = message.get("params") or {}
-        if message["method"] == "notifications/progress" and isinstance(params, dict):
-            pending = self._progress.get((target, _hashable(params.get("progressToken"))))
-            if pending is not None:
-                params = {**params, "progressToken": pending.progress_token}
-                await self._deliver(pending.send, {**message, "params": params})
-                return
-        if not self.is_shared:
+        pending = self._progress_of(target, message)
+        if pending is not None:
+            await pending.deliver(self._client_progress(pending, message))
+        elif not self.is_shared:
             await self._route(target, message)
 
+    async def _own_message(self, call: Call, message: Message) -> Message | None:
+        """A message of a request's own answer, as the client gets it; None
+        for one that is not the client's (the response to another id)."""
+        msg_id = message.get("id")
+        if is_final(message):
+            if msg_id != call.upstream_id:
+                logger.debug("target %s answered unknown id %r", call.target, msg_id)
+                return None
+            self._pending.pop((call.target, call.upstream_id), None)
+            return {**message, "id": call.pending.client_id}
+        if msg_id is not None:
+            relayed = await self._server_request(call.target, message)
+            if relayed is not None and self.is_shared:
+                await self._refuse_server_request(call.target, relayed)
+                return None
+            return relayed
+        if self._progress_of(call.target, message) is call.pending:
+            return self._client_progress(call.pending, message)
+        return message
+
+    async def _server_request(self, target: str, message: Message) -> Message | None:
+        """A server-to-client request with its gateway id; None if refused."""
+        try:
+            gateway_id = self._server_requests.allocate(target, message["id"])
+        except (IdMapFull, ValueError):
+            await self._answer_upstream_error(target, message["id"], "too many requests in flight")
+            return None
+        return {**message, "id": gateway_id}
+
+    async def _refuse_server_request(self, target: str, relayed: Message) -> None:
+        route = self._server_requests.pop(relayed["id"])
+        if route is None:
+            return
+        if relayed.get("method") == "ping":
+            await self._send_upstream(
+                target, {"jsonrpc": "2.0", "id": route.original, "result": {}}
+            )
+        else:
+            await self._answer_upstream_error(target, route.original, "no client stream is open")
+
+    def _progress_of(self, target: str, message: Message) -> Pending | None:
+        params = message.get("params")
+        if message.get("method") != "notifications/progress" or not isinstance(params, dict):
+            return None
+        return self._progress.get((target, _hashable(params.get("progressToken"))))
+
+    @staticmethod
+    def _client_progress(pending: Pending, message: Message) -> Message:
+        params = {**message["params"], "progressToken": pending.progress_token}
+        return {**message, "params": params}
+
     async def _route(self, target: str, message: Message) -> bool:
-        """Deliver to the newest request in flight to ``target``, else to the
-        GET stream. False if nobody can take it."""
+        """Deliver to the newest request in flight to ``target`` that reads
+        through the reader, else to a GET stream. False if nobody can."""
         for (t, _), pending in reversed(list(self._pending.items())):
-            if t == target and await self._deliver(pending.send, message):
+            if t == target and not pending.is_inline and await pending.deliver(message):
                 return True
         for stream in list(self._get_streams):
-            if await self._deliver(stream, message):
-                return True
+            try:
+                await stream.send(message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue
+            return True
         return False
-
-    async def _deliver(self, send: trio.MemorySendChannel[Message], message: Message) -> bool:
-        try:
-            await send.send(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
 
     async def _answer_upstream_error(self, target: str, msg_id: Any, text: str) -> None:
         error = {"code": -32603, "message": f"agentgw: {text}"}
         await self._send_upstream(target, {"jsonrpc": "2.0", "id": msg_id, "error": error})
 
-    async def _send_upstream(self, target: str, message: Message, headers: Headers = ()) -> None:
+    async def _send_upstream(
+        self, target: str, message: Message, headers: Headers = ()
+    ) -> Answer | None:
         transport = self.transports.get(target)
         if transport is None:
-            raise UpstreamError(f"target {target}: {self.dead.get(target, 'not connected')}")
-        # An answer the transport read at once skips its queue and our reader.
-        answers: list[Message] = []
+            reason = self.dead.get(target, "upstream unavailable")
+            raise UpstreamUnavailable(f"target {target}: upstream unavailable", detail=reason)
         own = headers(target) if callable(headers) else headers
-        await transport.send(message, headers=own, answers=answers)
-        for answer in answers:
-            await self._dispatch(target, answer)
+        return await transport.send(message, headers=own)
 
     def _fail_target(self, target: str, reason: str) -> None:
         for key, pending in list(self._pending.items()):
-            if key[0] == target:
+            if key[0] == target and not pending.is_inline:
                 del self._pending[key]
-                error = {"code": -32603, "message": f"target {target}: {reason}"}
-                err = {"jsonrpc": "2.0", "id": pending.client_id, "error": error}
-                try:
-                    pending.send.send_nowait(err)
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pending.send.close()
+                error = {"code": -32603, "message": f"target {target}: upstream unavailable"}
+                pending.fail({"jsonrpc": "2.0", "id": pending.client_id, "error": error})
+        self._server_requests.discard_target(target)
+        logger.info("session %s: target %s is gone: %s", self.sid[:8], target, reason)
 
     def _fail_all(self, reason: str) -> None:
         for target in {t for t, _ in self._pending}:
@@ -265,65 +406,69 @@ class RelaySession:
     @asynccontextmanager
     async def request(
         self, target: str, message: Message, headers: Headers = ()
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
-        """Send a client request to ``target``; yields the channel of every
-        message that belongs to it, its response last. Leaving early (the
-        client went away) tells the upstream the request is cancelled."""
+    ) -> AsyncIterator[Call]:
+        """Send a client request to ``target``; the ``Call`` gives what
+        belongs to it. Leaving before its response (the client went away, a
+        timeout) tells the upstream the request is cancelled.
+
+        Raises:
+            UpstreamError: the request could not be sent.
+        """
         if len(self._pending) >= MAX_IN_FLIGHT:
-            raise UpstreamError("too many requests in flight in this session")
+            raise UpstreamUnavailable(
+                "upstream unavailable", detail="too many requests in flight in this session"
+            )
         upstream_id = next(self._ids)
-        send, receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
-        pending = Pending(target, message.get("id"), send)
+        pending = Pending(target, message.get("id"))
         key = (target, upstream_id)
         self._pending[key] = pending
         params = message.get("params")
-        token = None
         meta = params.get("_meta") if isinstance(params, dict) else None
-        if (
-            isinstance(params, dict)
-            and isinstance(meta, dict)
-            and meta.get("progressToken") is not None
-        ):
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if token is not None and isinstance(params, dict) and isinstance(meta, dict):
             # Each upstream request gets its own token, so that tokens that
             # two clients (or two targets) chose alike cannot collide.
-            pending.progress_token = meta["progressToken"]
+            pending.progress_token = token
             token = f"agw-p{upstream_id}"
-            meta = {**meta, "progressToken": token}
-            message = {**message, "params": {**params, "_meta": meta}}
+            message = {**message, "params": {**params, "_meta": {**meta, "progressToken": token}}}
             self._progress[(target, token)] = pending
         self.touch()
-        answered = False
+        call = Call(self, target, upstream_id, pending)
         try:
-            await self._send_upstream(target, {**message, "id": upstream_id}, headers)
-            async with receive:
-                yield receive
-            answered = key not in self._pending
+            call.answer = await self._send_upstream(target, {**message, "id": upstream_id}, headers)
+            pending.is_inline = call.answer is not None
+            yield call
         finally:
             self._pending.pop(key, None)
             if token is not None:
                 self._progress.pop((target, token), None)
-            send.close()
+            pending.close()
+            if call.answer is not None:
+                call.answer.close()
             self.touch()
-            if not answered and target in self.transports:
-                cancel = {
-                    "jsonrpc": "2.0",
-                    "method": "notifications/cancelled",
-                    "params": {"requestId": upstream_id, "reason": "client went away"},
-                }
-                with trio.move_on_after(2) as scope:
-                    scope.shield = True
-                    try:
-                        await self._send_upstream(target, cancel)
-                    except UpstreamError:
-                        pass
+            if not call.is_answered and target in self.transports:
+                await self._cancel_upstream(target, upstream_id)
+
+    async def _cancel_upstream(self, target: str, upstream_id: int) -> None:
+        cancel = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": upstream_id, "reason": "client went away"},
+        }
+        with trio.move_on_after(CANCEL_TIMEOUT) as scope:
+            scope.shield = True
+            try:
+                await self._send_upstream(target, cancel)
+            except UpstreamError as exc:
+                logger.debug("cancelling a request of %s: %s", target, exc.log_text)
 
     async def call(self, target: str, message: Message, headers: Headers = ()) -> Message:
         """Send a request and return its response, dropping anything else."""
-        async with self.request(target, message, headers) as messages:
-            async for reply in messages:
-                if "method" not in reply:
+        async with self.request(target, message, headers) as call:
+            while True:
+                reply = await call.next()
+                if is_final(reply):
                     return reply
-        raise UpstreamError(f"target {target}: no response")
 
     async def notify(self, target: str, message: Message, headers: Headers = ()) -> None:
         self.touch()
@@ -332,11 +477,10 @@ class RelaySession:
     async def answer(self, message: Message, headers: Headers = ()) -> bool:
         """Route the client's response to a server-to-client request."""
         self.touch()
-        routed = self._server_requests.pop(str(message.get("id")), None)
-        if routed is None:
+        route = self._server_requests.pop(message.get("id"))
+        if route is None:
             return False
-        target, original = routed
-        await self._send_upstream(target, {**message, "id": original}, headers)
+        await self._send_upstream(route.target, {**message, "id": route.original}, headers)
         return True
 
     def upstream_id_for(self, client_id: Any) -> tuple[str, int] | None:
@@ -385,9 +529,9 @@ class SessionManager:
     async def start(self, session: RelaySession) -> RelaySession:
         """Start ``session``'s task; returns once its targets are open."""
         if self._nursery is None:
-            raise UpstreamError("the gateway is not serving")
+            raise UpstreamUnavailable("upstream unavailable", detail="the gateway is not serving")
         if len(self.sessions) >= self.max_sessions:
-            raise UpstreamError("too many sessions", status=503)
+            raise UpstreamUnavailable("too many sessions", detail=f"{self.max_sessions} open")
         await self._nursery.start(self._run, session)
         return session
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 import h11
@@ -33,6 +33,7 @@ import trio
 from agentgw.config.model import HttpLimits
 from agentgw.errors import AbortResponse, ClientError, ClientGone
 from agentgw.observability.access_log import AccessRecord, emit
+from agentgw.server.watch import run_watched
 from agentgw.wire.http import (
     Headers,
     HeadLimits,
@@ -87,8 +88,6 @@ class ServerRequest:
     status: int | None = None
     # What the client's TLS connection established (None: plain HTTP).
     tls: ConnectionTLS | None = None
-    identity: Any = None  # who a validated token says the caller is (policy.pipeline)
-    mcp_caller: Any = None  # the MCP endpoint's view of the caller (relay.endpoint)
     # The downstream span when tracing is on: the parent of upstream spans
     # (``observability.tracing.trace_upstream``).
     span: Span | None = None
@@ -220,6 +219,16 @@ class ServerRequest:
                 return
             self._h11.receive_data(bytes(data))
 
+    async def run_watched(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work``; if the client closes its connection meanwhile, cancel
+        it and raise ``ClientGone``. Call only once the request body is done.
+        The client is watched only once the work takes a while
+        (``server.watch``).
+        """
+        gone = await run_watched(self.watch_disconnect, self._conn.nursery, work)
+        if gone and not self.is_response_done:  # leaving after the answer loses nothing
+            raise ClientGone("client disconnected")
+
     def take_stream(self) -> tuple[trio.abc.Stream, bytes]:
         """Hand over the raw stream after a 101 response (for a tunnel)."""
         self._conn.is_tunnelled = True
@@ -252,9 +261,15 @@ class ClientConnection:
     head_limits: HeadLimits = attrs.field(init=False)
     _current: h11.Connection | None = None
     _buf: bytearray = attrs.field(factory=bytearray)
+    _nursery: trio.Nursery | None = None
 
     def __attrs_post_init__(self) -> None:
         self.head_limits = HeadLimits.from_config(self.limits)
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "the connection is not serving"
+        return self._nursery
 
     def __repr__(self) -> str:
         state = "idle" if self.is_idle else "busy"
@@ -269,10 +284,13 @@ class ClientConnection:
         if self.metrics is not None and not self.is_internal:
             self.metrics.connection_opened(self.gateway, None)
         try:
-            with self.cancel_scope:
-                first = True
-                while await self._serve_one(first):
-                    first = False
+            # The nursery holds the watchers of this connection's requests.
+            async with trio.open_nursery() as self._nursery:
+                with self.cancel_scope:
+                    first = True
+                    while await self._serve_one(first):
+                        first = False
+                self._nursery.cancel_scope.cancel()
         finally:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True

@@ -43,6 +43,7 @@ import h11
 import trio
 
 from agentgw.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from agentgw.server.watch import start_watching, watch_deadline
 from agentgw.tls import ClientTLS, default_client_tls, open_tls
 from agentgw.wire.http import (
     Headers,
@@ -408,11 +409,18 @@ class Exchange:
         self, conn: UpstreamConnection, timeout: float, deadline: float = math.inf
     ) -> bytes:
         idle_end = trio.current_time() + timeout
-        with trio.move_on_at(min(deadline, idle_end)):
-            try:
-                return bytes(await conn.stream.receive_some(RECEIVE_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise self._unavailable(f"connection reset: {exc.__cause__ or exc}") from exc
+        limit = min(deadline, idle_end)
+        while True:
+            # A wait past the grace period watches the client (server.watch).
+            watch_at = watch_deadline()
+            with trio.move_on_at(min(limit, watch_at)):
+                try:
+                    return bytes(await conn.stream.receive_some(RECEIVE_SIZE))
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise self._unavailable(f"connection reset: {exc.__cause__ or exc}") from exc
+            if trio.current_time() >= limit:
+                break
+            start_watching()
         what = "no whole response head" if deadline < idle_end else "nothing received"
         raise UpstreamTimeout(TIMEOUT, detail=f"{self._name}: {what} in {timeout:g}s")
 
@@ -481,22 +489,30 @@ class Exchange:
                 raise self._unavailable("closed the connection without answering")
             raise self._protocol_error(f"unexpected {type(event).__name__}")
 
+    async def next_chunk(self, idle_timeout: float) -> bytes | None:
+        """The next piece of the response body, or None at its end. Safe to
+        cancel and call again: nothing read is lost.
+
+        Raises:
+            UpstreamError: the upstream truncated the body or broke framing.
+        """
+        event = await self._next_event(idle_timeout)
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            return None
+        if isinstance(event, h11.ConnectionClosed):
+            raise self._protocol_error("closed the connection inside the body")
+        raise self._protocol_error(f"unexpected {type(event).__name__}")  # pragma: no cover
+
     async def body(self, idle_timeout: float) -> AsyncGenerator[bytes, None]:
         """Yield the response body as it arrives.
 
         Raises:
             UpstreamError: the upstream truncated the body or broke framing.
         """
-        while True:
-            event = await self._next_event(idle_timeout)
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise self._protocol_error("closed the connection inside the body")
-            else:  # pragma: no cover
-                raise self._protocol_error(f"unexpected {type(event).__name__}")
+        while (chunk := await self.next_chunk(idle_timeout)) is not None:
+            yield chunk
 
     def take_stream(self) -> tuple[trio.abc.Stream, bytes]:
         """Hand over the raw stream after a 101 (for a tunnel), with the

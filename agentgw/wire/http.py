@@ -336,6 +336,71 @@ def strip_hop_by_hop(
     return out
 
 
+# What an MCP upstream never gets from the client: the transports set these
+# themselves, or they describe the client's own hop (its session id at the
+# gateway, the body the relay may rewrite: prefixed names in Mcp-Name), or
+# we would have to undo them (Accept-Encoding: agentgw does not decompress).
+# Mcp-Protocol-Version passes: the Streamable HTTP transport forwards it on
+# initialize and puts the negotiated version on every later request.
+MCP_NOT_FORWARDED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"content-type",
+        b"content-encoding",
+        b"accept",
+        b"accept-encoding",
+        b"mcp-session-id",
+        b"mcp-method",
+        b"mcp-name",
+        b"last-event-id",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-protocol",
+        b"sec-websocket-extensions",
+        b"sec-websocket-accept",
+    }
+)
+
+
+def forward_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    client_ip: str,
+    *,
+    proto: bytes = b"http",
+    drop: frozenset[bytes] = frozenset(),
+    keep_upgrade: bool = False,
+) -> Headers:
+    """The client's headers as an upstream gets them: the one filter of
+    agentgw, for host backends and every MCP transport alike.
+
+    Hop-by-hop headers, the headers ``Connection`` names and ``drop`` are
+    removed; the client's address is appended to ``X-Forwarded-For`` (the
+    last entry is always the real peer) and ``X-Forwarded-Proto`` is set.
+    With ``keep_upgrade`` the ``Connection: upgrade``/``Upgrade`` pair of a
+    WebSocket tunnel is kept.
+    """
+    removed = HOP_BY_HOP | drop
+    if any(n == b"connection" for n, _ in headers):
+        removed = removed | connection_tokens(headers)
+    out: Headers = []
+    prior: bytes | None = None
+    for name, value in headers:
+        if name in removed:
+            continue
+        if name == b"x-forwarded-for":
+            prior = value if prior is None else prior + b", " + value
+        elif name != b"x-forwarded-proto":
+            out.append((name, value))
+    if keep_upgrade:
+        out.extend((n, v) for n, v in headers if n == b"upgrade")
+        out.append((b"connection", b"upgrade"))
+    ip = client_ip.encode()
+    out.append((b"x-forwarded-for", prior + b", " + ip if prior else ip))
+    out.append((b"x-forwarded-proto", proto))
+    return out
+
+
 def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """The first value of ``name`` (lowercase), or None."""
     for n, v in headers:

@@ -50,8 +50,10 @@ class JsonRpcError(ClientError):
         id: the offending message's id when it had a valid one, else None.
     """
 
-    def __init__(self, code: int, message: str, *, id: JsonRpcId | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, code: int, message: str, *, id: JsonRpcId | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message, detail=detail)
         self.code = code
         self.message = message
         self.id = id
@@ -144,10 +146,12 @@ def parse_messages(body: bytes) -> tuple[list[Message], bool]:
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise JsonRpcError(PARSE_ERROR, f"parse error: {exc}")
+        raise JsonRpcError(PARSE_ERROR, "parse error", detail=str(exc)[:200])
     # A body with few brackets cannot nest deeply: skip the walk.
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and nesting_depth(body) > MAX_DEPTH:
-        raise JsonRpcError(PARSE_ERROR, f"JSON nested deeper than {MAX_DEPTH}")
+        raise JsonRpcError(
+            PARSE_ERROR, "parse error", detail=f"JSON nested deeper than {MAX_DEPTH}"
+        )
     if isinstance(value, list):
         if not value:
             raise JsonRpcError(INVALID_REQUEST, "empty batch")
@@ -189,4 +193,5 @@ def dumps(message: Message | list[Message]) -> bytes:
     Raises:
         ValueError: the message holds NaN or Infinity.
     """
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    # ASCII escapes: a lone surrogate ("\\ud800") is valid JSON but not UTF-8.
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()

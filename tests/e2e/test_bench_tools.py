@@ -1,15 +1,23 @@
-"""bench/'s own network pieces over real loopback sockets: the `floor` relay and
-the soak's reading of agentgw's task gauge."""
+"""bench/'s own network pieces over real loopback sockets: the `floor` relay,
+the soak's reading of agentgw's task gauge, and the OTLP sink that counts the
+spans of `gateway-1-tracing`."""
 
 from __future__ import annotations
 
+import http.client
 from functools import partial
 from typing import Any
 
 import h11
 import trio
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind
 
 from bench.floor import relay
+from bench.launch import sink_stats, start_otlp_sink
 from bench.scenario_soak import scrape_tasks
 from tests.support import Upstream, echo_handler, free_port, open_client, serve_upstream
 
@@ -53,3 +61,38 @@ async def test_the_soak_reads_the_task_gauge_or_says_there_is_none() -> None:
         assert await trio.to_thread.run_sync(scrape_tasks, up.port) is None
     # Nothing listening.
     assert await trio.to_thread.run_sync(scrape_tasks, await free_port()) is None
+
+
+def test_the_otlp_sink_counts_what_the_sdk_exports_by_kind() -> None:
+    sink = start_otlp_sink(None)
+    try:
+        url = f"http://127.0.0.1:{sink.port}/v1/traces"
+        for compression in (Compression.NoCompression, Compression.Gzip):
+            provider = TracerProvider()
+            exporter = OTLPSpanExporter(endpoint=url, compression=compression, timeout=5)
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            tracer = provider.get_tracer("bench-test")
+            with tracer.start_as_current_span("request", kind=SpanKind.SERVER):
+                with tracer.start_as_current_span("tools/call", kind=SpanKind.CLIENT):
+                    pass
+                with tracer.start_as_current_span("work"):
+                    pass
+            provider.shutdown()
+        stats = sink_stats(sink)
+        # One export per span (SimpleSpanProcessor), plain then gzipped.
+        assert {k: stats[k] for k in ("exports", "spans", "server", "client", "other")} == {
+            "exports": 6,
+            "spans": 6,
+            "server": 2,
+            "client": 2,
+            "other": 2,
+        }
+        assert stats["rejected"] == 0
+        conn = http.client.HTTPConnection("127.0.0.1", sink.port, timeout=5)
+        conn.request("POST", "/v1/traces", body=b"\x0a\xff\xff", headers={})
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (400, b"truncated varint\n")
+        conn.close()
+        assert sink_stats(sink)["rejected"] == 1
+    finally:
+        sink.stop()

@@ -67,7 +67,7 @@ async def test_metrics_after_mcp_traffic() -> None:
             for text in ("one", "two"):
                 await client.call_tool("demo_echo", {"message": text})
             await client.call_tool("paged_echo", {"message": "three"})
-            with pytest.raises(MCPError, match="unknown name"):  # no target lists it
+            with pytest.raises(MCPError, match="Unknown tool"):  # no target lists it
                 await client.call_tool("nosuchtarget_tool", {})
             samples = await scrape(stats)
             bind = "bind/0"  # named by the configured port

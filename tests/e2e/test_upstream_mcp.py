@@ -24,12 +24,69 @@ import trio_websocket
 
 from agentgw.config.model import HttpTarget, McpTarget, StdioTarget
 from agentgw.errors import UpstreamError, UpstreamUnavailable
-from agentgw.upstream.mcp import McpTransport, TransportClosed, open_transport
+from agentgw.upstream.mcp import Answer, TransportClosed
+from agentgw.upstream.mcp import open_transport as open_real_transport
+from agentgw.upstream.mcp._common import open_task_nursery
 from agentgw.upstream.pool import ConnectionPool
+from agentgw.wire.http import MCP_NOT_FORWARDED, forward_headers
 from tests.support import Upstream, serve_raw, serve_upstream
 
 EVERYTHING = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "mcp-server-everything"
 Message = dict[str, Any]
+
+
+class McpTransport:
+    """A transport as these tests read it: every message the upstream sends
+    arrives through ``receive``, whether on the request's own exchange (an
+    ``Answer``, read here by a task as the relay would read it) or through
+    the transport's own ``receive``; the client's headers go through the
+    relay's filter first."""
+
+    def __init__(self, transport: Any, nursery: trio.Nursery) -> None:
+        self.inner = transport
+        self.nursery = nursery
+        self.target = transport.target
+        self._send, self._receive = trio.open_memory_channel[Message | BaseException](100)
+        nursery.start_soon(self._forward)
+
+    async def _forward(self) -> None:
+        try:
+            while True:
+                await self._send.send(await self.inner.receive())
+        except TransportClosed as exc:
+            await self._send.send(exc)
+
+    async def _drain(self, answer: Answer) -> None:
+        try:
+            while (message := await answer.next()) is not None:
+                await self._send.send(message)
+        finally:
+            answer.close()
+
+    async def send(self, message: Message, *, headers: Any = ()) -> None:
+        relayed = forward_headers(headers, "127.0.0.1", drop=MCP_NOT_FORWARDED) if headers else ()
+        answer = await self.inner.send(message, headers=relayed)
+        if answer is not None:
+            self.nursery.start_soon(self._drain, answer)
+
+    def __getattr__(self, name: str) -> Any:  # session_id, pid, endpoint...
+        return getattr(self.inner, name)
+
+    async def receive(self) -> Message:
+        item = await self._receive.receive()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+@asynccontextmanager
+async def open_transport(target: McpTarget, **kwargs: Any) -> AsyncIterator[McpTransport]:
+    async with open_real_transport(target, **kwargs) as transport:
+        async with open_task_nursery() as nursery:
+            yield McpTransport(transport, nursery)
+            nursery.cancel_scope.cancel()
+
+
 CLIENT_HEADERS = [
     (b"host", b"gateway.example"),
     (b"authorization", b"Bearer T"),
@@ -384,8 +441,11 @@ async def test_streamable_http_expired_session(pool: ConnectionPool) -> None:
         async with open_transport(target, pool=pool, session_id="gone") as transport:
             assert transport.session_id == "gone"
             await transport.send({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
-            with trio.fail_after(5), pytest.raises(TransportClosed, match="session expired"):
-                await transport.receive()
+            with trio.fail_after(5):
+                answer = await transport.receive()  # the request's own answer
+                assert answer["id"] == 7 and "session expired" in answer["error"]["message"]
+                with pytest.raises(TransportClosed, match="session expired"):
+                    await transport.receive()
             with pytest.raises(TransportClosed, match="target forgetful: session expired"):
                 await transport.send({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
 
@@ -408,7 +468,8 @@ async def test_streamable_http_failure_after_the_post_is_an_error_response(
         async with open_transport(http_target("broken", up.port, "/mcp"), pool=pool) as t:
             await t.send(initialize())
             answer = await response_to(t, 1)
-    assert answer["error"]["message"] == "target broken: upstream answered HTTP 500: boom"
+    # Generic for the client: the upstream's body stays in the log.
+    assert answer["error"]["message"] == "target broken: upstream protocol error"
 
 
 # ---------------------------------------------------------------- legacy SSE

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from agentgw.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from agentgw.wire import jsonrpc
-from agentgw.wire.http import Headers, strip_hop_by_hop
 
 logger = logging.getLogger(__name__)
 
@@ -22,27 +22,6 @@ Message = dict[str, Any]
 INBOX_SIZE = 1000
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 LOG_LINE_LIMIT = 1000
-
-# Headers the transports set themselves, or that describe the client's own
-# hop to us rather than the message: never forwarded from the client.
-# Accept-Encoding is dropped because we do not decompress responses; the
-# Mcp-Method/Mcp-Name pair is dropped because it describes the client's
-# body, and the relay may rewrite the body (prefixed names).
-NOT_FORWARDED = frozenset(
-    {
-        b"host",
-        b"content-length",
-        b"content-type",
-        b"content-encoding",
-        b"accept",
-        b"accept-encoding",
-        b"mcp-session-id",
-        b"mcp-protocol-version",
-        b"mcp-method",
-        b"mcp-name",
-        b"last-event-id",
-    }
-)
 
 
 class TransportClosed(UpstreamError):
@@ -63,14 +42,10 @@ def named(target: str, exc: UpstreamError) -> UpstreamError:
     return kind(prefix + exc.reason, status=exc.status, detail=exc.detail)
 
 
-def forward_headers(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
-    """The client's headers an HTTP or WebSocket upstream gets: all but
-    hop-by-hop headers, ``NOT_FORWARDED`` and the WebSocket handshake's."""
-    out: Headers = []
-    for name, value in strip_hop_by_hop([(n.lower(), v) for n, v in headers]):
-        if name not in NOT_FORWARDED and not name.startswith(b"sec-websocket-"):
-            out.append((name, value))
-    return out
+def session_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The client's (filtered) headers for every request of an upstream
+    session: the client's protocol version is the session's business."""
+    return [h for h in headers if h[0] != b"mcp-protocol-version"]
 
 
 def encode(message: Message) -> bytes:
@@ -109,6 +84,38 @@ def printable(data: bytes | str, limit: int = LOG_LINE_LIMIT) -> str:
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text)} characters)"
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
+class AnswerStream(Protocol):
+    async def next(self) -> Message | None: ...
+
+    def close(self) -> None: ...
+
+
+@attrs.define(eq=False)
+class Answer:
+    """The messages that answer one request, read in the caller's task.
+
+    ``messages`` were read already (a JSON answer); ``stream``, when there is
+    one (an SSE answer), gives the rest, the response last. ``next`` is safe
+    to cancel and call again: a caller may bound each wait. ``close`` when
+    done or leaving: an exchange left unfinished is closed, never pooled.
+    """
+
+    messages: collections.deque[Message]
+    stream: AnswerStream | None = None
+
+    async def next(self) -> Message | None:
+        """The next message, or None when there are no more."""
+        if self.messages:
+            return self.messages.popleft()
+        if self.stream is not None:
+            return await self.stream.next()
+        return None
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
 
 
 @attrs.define(eq=False)

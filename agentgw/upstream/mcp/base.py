@@ -2,12 +2,14 @@
 
 How this works: ``open_transport`` opens the transport a target's config
 names, as an async context manager owning a nursery for the transport's
-background tasks (a child's stdout reader, SSE stream readers, one task per
-HTTP request in flight). Those tasks put every message the upstream sends
-into one bounded channel that ``receive`` reads in order; when it is full
-they wait, so a slow consumer slows the upstream down rather than growing a
-queue. Leaving the context closes everything: no task, socket or process
-outlives it.
+long-lived tasks (a child's stdout reader, the SSE or GET stream reader).
+What the upstream sends outside any request's own answer goes into one
+bounded channel that ``receive`` reads in order; when it is full the readers
+wait, so a slow consumer slows the upstream down rather than growing a
+queue. A request's own answer on a Streamable HTTP POST is not queued:
+``send`` returns it as an ``Answer`` that the caller reads in its own task.
+Leaving the context closes everything: no task, socket or process outlives
+it.
 
 A request whose answer cannot come (the upstream failed after taking it) is
 answered on the upstream's behalf with a JSON-RPC error for its id, whose
@@ -24,14 +26,14 @@ from typing import Any, Protocol
 from agentgw.config.model import McpTarget
 from agentgw.errors import ConfigError
 from agentgw.tls import ClientTLS
-from agentgw.upstream.mcp._common import TransportClosed
+from agentgw.upstream.mcp._common import Answer, TransportClosed
 from agentgw.upstream.mcp.sse import open_sse_transport
 from agentgw.upstream.mcp.stdio import open_stdio_transport
 from agentgw.upstream.mcp.streamable import open_streamable_transport
 from agentgw.upstream.mcp.websocket import open_websocket_transport
 from agentgw.upstream.pool import ConnectionPool
 
-__all__ = ["McpTransport", "TransportClosed", "open_transport"]
+__all__ = ["Answer", "McpTransport", "TransportClosed", "open_transport"]
 
 
 class McpTransport(Protocol):
@@ -40,23 +42,24 @@ class McpTransport(Protocol):
     session_id: str | None
     """The upstream's ``Mcp-Session-Id`` once known (Streamable HTTP only)."""
 
+    keep_upstream_session: bool
+    """Leave the upstream session open when the transport closes (the
+    gateway stops, and another replica may resume it)."""
+
     async def send(
-        self,
-        message: dict[str, Any],
-        *,
-        headers: Sequence[tuple[bytes, bytes]] = (),
-        answers: list[dict[str, Any]] | None = None,
-    ) -> None:
+        self, message: dict[str, Any], *, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> Answer | None:
         """Send one JSON-RPC message.
 
         Args:
             message: the message, sent as is.
-            headers: the client's request headers, forwarded to HTTP and
-                WebSocket upstreams except hop-by-hop ones, framing, Host and
-                the session id. Ignored by stdio.
-            answers: where a transport that reads an answer at once (a
-                Streamable HTTP JSON response) puts its messages, instead of
-                queueing them for ``receive``; other transports ignore it.
+            headers: the client's headers for the upstream, already filtered
+                (``RequestContext.mcp_headers``). Ignored by stdio.
+
+        Returns:
+            For a request answered on the same exchange (Streamable HTTP),
+            its ``Answer``, to read and close in the caller's task; else
+            None (what comes back arrives through ``receive``).
 
         Raises:
             TransportClosed: the upstream is gone.
@@ -84,6 +87,7 @@ def open_transport(
     protocol_version: str | None = None,
     log_prefix: str = "",
     server_stream: bool = True,
+    idle_timeout: float | None = None,
 ) -> AbstractAsyncContextManager[McpTransport]:
     """Open the transport to ``target``.
 
@@ -101,6 +105,8 @@ def open_transport(
         log_prefix: put before every log line, to tell sessions apart.
         server_stream: hold the standalone server-to-client stream open once
             initialized (Streamable HTTP); False where another process does.
+        idle_timeout: how long an upstream SSE stream may stay silent before
+            it is dropped (Streamable HTTP answers and GET stream).
 
     Returns:
         An async context manager yielding the transport. Stdio starts the
@@ -120,6 +126,7 @@ def open_transport(
         protocol_version=protocol_version,
         log_prefix=log_prefix,
         server_stream=server_stream,
+        idle_timeout=idle_timeout,
     )
 
 
@@ -133,6 +140,7 @@ async def _open_transport(
     protocol_version: str | None,
     log_prefix: str,
     server_stream: bool,
+    idle_timeout: float | None,
 ) -> AsyncIterator[McpTransport]:
     transport: AbstractAsyncContextManager[McpTransport]
     if target.stdio is not None:
@@ -147,6 +155,7 @@ async def _open_transport(
             protocol_version=protocol_version,
             log_prefix=log_prefix,
             server_stream=server_stream,
+            idle_timeout=idle_timeout,
         )
     elif target.sse is not None:
         transport = open_sse_transport(

@@ -28,9 +28,9 @@ from agentgw.upstream.mcp._common import (
     TransportClosed,
     decode_event,
     encode,
-    forward_headers,
     open_task_nursery,
     printable,
+    session_headers,
 )
 from agentgw.upstream.mcp._http import (
     SHORT_TIMEOUT,
@@ -62,6 +62,7 @@ class SseTransport:
     inbox: Inbox = attrs.field(factory=Inbox.create)
     log_prefix: str = ""
     session_id: str | None = None
+    keep_upstream_session: bool = False  # (no upstream session to keep)
     endpoint: Url | None = None
     _client_headers: Headers = attrs.field(factory=list)
     _connect_lock: trio.Lock = attrs.field(factory=trio.Lock)
@@ -74,12 +75,11 @@ class SseTransport:
         message: Message,
         *,
         headers: Sequence[tuple[bytes, bytes]] = (),
-        answers: list[Message] | None = None,
     ) -> None:
         """Raises UpstreamError if the upstream did not accept the message."""
         self.inbox.check_open()
         if headers:
-            self._client_headers = forward_headers(headers)
+            self._client_headers = session_headers(headers)
         endpoint = await self._connect()
         request_headers: Headers = [(b"content-type", b"application/json")]
         request_headers.extend(self._client_headers)

@@ -49,6 +49,7 @@ class StdioTransport:
     inbox: Inbox = attrs.field(factory=Inbox.create)
     log_prefix: str = ""
     session_id: str | None = None
+    keep_upstream_session: bool = False  # (no upstream session to keep)
     _send_lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     def __repr__(self) -> str:
@@ -63,7 +64,6 @@ class StdioTransport:
         message: Message,
         *,
         headers: Sequence[tuple[bytes, bytes]] = (),
-        answers: list[Message] | None = None,
     ) -> None:
         self.inbox.check_open()
         stdin = self.process.stdin

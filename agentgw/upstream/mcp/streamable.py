@@ -2,31 +2,32 @@
 
 How this works: every ``send`` is one POST on its own pooled connection.
 For a notification or a response the upstream answers 202 at once, and
-``send`` waits for that. For a request, ``send`` reads the answer's head. A
-JSON answer (the common case) is read at once and goes to the inbox, or
-straight back to a caller that passed ``answers``: no task and no queue on
-the hot path. An SSE answer (progress, server requests and finally the
-response) is read on by a task of the transport's nursery, so many requests
-are in flight at once. Whatever fails after the POST was written is
-answered on the upstream's behalf with a JSON-RPC error for that request
-id, so that no caller waits forever.
+``send`` waits for that. For a request, ``send`` reads the answer's head and
+returns an ``Answer``: a JSON answer (the common case) is read at once; an
+SSE answer (progress, server requests and finally the response) is read by
+the caller, in the caller's task, through ``Answer.stream``. So the answer
+belongs to the request that asked for it: a caller that leaves closes the
+exchange, and nothing reads on behind it. A stream that ends early is
+resumed with a GET and ``Last-Event-ID`` when the server gave event ids.
+Whatever fails after the POST was written becomes a JSON-RPC error for that
+request id, so that no caller waits forever; its text is generic, and the
+detail goes to the log.
 
 The client's ``Mcp-Protocol-Version`` goes on the initialize POST as it
 came. The session id comes from the initialize response's
 ``Mcp-Session-Id``, the protocol version from its result; both go on every
-later request. Once the
-session is initialized, a task holds the standalone GET stream open (405:
-the server has none). An SSE stream that ends early is resumed with a GET
-and ``Last-Event-ID`` when the server gave event ids. A 404 while holding a
-session id means the session expired: the transport closes. Closing the
-transport DELETEs the session, best effort and bounded.
+later request. Once the session is initialized, a task of the transport
+holds the standalone GET stream open (405: the server has none); what comes
+on it goes to the inbox that ``receive`` reads. A 404 while holding a session
+id means the session expired: the transport closes. Closing the transport
+DELETEs the session, best effort and bounded.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 
 import attrs
@@ -37,6 +38,7 @@ from agentgw.errors import UpstreamError
 from agentgw.mcp.versions import is_stateless_revision
 from agentgw.tls import ClientTLS
 from agentgw.upstream.mcp._common import (
+    Answer,
     Inbox,
     Message,
     TransportClosed,
@@ -44,10 +46,11 @@ from agentgw.upstream.mcp._common import (
     decode_event,
     encode,
     error_response,
-    forward_headers,
     is_response_to,
+    named,
     open_task_nursery,
     printable,
+    session_headers,
 )
 from agentgw.upstream.mcp._http import (
     SHORT_TIMEOUT,
@@ -78,7 +81,6 @@ DELETE_TIMEOUT = 2.0
 DEFAULT_RETRY = 1.0
 MAX_RETRY = 30.0
 MAX_RECONNECTS = 3
-AFTER_RESPONSE_GRACE = 5.0
 
 
 @attrs.define(eq=False)
@@ -91,6 +93,108 @@ class _Stream:
     retry: float = DEFAULT_RETRY
     answered: bool = False
     events: int = 0
+
+    def learn(self, decoder: SSEDecoder) -> None:
+        if decoder.last_event_id:
+            self.last_event_id = decoder.last_event_id
+        if decoder.retry is not None:
+            self.retry = min(decoder.retry / 1000, MAX_RETRY)
+
+
+def _event_messages(
+    event: SSEEvent, stream: _Stream, target: str, log_prefix: str
+) -> list[Message]:
+    if event.event != "message" or not event.data.strip():
+        return []
+    stream.events += 1
+    messages = decode_event(event.data, target, log_prefix)
+    for message in messages:
+        if is_response_to(message, stream.request_id):
+            stream.answered = True
+    return messages
+
+
+@attrs.define(eq=False)
+class _SseAnswer:
+    """The SSE answer to one POSTed request, read by the caller: a state
+    machine, so that ``next`` can be cancelled and called again. A stream
+    the upstream drops before the response is resumed with Last-Event-ID
+    (up to ``MAX_RECONNECTS`` times) when it gave event ids."""
+
+    transport: StreamableTransport
+    stream: _Stream
+    ex: Exchange | None
+    decoder: SSEDecoder = attrs.field(factory=new_decoder)
+    queue: collections.deque[Message] = attrs.field(factory=collections.deque)
+    resumes: int = 0
+    is_done: bool = False
+
+    async def next(self) -> Message | None:
+        transport, stream = self.transport, self.stream
+        while True:
+            if self.queue:
+                message = self.queue.popleft()
+                transport._note(message)
+                if stream.answered and not self.queue:
+                    self.close()  # the response is the last word
+                return message
+            if self.is_done:
+                return None
+            try:
+                if self.ex is None:
+                    self.ex = await self._resume()
+                    if self.ex is None:
+                        return self._give_up(None)
+                chunk = await self.ex.next_chunk(transport.idle_timeout)
+            except TransportClosed as exc:
+                return self._give_up(error_response(stream.request_id, exc.reason))
+            except UpstreamError as exc:
+                self._drop()
+                if stream.last_event_id is None or self.resumes >= MAX_RECONNECTS:
+                    return self._give_up(transport._failed(stream.request_id, exc))
+                continue
+            if chunk is None:  # the stream ended
+                self._drop()
+                continue
+            try:
+                events = self.decoder.feed(chunk)
+            except UpstreamError as exc:  # an oversized or broken event
+                self.close()
+                return self._give_up(transport._failed(stream.request_id, exc))
+            for event in events:
+                self.queue.extend(
+                    _event_messages(event, stream, transport.target, transport.log_prefix)
+                )
+            stream.learn(self.decoder)
+
+    async def _resume(self) -> Exchange | None:
+        stream = self.stream
+        if stream.answered or stream.last_event_id is None or self.resumes >= MAX_RECONNECTS:
+            return None
+        self.resumes += 1
+        self.decoder = new_decoder()
+        return await self.transport.resume(stream)
+
+    def _give_up(self, message: Message | None) -> Message | None:
+        self.close()
+        if message is None and not self.stream.answered:
+            exc = UpstreamError(
+                "upstream protocol error", detail="the stream ended without a response"
+            )
+            message = self.transport._failed(self.stream.request_id, exc)
+        if message is not None:
+            self.transport._note(message)
+        return message
+
+    def _drop(self) -> None:
+        if self.ex is not None:
+            self.ex.release()
+            self.ex = None
+
+    def close(self) -> None:
+        self.is_done = True
+        self._drop()
+        self.transport._initializing.discard(self.stream.request_id)
 
 
 def _initialize_version(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
@@ -118,6 +222,8 @@ class StreamableTransport:
     keep_upstream_session: bool = False
     # Hold the standalone GET stream (False where another process holds it).
     server_stream: bool = True
+    # How long an SSE stream may stay silent before it is dropped.
+    idle_timeout: float = STREAM_IDLE_TIMEOUT
     _client_headers: Headers = attrs.field(factory=list)
     _initializing: set[object] = attrs.field(factory=set)
     _get_started: bool = False
@@ -131,24 +237,24 @@ class StreamableTransport:
     # ------------------------------------------------------------ the interface
 
     async def send(
-        self,
-        message: Message,
-        *,
-        headers: Sequence[tuple[bytes, bytes]] = (),
-        answers: list[Message] | None = None,
-    ) -> None:
-        """Raises UpstreamError (TransportClosed once the session is gone)
-        if the upstream did not take the message. Messages of a JSON answer
-        go to ``answers`` when given, else to the inbox."""
+        self, message: Message, *, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> Answer | None:
+        """Send one message; for a request, the ``Answer`` read from this
+        POST (None when the upstream answered 202: the answer then comes on
+        the GET stream, through ``receive``).
+
+        Raises:
+            UpstreamError: the upstream did not take the message
+                (``TransportClosed`` once the session is gone).
+        """
         self.inbox.check_open()
         if headers:
-            self._client_headers = forward_headers(headers)
+            self._client_headers = session_headers(headers)
         request = is_request(message)
         request_id = message.get("id")
         initialize = request and message.get("method") == "initialize"
         if initialize:
             self._initializing.add(request_id)
-        if initialize:
             post_headers = self._headers(ACCEPT_BOTH, JSON, with_version=False)
             post_headers += _initialize_version(headers)
         else:
@@ -160,20 +266,18 @@ class StreamableTransport:
         except BaseException:
             self._initializing.discard(request_id)
             raise
+        answer = None
         if request:
-            read = await self._start_answer(ex, request_id)
-            if answers is not None:
-                answers.extend(read)
-            else:
-                for answer in read:
-                    await self.inbox.put(answer)
+            answer = await self._start_answer(ex, request_id)
         else:
             try:
                 response = await receive_head(self.target, ex, SHORT_TIMEOUT)
                 self._check_session(response.status)
                 if not is_success(response):
-                    status = response.status
-                    raise UpstreamError(f"target {self.target}: upstream answered HTTP {status}")
+                    raise UpstreamError(
+                        "upstream protocol error",
+                        detail=f"target {self.target}: answered HTTP {response.status}",
+                    )
                 await drain(self.target, ex)
             finally:
                 ex.release()
@@ -187,6 +291,7 @@ class StreamableTransport:
         ):
             self._get_started = True
             self.nursery.start_soon(self._serve_get_stream)
+        return answer
 
     async def receive(self) -> Message:
         return await self.inbox.get()
@@ -209,7 +314,10 @@ class StreamableTransport:
     def _check_session(self, status: int) -> None:
         if status == 404 and self.session_id is not None:
             self.inbox.close(f"target {self.target}: session expired")
-            raise TransportClosed(f"target {self.target}: session expired")
+            raise TransportClosed(
+                f"target {self.target}: upstream session expired",
+                detail=f"target {self.target}: answered 404 to session {self.session_id}",
+            )
 
     def _note(self, message: Message) -> None:
         """Learn the protocol version from an initialize answer."""
@@ -221,72 +329,44 @@ class StreamableTransport:
             if isinstance(version, str):
                 self.protocol_version = version
 
-    async def _push(self, message: Message) -> None:
-        self._note(message)
-        await self.inbox.put(message)
+    def _failed(self, request_id: object, exc: UpstreamError) -> Message:
+        logger.info("%s%s", self.log_prefix, exc.log_text)
+        return error_response(request_id, named(self.target, exc).reason)
 
-    async def _start_answer(self, ex: Exchange, request_id: object) -> list[Message]:
+    async def _start_answer(self, ex: Exchange, request_id: object) -> Answer | None:
         """Read the answer to the POSTed request ``request_id`` up to its head.
-        A JSON body is read here and its messages returned; an SSE stream is
-        handed to a task that reads it into the inbox. Never raises for what
-        the upstream does: a failure becomes the request's error answer."""
+        A JSON body is read here; an SSE body is left for the caller to read
+        (``Answer.stream``), in its own task. Never raises for what the
+        upstream does: a failure becomes the request's error answer."""
         stream = _Stream(request_id)
-        answers: list[Message] = []
+        messages: collections.deque[Message] = collections.deque()
         handed_over = False
         try:
             try:
                 response = await self._receive_post_head(ex, stream)
-                if response is not None and is_event_stream(response):
-                    self.nursery.start_soon(self._read_answer, ex, stream)
-                    handed_over = True  # the task releases the exchange
-                    return answers
-                if response is not None:
-                    await self._read_json_answer(ex, stream, response, answers)
+                if response is None:
+                    return None
+                if is_event_stream(response):
+                    handed_over = True  # the answer releases the exchange
+                    return Answer(messages, _SseAnswer(self, stream, ex))
+                await self._read_json_answer(ex, stream, response, messages)
             finally:
                 if not handed_over:
                     ex.release()
             if not stream.answered:
-                answers.append(self._error(request_id, "upstream ended without a response"))
-        except TransportClosed:
-            pass  # the closed inbox tells the reader
+                exc = UpstreamError("upstream protocol error", detail="no response in the answer")
+                messages.append(self._failed(request_id, exc))
+        except TransportClosed as exc:
+            messages.append(error_response(request_id, exc.reason))
         except UpstreamError as exc:
-            logger.info("%s%s", self.log_prefix, exc.reason)
             if not stream.answered:
-                answers.append(error_response(request_id, exc.reason))
+                messages.append(self._failed(request_id, exc))
         finally:
             if not handed_over:
-                for answer in answers:
-                    self._note(answer)
+                for message in messages:
+                    self._note(message)
                 self._initializing.discard(request_id)
-        return answers
-
-    async def _read_answer(self, ex: Exchange, stream: _Stream) -> None:
-        """Read the SSE answer to a POSTed request into the inbox: never
-        raises for what the upstream does."""
-        request_id = stream.request_id
-        try:
-            try:
-                await self._read_stream(ex, stream)
-            finally:
-                ex.release()
-            while not stream.answered and stream.last_event_id is not None:
-                if not await self._resume(stream):
-                    break
-            if not stream.answered:
-                await self.inbox.put(
-                    self._error(request_id, "upstream ended the stream without a response")
-                )
-        except TransportClosed:
-            pass
-        except UpstreamError as exc:
-            logger.info("%s%s", self.log_prefix, exc.reason)
-            if not stream.answered:
-                await self.inbox.put(error_response(request_id, exc.reason))
-        finally:
-            self._initializing.discard(request_id)
-
-    def _error(self, request_id: object, text: str) -> Message:
-        return error_response(request_id, f"target {self.target}: {text}")
+        return Answer(messages)
 
     async def _receive_post_head(self, ex: Exchange, stream: _Stream) -> UpstreamResponse | None:
         """The head of a POST's answer; None when there is no body to read
@@ -303,7 +383,11 @@ class StreamableTransport:
         return response
 
     async def _read_json_answer(
-        self, ex: Exchange, stream: _Stream, response: UpstreamResponse, answers: list[Message]
+        self,
+        ex: Exchange,
+        stream: _Stream,
+        response: UpstreamResponse,
+        answers: collections.deque[Message],
     ) -> None:
         if not is_success(response):
             body = await read_body(self.target, ex, limit=65536)
@@ -314,78 +398,66 @@ class StreamableTransport:
                     return
             summary = f": {printable(body, 200)}" if body else ""
             raise UpstreamError(
-                f"target {self.target}: upstream answered HTTP {response.status}{summary}"
+                "upstream protocol error",
+                detail=f"target {self.target}: answered HTTP {response.status}{summary}",
             )
-        if media_type(response) != b"application/json":
+        kind = media_type(response)
+        if kind != b"application/json":
             raise UpstreamError(
-                f"target {self.target}: unexpected content type "
-                f"{media_type(response).decode('latin-1')!r}"
+                "upstream protocol error",
+                detail=f"target {self.target}: content type {kind.decode('latin-1')!r}",
             )
         body = await read_body(self.target, ex)
         if not body.strip():
             return
         try:
             messages = decode(body)
-        except ValueError:
-            raise UpstreamError(f"target {self.target}: response is not JSON-RPC")
+        except ValueError as exc:
+            raise UpstreamError(
+                "upstream protocol error", detail=f"target {self.target}: not JSON-RPC: {exc}"
+            ) from None
         for message in messages:
             stream.answered = stream.answered or is_response_to(message, stream.request_id)
             answers.append(message)
 
-    async def _read_stream(self, ex: Exchange, stream: _Stream) -> None:
+    async def _read_stream(self, ex: Exchange, stream: _Stream) -> AsyncGenerator[Message, None]:
+        """The messages of one SSE stream (the GET stream's); ``stream``
+        learns its last event id and retry as they come."""
         decoder = new_decoder()
         try:
-            await self._read_events(ex, stream, decoder)
+            async with aclosing(iter_events(self.target, ex, decoder, self.idle_timeout)) as events:
+                async for event in events:
+                    for message in _event_messages(event, stream, self.target, self.log_prefix):
+                        yield message
         finally:
-            if decoder.last_event_id:
-                stream.last_event_id = decoder.last_event_id
-            if decoder.retry is not None:
-                stream.retry = min(decoder.retry / 1000, MAX_RETRY)
+            stream.learn(decoder)
 
-    async def _read_events(self, ex: Exchange, stream: _Stream, decoder: SSEDecoder) -> None:
-        deadline = math.inf
-        async with aclosing(iter_events(self.target, ex, decoder)) as events:
-            while True:
-                event: SSEEvent | None = None
-                with trio.move_on_at(deadline):
-                    event = await anext(events, None)
-                if event is None:
-                    return
-                if event.event != "message" or not event.data.strip():
-                    continue
-                stream.events += 1
-                for message in decode_event(event.data, self.target, self.log_prefix):
-                    if is_response_to(message, stream.request_id):
-                        stream.answered = True
-                        # The stream should end now; one that does not is
-                        # dropped (and its connection closed) soon after.
-                        deadline = trio.current_time() + AFTER_RESPONSE_GRACE
-                    await self._push(message)
-
-    async def _resume(self, stream: _Stream) -> bool:
-        """Resume ``stream`` with a GET and Last-Event-ID. False if the
-        server will not."""
-        await trio.sleep(stream.retry)
+    async def resume(self, stream: _Stream) -> Exchange | None:
+        """A GET resuming ``stream`` with Last-Event-ID, after its retry
+        delay; None if the server will not resume it."""
         assert stream.last_event_id is not None
-        resume = (b"last-event-id", stream.last_event_id.encode())
+        last, stream.last_event_id = stream.last_event_id, None
+        await trio.sleep(stream.retry)
+        resume = (b"last-event-id", last.encode())
         ex = await start_request(
             self.pool, self.target, self.url, b"GET", self._headers(ACCEPT_SSE, resume)
         )
         try:
             response = await receive_head(self.target, ex, SHORT_TIMEOUT)
             self._check_session(response.status)
-            if not is_success(response) or not is_event_stream(response):
-                logger.info(
-                    "%starget %s: cannot resume a stream (HTTP %d)",
-                    self.log_prefix,
-                    self.target,
-                    response.status,
-                )
-                return False
-            await self._read_stream(ex, stream)
-            return True
-        finally:
+        except BaseException:
             ex.release()
+            raise
+        if is_success(response) and is_event_stream(response):
+            return ex
+        ex.release()
+        logger.info(
+            "%starget %s: cannot resume a stream (HTTP %d)",
+            self.log_prefix,
+            self.target,
+            response.status,
+        )
+        return None
 
     # ------------------------------------------------------------ the GET stream
 
@@ -415,7 +487,9 @@ class StreamableTransport:
                         )
                         return
                     before = stream.events
-                    await self._read_stream(ex, stream)
+                    async with aclosing(self._read_stream(ex, stream)) as messages:
+                        async for message in messages:
+                            await self.inbox.put(message)
                     failures = 0 if stream.events > before else failures + 1
                 finally:
                     ex.release()
@@ -423,7 +497,7 @@ class StreamableTransport:
                 return
             except UpstreamError as exc:
                 failures += 1
-                logger.info("%sGET stream: %s", self.log_prefix, exc.reason)
+                logger.info("%sGET stream: %s", self.log_prefix, exc.log_text)
             if failures >= MAX_RECONNECTS:
                 logger.warning(
                     "%starget %s: GET stream keeps failing, giving up", self.log_prefix, self.target
@@ -455,7 +529,7 @@ class StreamableTransport:
                     response.status,
                 )
             except UpstreamError as exc:
-                logger.debug("%sDELETE session: %s", self.log_prefix, exc.reason)
+                logger.debug("%sDELETE session: %s", self.log_prefix, exc.log_text)
 
 
 def _messages(body: bytes) -> list[Message]:
@@ -476,6 +550,7 @@ async def open_streamable_transport(
     protocol_version: str | None = None,
     log_prefix: str = "",
     server_stream: bool = True,
+    idle_timeout: float | None = None,
 ) -> AsyncIterator[StreamableTransport]:
     """A Streamable HTTP client of ``spec``; nothing is sent until ``send``.
 
@@ -493,6 +568,7 @@ async def open_streamable_transport(
             protocol_version=protocol_version,
             log_prefix=log_prefix,
             server_stream=server_stream,
+            idle_timeout=idle_timeout or STREAM_IDLE_TIMEOUT,
         )
         try:
             yield transport

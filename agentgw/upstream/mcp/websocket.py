@@ -35,9 +35,9 @@ from agentgw.upstream.mcp._common import (
     TransportClosed,
     decode,
     encode,
-    forward_headers,
     open_task_nursery,
     printable,
+    session_headers,
 )
 from agentgw.upstream.mcp._http import Url, target_url
 from agentgw.upstream.pool import ConnectionPool
@@ -60,6 +60,7 @@ class WebSocketTransport:
     inbox: Inbox = attrs.field(factory=Inbox.create)
     log_prefix: str = ""
     session_id: str | None = None
+    keep_upstream_session: bool = False  # (no upstream session to keep)
     _connection: WebSocketConnection | None = None
     _connect_lock: trio.Lock = attrs.field(factory=trio.Lock)
 
@@ -71,7 +72,6 @@ class WebSocketTransport:
         message: Message,
         *,
         headers: Sequence[tuple[bytes, bytes]] = (),
-        answers: list[Message] | None = None,
     ) -> None:
         """Raises UpstreamError if the upstream cannot be reached,
         TransportClosed once the connection is gone."""
@@ -90,7 +90,7 @@ class WebSocketTransport:
         async with self._connect_lock:
             self.inbox.check_open()
             if self._connection is None:
-                self._connection = await self.nursery.start(self._serve, forward_headers(headers))
+                self._connection = await self.nursery.start(self._serve, session_headers(headers))
             return self._connection
 
     async def _serve(

@@ -1,12 +1,13 @@
 """The streaming reverse proxy for ``host`` backends.
 
-How this works: the request head goes upstream with hop-by-hop headers
-removed; the body is streamed chunk by chunk. Once the client's body is done,
-a watcher task reads the client socket so that a client that goes away
-cancels the exchange at once. The response is streamed back chunk by chunk:
-each chunk is written to the client before the next is read from the
-upstream, so a client that stops reading pauses the upstream read and memory
-stays flat. The upstream connection is pooled only if the exchange completed.
+How this works: the request head goes upstream through the one header
+filter (``wire.http.forward_headers``) and the route's header rules; the body
+is streamed chunk by chunk. Once the client's body is done, a client that
+goes away cancels the exchange (``ServerRequest.run_watched``). The response
+is streamed back chunk by chunk: each chunk is written to the client before
+the next is read from the upstream, so a client that stops reading pauses the
+upstream read and memory stays flat. The upstream connection is pooled only
+if the exchange completed.
 
 An upstream failure answers the client with the error's generic reason
 ("upstream protocol error"); the upstream's address and the cause go to the
@@ -17,32 +18,19 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import aclosing, nullcontext
 
 import h11
 import trio
 
-from agentgw.errors import (
-    AbortResponse,
-    ClientGone,
-    UpstreamError,
-    UpstreamTimeout,
-)
-from agentgw.policy.pipeline import (
-    RequestView,
-    RoutePolicies,
-    forwarded_headers,
-    modify_headers,
-    upstream_credentials,
-)
+from agentgw.errors import AbortResponse, UpstreamError, UpstreamTimeout
+from agentgw.policy.pipeline import modify_headers
 from agentgw.policy.pipeline import response_headers as route_response_headers
+from agentgw.relay.context import RequestContext
 from agentgw.server.connection import ServerRequest
 from agentgw.upstream.pool import ConnectionPool, Exchange, Origin
 from agentgw.wire.http import Headers, header_value, is_websocket_upgrade, strip_hop_by_hop
-from agentgw.wire.tls import encode_connection
-from agentgw.workers import CLIENT_HEADER as WORKER_CLIENT_HEADER
-from agentgw.workers import TLS_HEADER as WORKER_TLS_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -50,31 +38,27 @@ SMALL_BODY = 65536
 
 
 async def proxy_request(
-    req: ServerRequest,
+    ctx: RequestContext,
     pool: ConnectionPool,
     origin: Origin,
-    policies: RoutePolicies,
     *,
     response_timeout: float,
 ) -> None:
-    """Forward ``req`` to ``origin`` and stream the answer back.
+    """Forward the request to ``origin`` and stream the answer back.
 
     Upstream failures before the response started become 502/503/504 with a
     short body; after it started, the client's connection is aborted.
     """
-    view = RequestView(req.method, req.path, req.headers)
+    req, policies = ctx.req, ctx.policies
     timeout = policies.timeout
     if timeout is not None and timeout.backend_request_timeout is not None:
         response_timeout = timeout.backend_request_timeout
     request_timeout = timeout.request_timeout if timeout is not None else None
     upgrade = is_websocket_upgrade(req.headers)
-    headers = strip_hop_by_hop(req.headers, keep_upgrade=upgrade)
-    headers = modify_headers(policies.request_headers, headers)
-    headers = upstream_credentials(policies, req.identity, headers)
-    headers = forwarded_headers(headers, req.client[0], req.scheme.encode())
+    headers = modify_headers(policies.request_headers, ctx.upstream_headers(keep_upgrade=upgrade))
 
     def answer_headers(headers: Headers) -> Headers:
-        return route_response_headers(policies, view, headers)
+        return route_response_headers(policies, ctx.view, headers)
 
     exchange = pool.open_exchange(origin)
     try:
@@ -97,23 +81,25 @@ async def _upstream_failed(req: ServerRequest, exc: UpstreamError) -> None:
     await req.respond(exc.status, exc.http_body(), [(b"connection", b"close"), *exc.headers])
 
 
-async def relay_to_worker(req: ServerRequest, pool: ConnectionPool, path: str) -> bool:
+async def relay_to_worker(
+    req: ServerRequest, pool: ConnectionPool, path: str, facts: Headers
+) -> bool:
     """Relay ``req`` as it came, streaming both ways, to the sibling worker
-    listening on the Unix socket ``path`` (see ``agentgw.workers``), naming
-    the client in a header only that socket trusts.
+    listening on the Unix socket ``path`` (see ``agentgw.workers``), with
+    ``facts``: headers only that socket trusts (the client's address, its
+    TLS connection); a client's own headers of those names are dropped.
 
     Returns:
         False if that worker is not there (nothing was sent).
     """
     upgrade = is_websocket_upgrade(req.headers)
+    named = {name for name, _ in facts}
     headers = [
         (name, value)
         for name, value in strip_hop_by_hop(req.headers, keep_upgrade=upgrade)
-        if name not in (WORKER_CLIENT_HEADER, WORKER_TLS_HEADER)
+        if name not in named
     ]
-    headers.append((WORKER_CLIENT_HEADER, f"{req.client[0]}:{req.client[1]}".encode()))
-    if req.tls is not None:
-        headers.append((WORKER_TLS_HEADER, encode_connection(req.tls)))
+    headers.extend(facts)
     exchange = pool.open_exchange(Origin(path, 0))
     try:
         try:
@@ -184,37 +170,9 @@ async def _exchange(
                 "upstream protocol error", detail=f"cannot relay the response: {exc}"
             ) from exc
 
-    await run_watching_client(req, forward)
+    await req.run_watched(forward)
     if response_head:
         await _tunnel(req, exchange, response_head[0])
-
-
-async def run_watching_client(req: ServerRequest, work: Callable[[], Awaitable[None]]) -> None:
-    """Run ``work``; if the client closes its connection meanwhile, cancel it
-    and raise ``ClientGone``. Call only once the request body is done."""
-    failure: Exception | None = None
-    gone = done = False
-
-    async def watch(scope: trio.CancelScope) -> None:
-        nonlocal gone
-        await req.watch_disconnect()
-        gone = True
-        scope.cancel()
-
-    # ``work`` runs in this task; only the watcher is a task of its own.
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, nursery.cancel_scope)
-        try:
-            await work()
-            done = True
-        except Exception as exc:  # re-raised below, outside the nursery
-            failure = exc
-        finally:
-            nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    if gone and not (done or req.is_response_done):  # leaving after the answer loses nothing
-        raise ClientGone("client disconnected")
 
 
 async def _tunnel(req: ServerRequest, exchange: Exchange, headers: Headers) -> None:

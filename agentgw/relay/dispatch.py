@@ -1,0 +1,287 @@
+"""One client message in a session: what the gateway does with it.
+
+How this works: ``dispatch`` looks at the method. ``initialize`` and the list
+methods fan out to every target (``fan_out``) and are merged
+(``mcp/merge.py``), lists filtered item by item by ``mcpAuthorization``;
+``ping`` is answered here; a call is routed to its target
+(``mcp.federation.route_call``), judged by ``mcpAuthorization`` and the
+rate limits, and forwarded. A forwarded request's messages go to the outbox
+as they come, its response last; the wait for the first one is bounded by
+the route's ``backendRequestTimeout`` (else ``upstreamResponseTimeout``),
+the whole call by its ``requestTimeout``, and an idle stream gets keep-alive
+comments. Every failure is an error of ``agentgw.errors``, rendered once, as
+the JSON-RPC error for the message's id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import nullcontext
+from typing import Any
+
+import attrs
+import trio
+
+from agentgw.errors import (
+    HTTPError,
+    InvalidParams,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from agentgw.mcp import merge
+from agentgw.mcp.federation import (
+    CALL_KINDS,
+    LIST_KINDS,
+    LIST_METHODS,
+    McpRoute,
+    call_name,
+    list_messages,
+    outbound,
+    params_of,
+    route_call,
+)
+from agentgw.policy import authz
+from agentgw.relay.context import RequestContext, UpstreamHeaders
+from agentgw.relay.outbox import Outbox
+from agentgw.relay.session import Message, RelaySession, is_final
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Timeouts:
+    """Bounds of one forwarded call (seconds; ``math.inf``: none)."""
+
+    first_reply: float = 300.0
+    whole: float = math.inf
+    keepalive: float = 15.0
+
+
+def make_result(msg_id: Any, result: Any) -> Message:
+    return {"jsonrpc": "2.0", "id": msg_id, "result": result}
+
+
+def note_failure(ctx: RequestContext, exc: HTTPError) -> None:
+    ctx.record.error = exc.log_text
+
+
+async def dispatch(
+    ctx: RequestContext,
+    route: McpRoute,
+    session: RelaySession,
+    message: Message,
+    headers: UpstreamHeaders,
+    outbox: Outbox,
+    timeouts: Timeouts,
+) -> None:
+    """Handle one client message; answers go to ``outbox``."""
+    method = message.get("method")
+    if method is None:  # the client's answer to a server-to-client request
+        await session.answer(message, headers)
+        return
+    if "id" not in message:
+        await notification(session, message, headers)
+        return
+    msg_id = message["id"]
+    try:
+        if method == "initialize":
+            if session.protocol_version is not None:
+                raise InvalidParams("session already initialized")
+            await outbox.send(await initialize(session, route, message, headers), final=True)
+        elif method == "ping":
+            await outbox.send(make_result(msg_id, {}), final=True)
+        elif method in LIST_METHODS:
+            await outbox.send(await list_all(ctx, route, session, message, headers), final=True)
+        elif method == "logging/setLevel":
+            await fan_out(session, dict.fromkeys(session.transports, message), headers)
+            await outbox.send(make_result(msg_id, {}), final=True)
+        else:
+            target, rewritten = _judge_call(ctx, route, message)
+            await forward(route, session, target, rewritten, headers, outbox, timeouts)
+    except HTTPError as exc:
+        note_failure(ctx, exc)
+        await outbox.send(exc.rpc_error(msg_id), final=True)
+
+
+def _judge_call(ctx: RequestContext, route: McpRoute, message: Message) -> tuple[str, Message]:
+    """The call's target and rewritten message, once routing,
+    ``mcpAuthorization`` and the rate limits let it through."""
+    method = str(message["method"])
+    log = ctx.record.extra
+    try:
+        target, rewritten = route_call(route, message)
+    except InvalidParams:
+        log["mcp.name_known"] = "false"
+        raise
+    log["mcp.target"] = target
+    name = call_name(message)
+    if name is not None:
+        log["mcp.resource" if "uri" in params_of(message) else "mcp.tool"] = name
+    if method in CALL_KINDS:
+        kind, label = CALL_KINDS[method]
+        if not ctx.allows(method, kind, call_name(rewritten) or "", target):
+            # Indistinguishable from a name that does not exist.
+            raise InvalidParams(f"{label}: {name}", detail="denied by mcpAuthorization")
+    limits = route.rate_limits
+    if limits is not None:
+        tool = call_name(rewritten) if method == "tools/call" else None
+        variables = ctx.variables()
+        if tool is not None:
+            variables = authz.mcp_variables(
+                variables, method=method, kind="tool", name=tool, target=target
+            )
+        limited = limits.check(method=method, target=target, tool=tool, variables=variables)
+        if limited is not None:
+            raise limited.error()
+    return target, rewritten
+
+
+async def notification(session: RelaySession, message: Message, headers: UpstreamHeaders) -> None:
+    params = params_of(message)
+    if message.get("method") == "notifications/cancelled":
+        found = session.upstream_id_for(params.get("requestId"))
+        if found is not None:
+            target, upstream_id = found
+            cancel = {**message, "params": {**params, "requestId": upstream_id}}
+            await session.notify(target, cancel, headers)
+        return
+    for target in list(session.transports):
+        try:
+            await session.notify(target, message, headers)
+        except UpstreamError as exc:
+            logger.info("notification to %s failed: %s", target, exc.log_text)
+
+
+async def initialize(
+    session: RelaySession, route: McpRoute, message: Message, headers: UpstreamHeaders
+) -> Message:
+    """Initialize every target and merge what they say."""
+    results, errors = await fan_out(session, dict.fromkeys(route.target_names, message), headers)
+    if errors and (not route.fail_open or not results):
+        text = "; ".join(f"target {t}: {e}" for t, e in sorted(errors.items()))
+        raise UpstreamError(text)
+    version = params_of(message).get("protocolVersion")
+    merged = merge.merge_initialize(results, client_version=version)
+    session.protocol_version = merged.get("protocolVersion")
+    return make_result(message["id"], merged)
+
+
+async def list_all(
+    ctx: RequestContext,
+    route: McpRoute,
+    session: RelaySession,
+    message: Message,
+    headers: UpstreamHeaders,
+) -> Message:
+    """A list method, from every target, merged with federated cursors."""
+    method = str(message["method"])
+    cursor = params_of(message).get("cursor")
+    try:
+        state = merge.targets_to_query(cursor or None, route.target_names)
+    except ValueError:
+        raise InvalidParams("invalid cursor") from None
+    pages, errors = await fan_out(session, list_messages(message, state), headers)
+    rules = ctx.rules
+    if rules is not None:  # mcpAuthorization: each item judged on its own
+        key, kind = LIST_KINDS[method]
+        variables = ctx.variables()
+        for target, page in pages.items():
+            items = page.get(key)
+            if isinstance(items, list):
+                kept = authz.filter_list(rules, variables, method, items, kind, target)
+                pages[target] = {**page, key: kept}
+    prefix = route.prefix_uris if method.startswith("resources/") else route.prefix
+    result = merge.merge_list(
+        method,
+        pages,
+        prefix,
+        errors=errors,
+        failure_mode="failOpen" if route.fail_open else "failClosed",
+    )
+    return make_result(message["id"], result)
+
+
+async def fan_out(
+    session: RelaySession, messages: dict[str, Message], headers: UpstreamHeaders
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Send each target its message at once; collect results and errors."""
+    results: dict[str, dict[str, Any]] = {}
+    errors = {t: session.dead[t] for t in messages if t in session.dead}
+
+    async def one(target: str, message: Message) -> None:
+        try:
+            reply = await session.call(target, message, headers)
+        except UpstreamError as exc:
+            logger.info("%s", exc.log_text)
+            errors[target] = exc.reason
+            return
+        error = reply.get("error")
+        if isinstance(error, dict):
+            errors[target] = str(error.get("message"))
+        else:
+            result = reply.get("result")
+            results[target] = result if isinstance(result, dict) else {}
+
+    if len(messages) == 1:  # no nursery for one target
+        ((target, message),) = messages.items()
+        if target in session.transports:
+            await one(target, message)
+        elif target not in errors:
+            errors[target] = "upstream unavailable"
+        return results, errors
+    async with trio.open_nursery() as nursery:
+        for target, message in messages.items():
+            if target in session.transports:
+                nursery.start_soon(one, target, message)
+            elif target not in errors:
+                errors[target] = "upstream unavailable"
+    return results, errors
+
+
+async def forward(
+    route: McpRoute,
+    session: RelaySession,
+    target: str,
+    message: Message,
+    headers: UpstreamHeaders,
+    outbox: Outbox,
+    timeouts: Timeouts,
+) -> None:
+    """Forward one request; everything that belongs to it goes to
+    ``outbox``, its response last.
+
+    Raises:
+        UpstreamError: no response came (a timeout included).
+    """
+    method = str(message.get("method"))
+    whole = timeouts.whole
+    try:
+        with trio.fail_after(whole) if whole != math.inf else nullcontext():
+            async with session.request(target, message, headers) as call:
+                # A JSON answer is here already: no timer, no wait.
+                reply = call.next_nowait()
+                if reply is None:
+                    with trio.move_on_after(timeouts.first_reply):
+                        reply = await call.next()
+                    if reply is None:  # the wait was cut short
+                        raise UpstreamTimeout(
+                            f"target {target}: upstream timeout",
+                            detail=f"no answer in {timeouts.first_reply:g}s",
+                        )
+                while True:
+                    final = is_final(reply)
+                    await outbox.send(outbound(route, target, reply, method), final=final)
+                    if final:
+                        return
+                    next_reply = None
+                    while next_reply is None:
+                        with trio.move_on_after(timeouts.keepalive):
+                            next_reply = await call.next()
+                        if next_reply is None:
+                            await outbox.ping()
+                    reply = next_reply
+    except trio.TooSlowError:
+        raise UpstreamTimeout(
+            f"target {target}: upstream timeout", detail=f"no response in {whole:g}s"
+        ) from None
