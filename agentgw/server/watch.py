@@ -11,7 +11,9 @@ the client connection's nursery; when it sees the client close, it cancels
 the work's scope. A request that is answered within ``GRACE`` never starts
 one. The watch travels in a context variable, so the layers in between (the
 relay, the transports, the pool) need not pass it along; tasks spawned for
-the request (a fan-out) inherit it.
+the request (a fan-out) inherit it; so does a task the request starts that
+outlives it (an upstream's GET stream), which then never starts a watcher:
+the request is over and its connection's nursery may be closed.
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ class ClientWatch:
     deadline: float = attrs.field(factory=lambda: trio.current_time() + GRACE)
     is_started: bool = False
     is_gone: bool = False
+    is_over: bool = False  # the request's work has ended
     # Made when the watcher starts: most requests never need them.
     _stop: trio.CancelScope | None = None
     _stopped: trio.Event | None = None
 
     def start(self) -> None:
         """Start watching the client (once)."""
-        if not self.is_started:
+        if not self.is_started and not self.is_over:
             self.is_started = True
             self._stop, self._stopped = trio.CancelScope(), trio.Event()
             self.nursery.start_soon(self._run, self._stop, self._stopped)
@@ -94,6 +97,7 @@ async def run_watched(
             await work()
     finally:
         _CURRENT.reset(token)
+        state.is_over = True
         await state.stop()
     return state.is_gone
 
@@ -102,7 +106,7 @@ def watch_deadline() -> float:
     """When a wait that may be long should start watching the client
     (``math.inf``: no client to watch, or it is watched already)."""
     state = _CURRENT.get()
-    if state is None or state.is_started:
+    if state is None or state.is_started or state.is_over:
         return math.inf
     return state.deadline
 
