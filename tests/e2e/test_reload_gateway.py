@@ -9,13 +9,15 @@ import logging
 import os
 import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import h11
 import pytest
 import trio
+from mcp import Client as McpClient
+from mcp.client.sse import sse_client
 
 from agentgw.config import config_from_dict
 from tests.e2e.test_mcp_gateway import (
@@ -31,7 +33,7 @@ from tests.e2e.test_mcp_gateway import (
     stdio,
 )
 from tests.e2e.test_metrics import scrape, value, with_stats
-from tests.e2e.test_security import IdentityProvider, fresh, jwt_auth, secured
+from tests.e2e.test_security import IdentityProvider, fresh, good, jwt_auth, secured
 from tests.e2e.test_tls_listener import https
 from tests.support import (
     Client,
@@ -40,6 +42,7 @@ from tests.support import (
     free_port,
     open_client,
     proxy_config,
+    recording_mcp_upstream,
     request,
     run_gateway,
     serve_upstream,
@@ -280,11 +283,78 @@ async def test_the_shared_session_of_an_unchanged_route_survives_a_reload(
         assert len(_starts(log)) == 2  # a changed route gets a new one
 
 
+@pytest.mark.parametrize("transport", ["streamable", "sse"])
+async def test_an_old_session_gives_the_token_only_to_the_targets_it_was_made_with(
+    transport: str,
+) -> None:
+    tok = good()
+    passthrough: dict[str, Any] = {"backendAuth": {"passthrough": {}}}
+    async with (
+        serve_upstream(recording_mcp_upstream) as a,
+        serve_upstream(recording_mcp_upstream) as b,
+        serve_upstream(recording_mcp_upstream) as c,
+    ):
+        config = mcp_config(
+            {
+                "name": "a",
+                "mcp": {"host": f"http://127.0.0.1:{a.port}/mcp"},
+                "policies": passthrough,
+            },
+            {"name": "b", "mcp": {"host": f"http://127.0.0.1:{b.port}/mcp"}},
+        )
+        route = config["binds"][0]["listeners"][0]["routes"][0]
+        route["policies"] = {"jwtAuth": jwt_auth()}
+        route["matches"] = [{"path": {"pathPrefix": "/mcp"}}, {"path": {"pathPrefix": "/sse"}}]
+        # Target b moves to another server, which is to get the caller's token.
+        changed = json.loads(json.dumps(config))
+        targets = changed["binds"][0]["listeners"][0]["routes"][0]["backends"][0]["mcp"]["targets"]
+        targets[1] = {
+            "name": "b",
+            "mcp": {"host": f"http://127.0.0.1:{c.port}/mcp"},
+            "policies": passthrough,
+        }
+        bearer = f"Bearer {tok}".encode()
+        auth = ((b"authorization", bearer),)
+        async with run_gateway(config) as (gw, port), AsyncExitStack() as stack:
+            if transport == "sse":
+                # The SDK speaks the 2024-11-05 protocol over a legacy SSE stream.
+                opened = sse_client(
+                    f"http://127.0.0.1:{port}/sse", headers={"Authorization": f"Bearer {tok}"}
+                )
+                old = await stack.enter_async_context(McpClient(opened))
+
+                async def call_old(name: str) -> None:
+                    await old.call_tool(name, {})
+            else:
+                sid = await _initialize_at(port, "/mcp", auth)
+
+                async def call_old(name: str) -> None:
+                    status, body = await _call_at(port, "/mcp", sid, name, {}, auth)
+                    assert status == 200 and b"ok" in body, body
+
+            await call_old("b_who")
+            assert await gw.reload(config_from_dict(changed))
+            seen = len(b.seen)
+            await call_old("b_who")  # still target b as the session knew it: no token
+            await call_old("a_who")
+            assert len(b.seen) == seen + 1 and not c.seen
+            new = await _initialize_at(port, "/mcp", auth)
+            status, _ = await _call_at(port, "/mcp", new, "b_who", {}, auth)
+            assert status == 200
+        assert all(b"authorization" not in dict(r.headers) for r, _ in b.seen)
+        assert len(c.seen) >= 2
+        assert all(dict(r.headers).get(b"authorization") == bearer for r, _ in c.seen)
+        assert all(dict(r.headers).get(b"authorization") == bearer for r, _ in a.seen)
+
+
 def _pid_in(log: Path, index: int) -> int:
     return int(_starts(log)[index].split()[1])
 
 
-async def _initialize_at(port: int, path: str) -> str:
+Extra = tuple[tuple[bytes, bytes], ...]
+
+
+async def _initialize_at(port: int, path: str, extra: Extra = ()) -> str:
     body = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -295,9 +365,8 @@ async def _initialize_at(port: int, path: str) -> str:
             "clientInfo": {"name": "raw", "version": "1"},
         },
     }
-    resp = await request(
-        port, "POST", path, headers=[ACCEPT, JSON_CT], body=json.dumps(body).encode()
-    )
+    headers = [ACCEPT, JSON_CT, *extra]
+    resp = await request(port, "POST", path, headers=headers, body=json.dumps(body).encode())
     assert resp.status == 200, resp.body
     token = resp.header(b"mcp-session-id")
     assert token
@@ -305,7 +374,7 @@ async def _initialize_at(port: int, path: str) -> str:
 
 
 async def _call_at(
-    port: int, path: str, token: str, name: str, args: dict[str, Any]
+    port: int, path: str, token: str, name: str, args: dict[str, Any], extra: Extra = ()
 ) -> tuple[int, bytes]:
     body = {
         "jsonrpc": "2.0",
@@ -313,7 +382,7 @@ async def _call_at(
         "method": "tools/call",
         "params": {"name": name, "arguments": args},
     }
-    headers = [ACCEPT, JSON_CT, (b"mcp-session-id", token.encode())]
+    headers = [ACCEPT, JSON_CT, (b"mcp-session-id", token.encode()), *extra]
     resp = await request(port, "POST", path, headers=headers, body=json.dumps(body).encode())
     return resp.status, resp.body
 
