@@ -1,4 +1,6 @@
-"""The ``agentgw`` command: the only ``trio.run()``."""
+"""The ``agentgw`` command: parse the arguments, load the config, and run
+the gateway (one ``trio.run``), or its workers under a supervisor
+(``agentgw.workers``)."""
 
 from __future__ import annotations
 

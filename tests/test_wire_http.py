@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import h11
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from agentgw.errors import ClientError, UpstreamError
 from agentgw.wire.http import (
@@ -8,6 +11,7 @@ from agentgw.wire.http import (
     check_request_head,
     check_response_head,
     check_response_head_start,
+    fields_are_valid,
     split_target,
     strip_hop_by_hop,
     underscore_header_names,
@@ -238,3 +242,26 @@ def test_response_head_start_refuses_early() -> None:
 def test_underscore_header_names() -> None:
     headers = [(b"x_user", b"admin"), (b"x-user", b"a"), (b"_", b"")]
     assert underscore_header_names(headers) == [b"x_user", b"_"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.binary(max_size=12), st.from_regex(rb"[a-zA-Z_!~-]{0,8}", fullmatch=True)),
+            st.one_of(st.binary(max_size=20), st.from_regex(rb"[ \t!-~]{0,12}", fullmatch=True)),
+        ),
+        max_size=6,
+    )
+)
+def test_fields_are_valid_agrees_with_h11(headers: list[tuple[bytes, bytes]]) -> None:
+    # Framing fields have rules of their own, which h11 checks either way.
+    assume(all(n.lower() not in (b"content-length", b"transfer-encoding") for n, _ in headers))
+    try:
+        h11.Response(status_code=200, headers=headers)
+        h11_accepts = True
+    except h11.LocalProtocolError:
+        h11_accepts = False
+    if fields_are_valid(headers):
+        assert h11_accepts
+    if h11_accepts:
+        assert fields_are_valid(headers)

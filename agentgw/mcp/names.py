@@ -13,10 +13,10 @@ How this works (agentgateway ``crates/agentgateway/src/mcp/handler.rs`` and
   the target in the authority: ``ui://<target>+<rest>``.
 * ``prefixMode`` (default ``conditional``): with ``conditional`` names are
   prefixed only when the backend has more than one target, with ``always``
-  even for one, with ``never`` not at all (calls are then routed by asking
-  which target lists the name). URIs follow the same rule except under
-  ``never`` with several targets: they are still prefixed, since resources
-  cannot be routed by listing.
+  even for one, with ``never`` not at all (then, with several targets, a
+  call's name names no target and is refused as unknown). URIs follow the
+  same rule except under ``never`` with several targets: they are still
+  prefixed, so that reads can be routed.
 """
 
 from __future__ import annotations

@@ -41,10 +41,12 @@ from agentgw.mcp.federation import (
     params_of,
     route_call,
 )
+from agentgw.observability.tracing import Tracing
 from agentgw.policy import authz
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.outbox import Outbox
 from agentgw.relay.session import Message, RelaySession, is_final
+from agentgw.server.connection import ServerRequest
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +90,68 @@ async def dispatch(
         if method == "initialize":
             if session.protocol_version is not None:
                 raise InvalidParams("session already initialized")
-            await outbox.send(await initialize(session, route, message, headers), final=True)
+            answer = await initialize(session, route, message, headers, req=ctx.req)
+            await outbox.send(answer, final=True)
         elif method == "ping":
             await outbox.send(make_result(msg_id, {}), final=True)
         elif method in LIST_METHODS:
             await outbox.send(await list_all(ctx, route, session, message, headers), final=True)
         elif method == "logging/setLevel":
-            await fan_out(session, dict.fromkeys(session.transports, message), headers)
+            await fan_out(session, dict.fromkeys(session.transports, message), headers, req=ctx.req)
             await outbox.send(make_result(msg_id, {}), final=True)
         else:
             target, rewritten = _judge_call(ctx, route, message)
-            await forward(route, session, target, rewritten, headers, outbox, timeouts)
+            tracing = ctx.req.tracing()
+            if tracing is None:
+                await forward(route, session, target, rewritten, headers, outbox, timeouts)
+            else:
+                await _traced_forward(
+                    ctx, tracing, route, session, target, rewritten, headers, outbox, timeouts
+                )
     except HTTPError as exc:
         note_failure(ctx, exc)
         await outbox.send(exc.rpc_error(msg_id), final=True)
+
+
+async def _traced_forward(
+    ctx: RequestContext,
+    tracing: Tracing,
+    route: McpRoute,
+    session: RelaySession,
+    target: str,
+    message: Message,
+    headers: UpstreamHeaders,
+    outbox: Outbox,
+    timeouts: Timeouts,
+) -> None:
+    """``forward`` inside the gateway's own CLIENT span, whose trace context
+    goes on to the target (headers, and ``params._meta``)."""
+    method = str(message["method"])
+    attributes = _span_attributes(method, target)
+    if method == "tools/call":
+        attributes["gen_ai.tool.name"] = call_name(message) or ""
+    with tracing.upstream_call(ctx.req.span, method, attributes) as call:
+        message = call.meta(message)
+        if callable(headers):
+            per_target = headers
+            headers = lambda t: call.headers(list(per_target(t)))  # noqa: E731
+        else:
+            headers = call.headers(list(headers))
+        try:
+            await forward(route, session, target, message, headers, outbox, timeouts)
+        except HTTPError as exc:
+            call.finish(error=exc.reason)
+            raise
+        call.finish()
+
+
+def _span_attributes(method: str, target: str) -> dict[str, str | int]:
+    return {
+        "agentgateway.outbound.kind": "Primary",
+        "agentgateway.outbound.subtype": "Mcp",
+        "mcp.method.name": method,
+        "mcp.target": target,
+    }
 
 
 def _judge_call(ctx: RequestContext, route: McpRoute, message: Message) -> tuple[str, Message]:
@@ -112,7 +162,7 @@ def _judge_call(ctx: RequestContext, route: McpRoute, message: Message) -> tuple
     try:
         target, rewritten = route_call(route, message)
     except InvalidParams:
-        log["mcp.name_known"] = "false"
+        ctx.record.mcp_name_known = False
         raise
     log["mcp.target"] = target
     name = call_name(message)
@@ -154,10 +204,16 @@ async def notification(session: RelaySession, message: Message, headers: Upstrea
 
 
 async def initialize(
-    session: RelaySession, route: McpRoute, message: Message, headers: UpstreamHeaders
+    session: RelaySession,
+    route: McpRoute,
+    message: Message,
+    headers: UpstreamHeaders,
+    *,
+    req: ServerRequest | None = None,
 ) -> Message:
     """Initialize every target and merge what they say."""
-    results, errors = await fan_out(session, dict.fromkeys(route.target_names, message), headers)
+    messages = dict.fromkeys(route.target_names, message)
+    results, errors = await fan_out(session, messages, headers, req=req)
     if errors and (not route.fail_open or not results):
         text = "; ".join(f"target {t}: {e}" for t, e in sorted(errors.items()))
         raise UpstreamError(text)
@@ -181,7 +237,7 @@ async def list_all(
         state = merge.targets_to_query(cursor or None, route.target_names)
     except ValueError:
         raise InvalidParams("invalid cursor") from None
-    pages, errors = await fan_out(session, list_messages(message, state), headers)
+    pages, errors = await fan_out(session, list_messages(message, state), headers, req=ctx.req)
     rules = ctx.rules
     if rules is not None:  # mcpAuthorization: each item judged on its own
         key, kind = LIST_KINDS[method]
@@ -203,15 +259,29 @@ async def list_all(
 
 
 async def fan_out(
-    session: RelaySession, messages: dict[str, Message], headers: UpstreamHeaders
+    session: RelaySession,
+    messages: dict[str, Message],
+    headers: UpstreamHeaders,
+    *,
+    req: ServerRequest | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Send each target its message at once; collect results and errors."""
+    """Send each target its message at once; collect results and errors.
+    With ``req`` and tracing on, each call is an upstream span of its own."""
     results: dict[str, dict[str, Any]] = {}
     errors = {t: session.dead[t] for t in messages if t in session.dead}
+    tracing = req.tracing() if req is not None else None
 
     async def one(target: str, message: Message) -> None:
         try:
-            reply = await session.call(target, message, headers)
+            if tracing is None or req is None:
+                reply = await session.call(target, message, headers)
+            else:
+                method = str(message.get("method"))
+                with tracing.upstream_call(
+                    req.span, method, _span_attributes(method, target)
+                ) as call:
+                    out = headers(target) if callable(headers) else headers
+                    reply = await session.call(target, call.meta(message), call.headers(list(out)))
         except UpstreamError as exc:
             logger.info("%s", exc.log_text)
             errors[target] = exc.reason
@@ -256,19 +326,16 @@ async def forward(
     """
     method = str(message.get("method"))
     whole = timeouts.whole
+    # Bounds the wait for the first message, the answer's head included:
+    # lifted once it came.
+    first_wait = trio.CancelScope(deadline=trio.current_time() + timeouts.first_reply)
     try:
-        with trio.fail_after(whole) if whole != math.inf else nullcontext():
+        with trio.fail_after(whole) if whole != math.inf else nullcontext(), first_wait:
             async with session.request(target, message, headers) as call:
-                # A JSON answer is here already: no timer, no wait.
                 reply = call.next_nowait()
                 if reply is None:
-                    with trio.move_on_after(timeouts.first_reply):
-                        reply = await call.next()
-                    if reply is None:  # the wait was cut short
-                        raise UpstreamTimeout(
-                            f"target {target}: upstream timeout",
-                            detail=f"no answer in {timeouts.first_reply:g}s",
-                        )
+                    reply = await call.next()
+                first_wait.deadline = math.inf
                 while True:
                     final = is_final(reply)
                     await outbox.send(outbound(route, target, reply, method), final=final)
@@ -285,3 +352,8 @@ async def forward(
         raise UpstreamTimeout(
             f"target {target}: upstream timeout", detail=f"no response in {whole:g}s"
         ) from None
+    if first_wait.cancelled_caught:
+        raise UpstreamTimeout(
+            f"target {target}: upstream timeout",
+            detail=f"no answer in {timeouts.first_reply:g}s",
+        )

@@ -25,6 +25,7 @@ import h11
 import trio
 
 from agentgw.errors import AbortResponse, UpstreamError, UpstreamTimeout
+from agentgw.observability.tracing import NOOP_CALL
 from agentgw.policy.pipeline import modify_headers
 from agentgw.policy.pipeline import response_headers as route_response_headers
 from agentgw.relay.context import RequestContext
@@ -60,17 +61,38 @@ async def proxy_request(
     def answer_headers(headers: Headers) -> Headers:
         return route_response_headers(policies, ctx.view, headers)
 
-    exchange = pool.open_exchange(origin)
-    try:
-        with trio.fail_after(request_timeout) if request_timeout else nullcontext():
-            await _exchange(req, exchange, headers, answer_headers, response_timeout)
-    except trio.TooSlowError:
-        detail = f"{origin[0]}:{origin[1]}: no complete answer in {request_timeout:g}s"
-        await _upstream_failed(req, UpstreamTimeout("upstream timeout", detail=detail))
-    except UpstreamError as exc:
-        await _upstream_failed(req, exc)
-    finally:
-        exchange.release()
+    tracing = req.tracing()
+    with (
+        nullcontext(NOOP_CALL)
+        if tracing is None
+        else tracing.upstream_call(req.span, "Http", _span_attributes(origin))
+    ) as call:
+        headers = call.headers(headers)
+        exchange = pool.open_exchange(origin)
+        try:
+            with trio.fail_after(request_timeout) if request_timeout else nullcontext():
+                await _exchange(req, exchange, headers, answer_headers, response_timeout)
+            call.finish(status=req.status)
+        except trio.TooSlowError:
+            detail = f"{origin[0]}:{origin[1]}: no complete answer in {request_timeout:g}s"
+            call.finish(error="upstream timeout")
+            await _upstream_failed(req, UpstreamTimeout("upstream timeout", detail=detail))
+        except UpstreamError as exc:
+            call.finish(error=exc.reason)
+            await _upstream_failed(req, exc)
+        finally:
+            exchange.release()
+
+
+def _span_attributes(origin: Origin) -> dict[str, str | int]:
+    host, port, tls = origin
+    return {
+        "agentgateway.outbound.kind": "Primary",
+        "agentgateway.outbound.subtype": "Http",
+        "server.address": host,
+        "server.port": port,
+        "url.scheme": "https" if tls else "http",
+    }
 
 
 async def _upstream_failed(req: ServerRequest, exc: UpstreamError) -> None:

@@ -34,11 +34,11 @@ import attrs
 import trio
 
 from agentgw.config.model import McpTarget
-from agentgw.errors import UpstreamError, UpstreamUnavailable
+from agentgw.errors import HTTPError, UpstreamError, UpstreamUnavailable
 from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.ids import IdMap, IdMapFull
 from agentgw.server.watch import wait_watched
-from agentgw.upstream.mcp.base import Answer, McpTransport, open_transport
+from agentgw.upstream.mcp.base import Answer, McpTransport, TransportOpener, open_transport
 from agentgw.upstream.pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
@@ -198,6 +198,8 @@ class RelaySession:
     _progress: dict[tuple[str, Any], Pending] = attrs.field(factory=dict)
     _server_requests: IdMap = attrs.field(factory=lambda: IdMap(MAX_IN_FLIGHT, prefix="agw-"))
     _get_streams: list[trio.MemorySendChannel[Message]] = attrs.field(factory=list)
+    # How a target's transport is opened (tests give an in-memory one).
+    opener: TransportOpener = open_transport
 
     @property
     def targets(self) -> tuple[McpTarget, ...]:
@@ -230,7 +232,7 @@ class RelaySession:
                 for target in self.targets:
                     try:
                         transport = await stack.enter_async_context(
-                            open_transport(
+                            self.opener(
                                 target,
                                 pool=self.pool,
                                 tls=self.route.tls.get(target.name),
@@ -373,8 +375,8 @@ class RelaySession:
         return False
 
     async def _answer_upstream_error(self, target: str, msg_id: Any, text: str) -> None:
-        error = {"code": -32603, "message": f"agentgw: {text}"}
-        await self._send_upstream(target, {"jsonrpc": "2.0", "id": msg_id, "error": error})
+        error = HTTPError(f"agentgw: {text}")
+        await self._send_upstream(target, error.rpc_error(msg_id))
 
     async def _send_upstream(
         self, target: str, message: Message, headers: Headers = ()
@@ -390,8 +392,8 @@ class RelaySession:
         for key, pending in list(self._pending.items()):
             if key[0] == target and not pending.is_inline:
                 del self._pending[key]
-                error = {"code": -32603, "message": f"target {target}: upstream unavailable"}
-                pending.fail({"jsonrpc": "2.0", "id": pending.client_id, "error": error})
+                error = UpstreamUnavailable(f"target {target}: upstream unavailable")
+                pending.fail(error.rpc_error(pending.client_id))
         self._server_requests.discard_target(target)
         logger.info("session %s: target %s is gone: %s", self.sid[:8], target, reason)
 

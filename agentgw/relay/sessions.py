@@ -23,13 +23,14 @@ import attrs
 import trio
 
 from agentgw._version import __version__
-from agentgw.errors import HTTPError, NotFound, UpstreamError
+from agentgw.errors import SESSION_NOT_FOUND, HTTPError, NotFound, UpstreamError
 from agentgw.mcp import versions
 from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.session_token import InvalidSession, SessionCodec, SessionState
 from agentgw.relay.context import UpstreamHeaders
 from agentgw.relay.dispatch import initialize
 from agentgw.relay.session import RelaySession, SessionManager
+from agentgw.upstream.mcp.base import TransportOpener, open_transport
 from agentgw.upstream.pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class SessionIds:
 
 
 def session_not_found(detail: str) -> NotFound:
-    return NotFound("session not found", code=-32001, detail=detail)
+    return NotFound("session not found", code=SESSION_NOT_FOUND, detail=detail)
 
 
 @attrs.define(eq=False)
@@ -78,6 +79,7 @@ class SessionDirectory:
     ids: SessionIds = SessionIds()
     ttl: float = 1800.0
     idle_timeout: float | None = None
+    opener: TransportOpener = open_transport
     _tokens: OrderedDict[str, str] = attrs.field(factory=OrderedDict)
     # By ``id(route)`` (and checked to be that route: an id is unique only
     # while its object lives); a changed route gets a new shared session.
@@ -134,6 +136,7 @@ class SessionDirectory:
             protocol_version=protocol_version,
             is_shared=is_shared,
             is_replica=is_replica,
+            opener=self.opener,
         )
 
     async def _start(self, session: RelaySession) -> RelaySession:

@@ -81,7 +81,7 @@ async def _initialize(
 ) -> None:
     session = await ep.directory.new(route)
     try:
-        answer = await initialize(session, route, message, headers)
+        answer = await initialize(session, route, message, headers, req=ctx.req)
     except HTTPError as exc:
         session.close()
         ctx.record.error = exc.log_text

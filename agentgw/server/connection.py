@@ -40,6 +40,7 @@ from agentgw.wire.http import (
     RequestHead,
     check_request_head,
     check_request_line_length,
+    fields_are_valid,
     find_head_end,
     simple_response_headers,
     split_target,
@@ -159,7 +160,10 @@ class ServerRequest:
             headers = [*headers, (b"connection", b"close")]
         self.status = status
         self.record.status = status
-        data = self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))
+        response = h11.Response(
+            status_code=status, headers=headers, reason=reason, _parsed=fields_are_valid(headers)
+        )
+        data = self._h11.send(response)
         if flush:
             await self._conn.send(data)
         else:

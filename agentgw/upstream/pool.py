@@ -50,6 +50,7 @@ from agentgw.wire.http import (
     HeadLimits,
     check_response_head,
     check_response_head_start,
+    fields_are_valid,
     find_head_end,
 )
 
@@ -318,7 +319,11 @@ class Exchange:
             UpstreamError: the connection failed, or h11 refused the request.
         """
         try:
-            request = h11.Request(method=method, target=target, headers=headers)
+            # The method and target passed ``check_request_head`` (or come
+            # from the config); the fields are checked here in one pass.
+            request = h11.Request(
+                method=method, target=target, headers=headers, _parsed=fields_are_valid(headers)
+            )
         except h11.LocalProtocolError as exc:
             raise UpstreamError("cannot forward request", detail=str(exc)) from exc
         for attempt in (0, 1):

@@ -141,8 +141,11 @@ async def test_a_request_span_continues_the_callers_trace() -> None:
                 "params": {"name": "echo", "arguments": {"message": "hi"}},
             }
             await post_mcp(port, call, caller + session)
-            (span,) = await collector.wait_for("tools/call")
-        (init_span,) = collector.named("initialize")
+            spans = await collector.wait_for("tools/call", count=2)
+        (span,) = [s for s in spans if s.kind == trace_pb2.Span.SPAN_KIND_SERVER]
+        (init_span,) = [
+            s for s in collector.named("initialize") if s.kind == trace_pb2.Span.SPAN_KIND_SERVER
+        ]
     for each in (span, init_span):
         assert hex_id(each.trace_id) == TRACE_ID
         assert hex_id(each.parent_span_id) == PARENT_ID
@@ -168,6 +171,63 @@ async def test_a_request_span_continues_the_callers_trace() -> None:
         assert b"vendor=value" not in body.replace(span.trace_state.encode(), b"")
 
 
+async def test_an_mcp_call_has_an_upstream_span_under_the_request_span() -> None:
+    async with otlp_http_receiver() as collector:
+        config = traced(mcp_config(stdio("demo", DEMO)), collector.port, randomSampling=1.0)
+        async with run_gateway(config) as (_, port):
+            caller = [(b"traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01".encode())]
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"},
+                },
+            }
+            answer = await post_mcp(port, init, caller)
+            session = [(b"mcp-session-id", answer.header(b"mcp-session-id"))]
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": "hi"}},
+            }
+            await post_mcp(port, call, caller + session)
+            spans = await collector.wait_for("tools/call", count=2)
+    (server,) = [s for s in spans if s.kind == trace_pb2.Span.SPAN_KIND_SERVER]
+    (client,) = [s for s in spans if s.kind == trace_pb2.Span.SPAN_KIND_CLIENT]
+    assert hex_id(client.trace_id) == TRACE_ID
+    assert client.parent_span_id == server.span_id
+    init = collector.named("initialize")
+    assert {s.kind for s in init} == {
+        trace_pb2.Span.SPAN_KIND_SERVER,
+        trace_pb2.Span.SPAN_KIND_CLIENT,
+    }
+    said = attributes(client.attributes)
+    assert said["mcp.target"] == "demo" and said["gen_ai.tool.name"] == "echo"
+    assert said["agentgateway.outbound.subtype"] == "Mcp"
+    assert client.status.code != trace_pb2.Status.STATUS_CODE_ERROR
+
+
+async def test_a_proxied_exchange_has_an_upstream_span_whose_context_goes_upstream() -> None:
+    async with otlp_http_receiver() as collector, serve_upstream(echo_handler) as up:
+        config = traced(proxy_config(up.port), collector.port, randomSampling=1.0)
+        async with run_gateway(config) as (_, port):
+            caller = [(b"traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01".encode())]
+            response = await request(port, "POST", "/x", headers=caller, body=b"hi")
+            assert response.status == 200
+            (client,) = await collector.wait_for("Http")
+        (server,) = [s for s, _ in collector.spans if s.kind == trace_pb2.Span.SPAN_KIND_SERVER]
+    assert client.kind == trace_pb2.Span.SPAN_KIND_CLIENT
+    assert client.parent_span_id == server.span_id and hex_id(client.trace_id) == TRACE_ID
+    (seen, _) = up.seen[0]
+    sent = dict(seen.headers)[b"traceparent"].decode()
+    assert sent == f"00-{TRACE_ID}-{hex_id(client.span_id)}-01"
+    assert attributes(client.attributes)["http.response.status_code"] == 200
+
+
 async def test_sampling_follows_agentgateway() -> None:
     async with otlp_http_receiver() as collector, serve_upstream(echo_handler) as up:
         config = traced(proxy_config(up.port), collector.port)  # randomSampling: off
@@ -180,7 +240,10 @@ async def test_sampling_follows_agentgateway() -> None:
             await request(port, "GET", "/sampled", headers=[(b"traceparent", sampled)])
             (span,) = await collector.wait_for("GET upstream")
         assert attributes(span.attributes)["http.path"] == "/sampled"
-        assert len(collector.spans) == 1  # spans leave in order: the others never will
+        # Its upstream span, and nothing of the others (spans leave in order).
+        (upstream,) = await collector.wait_for("Http")
+        assert upstream.parent_span_id == span.span_id
+        assert len(collector.spans) == 2
 
     async with otlp_http_receiver() as collector, serve_upstream(echo_handler) as up:
         config = traced(proxy_config(up.port), collector.port, randomSampling=True)

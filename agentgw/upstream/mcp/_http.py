@@ -17,10 +17,11 @@ from agentgw.upstream.pool import ConnectionPool, Exchange, Origin, UpstreamResp
 from agentgw.wire.http import Headers, header_value
 from agentgw.wire.sse import SSEDecoder, SSEEvent
 
-# Waiting for a response head that comes only with the result (a JSON
-# response to a long tool call), or for the next event of an idle stream.
-# The relay bounds requests itself; these only stop a task from waiting on a
-# dead upstream forever.
+# Last-resort bounds of a transport's own waits. A call's wait for its
+# answer is bounded by the relay (the route's timeouts,
+# ``config.http.upstreamResponseTimeout``), and an idle SSE stream by
+# ``config.mcp.streamIdleTimeout``; SHORT_TIMEOUT bounds the exchanges no
+# call waits on (notifications, the GET stream's head, DELETE).
 STREAM_IDLE_TIMEOUT = 3600.0
 SHORT_TIMEOUT = 30.0
 

@@ -33,7 +33,7 @@ from agentgw.upstream.mcp.streamable import open_streamable_transport
 from agentgw.upstream.mcp.websocket import open_websocket_transport
 from agentgw.upstream.pool import ConnectionPool
 
-__all__ = ["Answer", "McpTransport", "TransportClosed", "open_transport"]
+__all__ = ["Answer", "McpTransport", "TransportClosed", "TransportOpener", "open_transport"]
 
 
 class McpTransport(Protocol):
@@ -76,6 +76,23 @@ class McpTransport(Protocol):
                 before was received.
         """
         ...
+
+
+class TransportOpener(Protocol):
+    """What opens a target's transport: ``open_transport``, or a test's own."""
+
+    def __call__(
+        self,
+        target: McpTarget,
+        *,
+        pool: ConnectionPool,
+        tls: ClientTLS | None = None,
+        session_id: str | None = None,
+        protocol_version: str | None = None,
+        log_prefix: str = "",
+        server_stream: bool = True,
+        idle_timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[McpTransport]: ...
 
 
 def open_transport(

@@ -288,6 +288,7 @@ class StreamableTransport:
             and not initialize
             and self.is_initialized
             and not self._initializing
+            and not self.inbox.is_closed
         ):
             self._get_started = True
             self.nursery.start_soon(self._serve_get_stream)

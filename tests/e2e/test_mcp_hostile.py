@@ -1,0 +1,255 @@
+"""An MCP target that misbehaves on ``tools/call``: the gateway bounds the
+wait, answers the call with a JSON-RPC error for its id, closes the upstream
+exchange, and never sends a call twice (issue 12).
+
+The target is a raw HTTP server on 127.0.0.1 that answers ``initialize``
+and notifications like any Streamable HTTP server and does what each test
+says with a ``tools/call``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import h11
+import pytest
+import trio
+
+from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, mcp_config
+from tests.support import Response, request, run_gateway, serve_raw
+
+# What the target does with a tools/call: given the stream and its h11
+# connection, after the request was read.
+OnCall = Callable[[trio.SocketStream, h11.Connection], Awaitable[None]]
+
+
+@attrs.define
+class Target:
+    on_call: OnCall
+    connections: int = 0
+    calls: list[dict[str, Any]] = attrs.field(factory=list)
+    heads: list[h11.Request] = attrs.field(factory=list)
+    call_heads: list[h11.Request] = attrs.field(factory=list)
+    call_connection_closed: trio.Event = attrs.field(factory=trio.Event)
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                conn.receive_data(data)
+                continue
+            if not isinstance(event, h11.Request):
+                return
+            self.heads.append(event)
+            body = b""
+            while not isinstance(ev := conn.next_event(), h11.EndOfMessage):
+                if ev is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(ev, h11.Data):
+                    body += ev.data
+            if event.method != b"POST":
+                await _send(stream, conn, 405, b"")
+                continue
+            message = json.loads(body)
+            if message.get("method") == "tools/call":
+                self.calls.append(message)
+                self.call_heads.append(event)
+                try:
+                    await self.on_call(stream, conn)
+                    # The gateway closes the exchange: the read sees it end.
+                    while await stream.receive_some(65536):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+                self.call_connection_closed.set()
+                return
+            if "id" not in message:
+                await _send(stream, conn, 202, b"")
+                continue
+            result = {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "hostile", "version": "1"},
+            }
+            answer = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
+            await _send(stream, conn, 200, answer.encode(), b"application/json")
+
+
+async def _send(
+    stream: trio.SocketStream, conn: h11.Connection, status: int, body: bytes, ctype: bytes = b""
+) -> None:
+    headers = [(b"content-length", str(len(body)).encode())]
+    if ctype:
+        headers.append((b"content-type", ctype))
+    out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+    out += conn.send(h11.Data(data=body)) or b"" if body else b""
+    await stream.send_all(out + (conn.send(h11.EndOfMessage()) or b""))
+    conn.start_next_cycle()
+
+
+@asynccontextmanager
+async def gateway_before(
+    target: Target, **settings: Any
+) -> AsyncIterator[tuple[int, list[tuple[bytes, bytes]]]]:
+    """The gateway with ``target`` as its one target, and an initialized
+    session; yields the port and the session's headers."""
+    async with serve_raw(target.serve) as up_port:
+        config = mcp_config({"name": "hostile", "mcp": {"host": f"http://127.0.0.1:{up_port}/mcp"}})
+        config.setdefault("config", {}).update(settings)
+        async with run_gateway(config) as (_, port):
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+            answer = await post(port, init, [])
+            assert answer.status == 200, answer.body
+            yield port, [(b"mcp-session-id", answer.header(b"mcp-session-id"))]
+
+
+async def post(port: int, message: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> Response:
+    return await request(
+        port,
+        "POST",
+        "/mcp",
+        headers=[ACCEPT, JSON_CT, *headers],
+        body=json.dumps(message).encode(),
+    )
+
+
+def rpc_messages(response: Response) -> list[dict[str, Any]]:
+    if response.header(b"content-type").startswith(b"text/event-stream"):
+        return [
+            json.loads(line[5:])
+            for line in response.body.decode().splitlines()
+            if line.startswith("data:") and line[5:].strip()
+        ]
+    return [json.loads(response.body)]
+
+
+CALL = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x"}}
+
+
+async def never_answer(stream: trio.SocketStream, conn: h11.Connection) -> None:
+    """Take the call and say nothing, not even a response head."""
+
+
+async def silent_sse(stream: trio.SocketStream, conn: h11.Connection) -> None:
+    """Start an SSE answer, then say nothing."""
+    head = h11.Response(status_code=200, headers=[(b"content-type", b"text/event-stream")])
+    await stream.send_all(conn.send(head) or b"")
+
+
+async def reset(stream: trio.SocketStream, conn: h11.Connection) -> None:
+    """Drop the connection with a reset once the call is in."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+    raise trio.BrokenResourceError
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"http": {"upstreamResponseTimeout": "500ms"}}, {"mcp": {"streamIdleTimeout": "500ms"}}],
+    ids=["upstreamResponseTimeout", "streamIdleTimeout"],
+)
+async def test_a_silent_target_is_bounded_and_its_exchange_closed(
+    settings: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agentgw.access")
+    # Without an answer head the response timeout bounds the wait; with an
+    # SSE head and then silence, the stream's idle bound does.
+    on_call = never_answer if "http" in settings else silent_sse
+    target = Target(on_call)
+    async with gateway_before(target, **settings) as (port, session):
+        start = trio.current_time()
+        with trio.fail_after(10):
+            answer = await post(port, CALL, session)
+        took = trio.current_time() - start
+        with trio.fail_after(5):
+            await target.call_connection_closed.wait()
+    assert 0.4 < took < 5
+    assert answer.status == 200
+    (message,) = [m for m in rpc_messages(answer) if "id" in m]
+    assert message["id"] == 9
+    assert message["error"]["message"] in (
+        "target hostile: upstream timeout",
+        "target hostile: upstream protocol error",
+        "target hostile: upstream unavailable",
+    )
+    assert "127.0.0.1" not in answer.body.decode()
+    assert len(target.calls) == 1
+
+
+async def test_a_route_timeout_bounds_an_mcp_call() -> None:
+    target = Target(never_answer)
+    async with serve_raw(target.serve) as up_port:
+        config = mcp_config({"name": "hostile", "mcp": {"host": f"http://127.0.0.1:{up_port}/mcp"}})
+        route = config["binds"][0]["listeners"][0]["routes"][0]
+        route["policies"] = {"timeout": {"backendRequestTimeout": "300ms"}}
+        async with run_gateway(config) as (_, port):
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+            first = await post(port, init, [])
+            session = [(b"mcp-session-id", first.header(b"mcp-session-id"))]
+            with trio.fail_after(10):
+                answer = await post(port, CALL, session)
+    (message,) = [m for m in rpc_messages(answer) if "id" in m]
+    assert message["error"]["message"] == "target hostile: upstream timeout"
+
+
+async def test_a_reset_after_the_call_was_sent_is_an_error_and_no_second_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="agentgw.access")
+    target = Target(reset)
+    async with gateway_before(target) as (port, session):
+        before = target.connections
+        with trio.fail_after(10):
+            answer = await post(port, CALL, session)
+        await trio.sleep(0.2)  # time for a retry that must not happen
+        after = target.connections
+    (message,) = [m for m in rpc_messages(answer) if "id" in m]
+    assert message["id"] == 9 and "error" in message
+    assert "127.0.0.1" not in json.dumps(message)
+    assert len(target.calls) == 1  # never sent twice
+    assert after - before <= 1  # at most the one connection the call took
+
+
+async def test_x_forwarded_for_on_mcp_ends_with_the_real_peer() -> None:
+    async def answer(stream: trio.SocketStream, conn: h11.Connection) -> None:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}).encode()
+        await _send(stream, conn, 200, body, b"application/json")
+
+    target = Target(answer)
+    async with gateway_before(target) as (port, session):
+        spoof = [(b"x-forwarded-for", b"1.2.3.4")]
+        with trio.fail_after(10):
+            await post(port, CALL, session + spoof)
+    (call_head,) = target.call_heads
+    forwarded = dict(call_head.headers)[b"x-forwarded-for"]
+    assert forwarded == b"1.2.3.4, 127.0.0.1"
