@@ -3,8 +3,11 @@
 How this works: ``Gateway(config)`` compiles the config into runtime objects
 (routers, merged route policies, backend origins) and fails fast with
 ``ConfigError``. ``serve()`` owns the root nursery: accept loops, the upstream
-pool's evictor and the readiness endpoint run there, and connections run in a
-child nursery whose deadline is the drain deadline. ``shutdown()`` starts a
+pool's evictor, the readiness endpoint and the config watcher run there, and
+connections run in a child nursery whose deadline is the drain deadline.
+Each bind's sockets are a ``BindSlot`` whose ``current`` compiled bind a
+reload swaps; a request reads it once, when it starts (the reload section
+below, and ``agentgw/reload.py``). ``shutdown()`` starts a
 graceful drain: listeners close, idle connections close, in-flight requests
 get until ``config.connectionTerminationDeadline`` and are then cancelled
 (a streaming response is ended cleanly). Cancelling the caller's scope
@@ -13,14 +16,15 @@ instead stops everything at once; either way nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
 import logging
+import os
 import random
 import time
 import urllib.parse
-from functools import partial
 from typing import Any
 
 import attrs
@@ -75,6 +79,7 @@ from agentgw.relay.endpoint import McpEndpoint
 from agentgw.relay.proxy import proxy_request, relay_to_worker
 from agentgw.relay.session import SessionManager
 from agentgw.relay.sessions import SessionDirectory, SessionIds
+from agentgw.reload import ConfigSource, ConfigWatcher, fixed_changes, keep_fixed
 from agentgw.routing import Router, choose_backend
 from agentgw.server import management
 from agentgw.server.connection import ClientConnection, ServerRequest
@@ -142,7 +147,11 @@ def parse_origin(host: str, tls: ClientTLS | None = None) -> Origin:
 @attrs.define(eq=False)
 class Security:
     """Compiles the security policies once per config object: a listener's
-    ``jwtAuth`` shared by its routes is one verifier with one key set."""
+    ``jwtAuth`` shared by its routes is one verifier with one key set.
+
+    On a reload, ``previous`` is the running config's: what did not change
+    is taken from it, so MCP sessions keep matching their route and rate
+    limits keep their buckets."""
 
     errors: list[str]
     steps: dict[int, JwtStep] = attrs.field(factory=dict)
@@ -150,12 +159,30 @@ class Security:
     limiters: dict[int, RateLimiter] = attrs.field(factory=dict)
     rulesets: list[authz.RuleSet] = attrs.field(factory=list)
     mcp_limits: list[McpRateLimits] = attrs.field(factory=list)
+    mcp_routes: list[tuple[object, McpRoute]] = attrs.field(factory=list)
+    previous: Security | None = None
 
     def rate_limiter(self, specs: tuple[RateLimit, ...], path: str) -> RateLimiter:
         # A listener's policy is one set of buckets for all its routes.
         if id(specs) not in self.limiters:
-            self.limiters[id(specs)] = RateLimiter(path, specs)
+            old = self.previous.limiters.values() if self.previous is not None else ()
+            kept = next((r for r in old if r.path == path and r.specs == specs), None)
+            self.limiters[id(specs)] = kept if kept is not None else RateLimiter(path, specs)
         return self.limiters[id(specs)]
+
+    def unchanged_mcp_route(self, key: object) -> McpRoute | None:
+        """The running config's MCP route compiled from an equal ``key``."""
+        if self.previous is None:
+            return None
+        taken = {id(r) for _, r in self.mcp_routes}
+        route = next(
+            (r for k, r in self.previous.mcp_routes if k == key and id(r) not in taken), None
+        )
+        if route is not None:
+            self.mcp_routes.append((key, route))
+            if route.rate_limits is not None:
+                self.mcp_limits.append(route.rate_limits)
+        return route
 
     def mcp_rate_limits(self, specs: tuple[McpRateLimit, ...], path: str) -> McpRateLimits | None:
         try:
@@ -320,13 +347,24 @@ def _compile_route(
     host_tls, target_tls = _compile_backend_tls(route, path, tls)
     for i, backend in enumerate(route.backends):
         if backend.mcp is not None:
-            mcp[i] = McpRoute.compile(
-                resolve_dns_rebinding(backend.mcp, address, merged), target_tls.get(i)
+            resolved = resolve_dns_rebinding(backend.mcp, address, merged)
+            at = mcp_path or f"{path}.backends[{i}].mcp"
+            # Everything the compiled route is made of (its limits carry the path).
+            key = (
+                resolved,
+                backend.policies,
+                _backend_tls(route.policies),
+                at if backend.mcp.rate_limits else None,
             )
+            kept = security.unchanged_mcp_route(key)
+            if kept is not None:
+                mcp[i] = kept
+                continue
+            mcp[i] = McpRoute.compile(resolved, target_tls.get(i))
             if backend.mcp.rate_limits:
-                at = mcp_path or f"{path}.backends[{i}].mcp"
                 limits = security.mcp_rate_limits(backend.mcp.rate_limits, f"{at}.rateLimits")
                 mcp[i] = attrs.evolve(mcp[i], rate_limits=limits)
+            security.mcp_routes.append((key, mcp[i]))
         elif backend.host is not None:
             try:
                 origins[i] = parse_origin(backend.host, host_tls.get(i))
@@ -416,25 +454,134 @@ def compile_binds(
     return compiled
 
 
+@attrs.define(eq=False)
+class Compiled:
+    """A config compiled into what serves it. A reload swaps in a whole one.
+
+    ``warnings`` name the keys read at start-up only that a reloaded file
+    changed (their running values were kept)."""
+
+    config: Config
+    binds: list[CompiledBind]
+    security: Security
+    tls: TlsCompiler
+    tracing: TracingSettings | None
+    warnings: list[str] = attrs.field(factory=list)
+
+
+def compile_config(config: Config, previous: Compiled | None = None) -> Compiled:
+    """Compile ``config``; with ``previous`` (a reload), unchanged MCP routes
+    and rate limits are the running ones.
+
+    Raises:
+        ConfigError: every problem, each with its field path.
+    """
+    security = Security([], previous=previous.security if previous is not None else None)
+    tls = TlsCompiler([])
+    try:
+        binds = compile_binds(config, security, tls)
+    finally:
+        security.previous = None  # no chain of every config ever loaded
+    tracing = TracingSettings.from_config(config)
+    if tracing is not None:
+        check_exporter(tracing)
+    return Compiled(config, binds, security, tls, tracing)
+
+
+def prepare(source: ConfigSource | Config, previous: Compiled | None = None) -> Compiled:
+    """Load, convert and compile a config: what ``--validate-only`` checks,
+    what the gateway starts with and what a reload serves.
+
+    Args:
+        source: where the config comes from (or a config built in Python).
+        previous: the running config, on a reload. Keys read at start-up
+            only keep its values (``Compiled.warnings`` names those the new
+            file changes).
+
+    Raises:
+        ConfigError: every problem, each with its field path.
+    """
+    config = source if isinstance(source, Config) else source.load()
+    warnings: list[str] = []
+    if previous is not None:
+        warnings = fixed_changes(previous.config, config)
+        config = keep_fixed(config, previous.config)
+    compiled = compile_config(config, previous)
+    compiled.warnings = warnings
+    return compiled
+
+
+@attrs.define(eq=False)
+class BindSlot:
+    """One bind's listening sockets and the compiled bind they serve now.
+
+    A reload that keeps the port swaps ``current``; every request reads it
+    once, when it starts, so it runs on one config from start to end."""
+
+    current: CompiledBind
+    listeners: list[trio.SocketListener]
+    internal: trio.SocketListener | None = None  # under --workers
+    address: ListenAddress | None = None
+    connections: set[ClientConnection] = attrs.field(factory=set)
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    stopped: trio.Event = attrs.field(factory=trio.Event)
+    is_closed: bool = False
+
+    async def aclose(self) -> None:
+        if self.is_closed:
+            return
+        self.is_closed = True
+        for listener in self.listeners:
+            await listener.aclose()
+        if self.internal is not None:
+            path = self.internal.socket.getsockname()
+            await self.internal.aclose()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _slot_keys(binds: list[CompiledBind]) -> list[tuple[int, int]]:
+    """Binds are matched across reloads by port (port 0 binds by their order)."""
+    zeros = 0
+    keys = []
+    for cb in binds:
+        if cb.bind.port == 0:
+            keys.append((0, zeros))
+            zeros += 1
+        else:
+            keys.append((cb.bind.port, 0))
+    return keys
+
+
 class Gateway:
     """An agentgw gateway for one configuration.
 
     Args:
-        config: a ``Config`` from ``agentgw.load_config`` or built in Python.
+        config: a ``Config`` from ``agentgw.load_config`` or built in Python,
+            or one compiled by ``prepare``.
+        worker: this process's place under ``--workers``.
+        source: where the config came from; with a file, ``serve`` watches
+            it and reloads it when it changes (and on ``request_reload``).
 
     Raises:
         ConfigError: the config cannot be served (every problem listed).
     """
 
-    def __init__(self, config: Config, *, worker: WorkerSpec | None = None) -> None:
-        self.config = config
+    def __init__(
+        self,
+        config: Config | Compiled,
+        *,
+        worker: WorkerSpec | None = None,
+        source: ConfigSource | None = None,
+    ) -> None:
+        compiled = config if isinstance(config, Compiled) else compile_config(config)
+        self._compiled = compiled
+        self.config = config = compiled.config
         self.worker = worker
-        self._security = Security([])
-        tls = TlsCompiler([])
-        self._binds = compile_binds(config, self._security, tls)
-        self._jwks_by_issuer = {
-            issuer: source for source in self._security.jwks.values() for _, issuer in source.users
-        }
+        self.source = source
+        self._security = compiled.security
+        tls = compiled.tls
+        self._jwks_by_issuer = _jwks_by_issuer(self._security)
         settings = config.config
         self.limits = settings.http
         self.log_format = settings.logging.format
@@ -467,38 +614,57 @@ class Gateway:
         self._last_accept_error = -1e9
         # Observability: metrics always, tracing when configured (its
         # exporter starts in serve()), the admin server's view.
-        self._tracing_settings = TracingSettings.from_config(config)
-        if self._tracing_settings is not None:
-            check_exporter(self._tracing_settings)
+        self._tracing_settings = compiled.tracing
         self.tracing: Tracing | None = None
-        mcp_routes = _mcp_route_labels(config)
-        route_of = {id(targets): label.route for targets, label in mcp_routes}
+        self._route_labels = _mcp_route_labels(compiled.binds)
         self.metrics = Metrics()
-        self.metrics.sources = Sources(
-            sessions=self.sessions,
-            pool=self.pool,
-            jwks=list(self._security.jwks.values()),
-            verifiers=list(
-                {id(s.verifier): s.verifier for s in self._security.steps.values()}.values()
-            ),
-            rulesets=self._security.rulesets,
-            limiters=list(self._security.limiters.values()),
-            mcp_limits=self._security.mcp_limits,
-            session_route=lambda session: route_of.get(id(session.targets), "unknown"),
-            connections=lambda: len(self._connections),
-        )
+        self.metrics.sources = self._sources()
         # With statsAddr: off nobody can scrape: requests observe nothing.
         self.is_measured = any(a.name == "stats" for a in management.resolve(settings))
         if self.is_measured:
             self.pool.on_connect = self.metrics.upstream_connected
         self.admin = Admin(
-            config, self.sessions, mcp_routes, lambda: not self.is_draining, self.pool, worker
+            config,
+            self.sessions,
+            self._route_labels,
+            lambda: not self.is_draining,
+            self.pool,
+            worker,
         )
         self.management_addresses: dict[str, tuple[str, int]] = {}
+        # What serve() runs, and what a reload changes.
+        self._bind_slots: dict[tuple[int, int], BindSlot] = {}
+        self._jwks_running: dict[str, tuple[JwksSource, trio.CancelScope]] = {}
+        self._root: trio.Nursery | None = None
+        self._accepting: trio.Nursery | None = None
+        self._conns: trio.Nursery | None = None
+        self._reload_lock = trio.Lock()
+        self.watcher = (
+            ConfigWatcher(source.file) if source is not None and source.file is not None else None
+        )
+
+    def _sources(self) -> Sources:
+        security = self._security
+        route_of = {id(targets): label.route for targets, label in self._route_labels}
+        return Sources(
+            sessions=self.sessions,
+            pool=self.pool,
+            jwks=list(security.jwks.values()),
+            verifiers=list({id(s.verifier): s.verifier for s in security.steps.values()}.values()),
+            rulesets=security.rulesets,
+            limiters=list(security.limiters.values()),
+            mcp_limits=security.mcp_limits,
+            session_route=lambda session: route_of.get(id(session.targets), "unknown"),
+            connections=lambda: len(self._connections),
+        )
+
+    @property
+    def _binds(self) -> list[CompiledBind]:
+        return self._compiled.binds
 
     def _needs_default_tls(self) -> bool:
         urls = [*self._security.jwks]
-        for cb in self._binds:
+        for cb in self._compiled.binds:
             for route in cb.routes.values():
                 if route.policies.mcp_auth is not None:
                     urls.append(route.policies.mcp_auth.issuer)
@@ -506,7 +672,8 @@ class Gateway:
 
     def __repr__(self) -> str:
         state = "draining" if self.is_draining else "serving"
-        return f"<Gateway binds={len(self._binds)} connections={len(self._connections)} {state}>"
+        binds = len(self._compiled.binds)
+        return f"<Gateway binds={binds} connections={len(self._connections)} {state}>"
 
     def shutdown(self) -> None:
         """Begin a graceful drain; ``serve()`` returns when it is done."""
@@ -521,18 +688,11 @@ class Gateway:
         binds a free port) through ``task_status``, so
         ``addrs = await nursery.start(gw.serve)``.
         """
-        listeners: list[tuple[CompiledBind, list[trio.SocketListener]]] = []
-        internal: list[tuple[CompiledBind, trio.SocketListener]] = []
         own: list[tuple[str, list[trio.SocketListener]]] = []  # readiness, stats, admin
         worker = self.worker
         try:
-            for b, cb in enumerate(self._binds):
-                host, port = cb.bind.address, cb.bind.port
-                opened = await open_tcp_listeners(host, port, reuse_port=worker is not None)
-                if worker is not None:
-                    path = worker.socket_path(worker.index, b)
-                    internal.append((cb, await open_unix_listener(path)))
-                listeners.append((cb, opened))
+            for key, cb in zip(_slot_keys(self._compiled.binds), self._compiled.binds, strict=True):
+                self._bind_slots[key] = await self._open_bind(cb)
             for addr in management.resolve(self.config.config):
                 opened = await management.open_listeners(addr, reuse_port=worker is not None)
                 if opened:
@@ -541,13 +701,13 @@ class Gateway:
             if worker is not None:
                 path = worker.admin_socket_path(worker.index)
                 own.append(("admin-local", [await open_unix_listener(path)]))
-            addresses = [self._address(cb, opened) for cb, opened in listeners]
+            addresses = [slot.address for slot in self._bind_slots.values() if slot.address]
             if self._tracing_settings is not None:
                 self.tracing = Tracing.from_settings(self._tracing_settings)
             async with trio.open_nursery() as root:
+                self._root = root
                 root.start_soon(self.pool.serve_evictor)
-                for source in self._security.jwks.values():
-                    root.start_soon(source.serve, self.pool, self.tracing)
+                self._swap_jwks(self._security)
                 await root.start(self.sessions.serve)
                 handlers = {
                     "readiness": self._readiness,
@@ -561,23 +721,23 @@ class Gateway:
                     root.start_soon(self.metrics.serve_refresher)
                 async with trio.open_nursery() as conns:
                     async with trio.open_nursery() as accepting:
-                        for cb, opened in listeners:
-                            for listener in opened:
-                                accepting.start_soon(self._accept_loop, listener, cb, conns)
-                        for cb, listener in internal:
-                            accepting.start_soon(self._accept_loop, listener, cb, conns, True)
+                        self._accepting, self._conns = accepting, conns
+                        for slot in self._bind_slots.values():
+                            accepting.start_soon(self._serve_bind, slot, conns)
+                        if self.watcher is not None:
+                            await root.start(self.watcher.serve, self._reload_from_source)
                         task_status.started(addresses)
                         await self._shutdown.wait()
-                        accepting.cancel_scope.cancel()
-                    await self._drain(listeners, conns)
+                        async with self._reload_lock:  # a reload under way ends first
+                            self._accepting = None
+                            accepting.cancel_scope.cancel()
+                    await self._drain(conns)
                 root.cancel_scope.cancel()
         finally:
+            self._root = self._accepting = self._conns = None
             with trio.CancelScope(shield=True):
-                for _, opened in listeners:
-                    for listener in opened:
-                        await listener.aclose()
-                for _, listener in internal:
-                    await listener.aclose()
+                for slot in self._bind_slots.values():
+                    await slot.aclose()
                 for _, opened in own:
                     for listener in opened:
                         await listener.aclose()
@@ -585,13 +745,44 @@ class Gateway:
                     await self.tracing.aclose()
             self.pool.close_all()
 
-    async def _drain(
-        self, listeners: list[tuple[CompiledBind, list[trio.SocketListener]]], conns: trio.Nursery
-    ) -> None:
+    async def _open_bind(self, cb: CompiledBind) -> BindSlot:
+        """Listen on ``cb``'s address (and, under --workers, its Unix socket).
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        worker = self.worker
+        opened = await open_tcp_listeners(
+            cb.bind.address, cb.bind.port, reuse_port=worker is not None
+        )
+        slot = BindSlot(cb, opened)
+        try:
+            if worker is not None:
+                path = worker.socket_path(worker.index, cb.bind.port)
+                slot.internal = await open_unix_listener(path)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await slot.aclose()
+            raise
+        slot.address = self._address(cb, opened)
+        return slot
+
+    async def _serve_bind(self, slot: BindSlot, conns: trio.Nursery) -> None:
+        try:
+            with slot.scope:
+                async with trio.open_nursery() as accepting:
+                    for listener in slot.listeners:
+                        accepting.start_soon(self._accept_loop, listener, slot, conns)
+                    if slot.internal is not None:
+                        accepting.start_soon(self._accept_loop, slot.internal, slot, conns, True)
+        finally:
+            slot.stopped.set()
+
+    async def _drain(self, conns: trio.Nursery) -> None:
         self.is_draining = True
         self.mcp.start_drain()
-        for _, opened in listeners:
-            for listener in opened:
+        for slot in self._bind_slots.values():
+            for listener in slot.listeners:
                 await listener.aclose()
         for conn in list(self._connections):
             conn.start_drain()
@@ -609,19 +800,19 @@ class Gateway:
     async def _accept_loop(
         self,
         listener: trio.SocketListener,
-        cb: CompiledBind,
+        slot: BindSlot,
         conns: trio.Nursery,
         from_worker: bool = False,
     ) -> None:
         acceptor = Acceptor(listener)
         try:
             while True:
-                await self._accept_some(acceptor, cb, conns, from_worker)
+                await self._accept_some(acceptor, slot, conns, from_worker)
         finally:
             acceptor.close()
 
     async def _accept_some(
-        self, acceptor: Acceptor, cb: CompiledBind, conns: trio.Nursery, from_worker: bool
+        self, acceptor: Acceptor, slot: BindSlot, conns: trio.Nursery, from_worker: bool
     ) -> None:
         """Wait for a connection, then take those queued behind it too."""
         await self._slots.acquire()
@@ -640,7 +831,7 @@ class Gateway:
         except BaseException:
             self._slots.release()
             raise
-        conns.start_soon(self._serve_connection, stream, cb, from_worker)
+        conns.start_soon(self._serve_connection, stream, slot, from_worker)
         for _ in range(ACCEPT_BURST):
             try:
                 self._slots.acquire_nowait()
@@ -653,10 +844,10 @@ class Gateway:
             if queued is None:
                 self._slots.release()
                 return
-            conns.start_soon(self._serve_connection, queued, cb, from_worker)
+            conns.start_soon(self._serve_connection, queued, slot, from_worker)
 
     async def _serve_connection(
-        self, stream: trio.SocketStream, cb: CompiledBind, from_worker: bool = False
+        self, stream: trio.SocketStream, slot: BindSlot, from_worker: bool = False
     ) -> None:
         try:
             try:
@@ -665,6 +856,7 @@ class Gateway:
             except OSError:
                 await stream.aclose()
                 return
+            cb = slot.current
             served: trio.abc.Stream = stream
             tls = None
             if cb.tls is not None and not from_worker:
@@ -675,12 +867,25 @@ class Gateway:
                     await trio.aclose_forcefully(stream)
                     return
                 served, tls = accepted
+            handle = self._handle_relayed if from_worker else self._handle
+            names = cb.tls.hostnames if cb.tls is not None else None
+
+            async def handler(req: ServerRequest) -> None:
+                current = slot.current  # the config as this request starts
+                if tls is not None and (current.tls is None or current.tls.hostnames != names):
+                    # A reload changed the listeners this handshake chose among.
+                    conn.start_drain()
+                    req.record.error = "HTTPS listeners changed since the TLS handshake"
+                    await req.respond(421, "misdirected request\n")
+                    return
+                await handle(current, req)
+
             conn = ClientConnection(
                 served,
                 client,
                 cb.name,
                 self.limits,
-                partial(self._handle_relayed if from_worker else self._handle, cb),
+                handler,
                 self.log_format,
                 tls=tls,
                 metrics=self.metrics if self.is_measured else None,
@@ -688,14 +893,201 @@ class Gateway:
                 is_internal=from_worker,
             )
             self._connections.add(conn)
+            slot.connections.add(conn)
             if self.is_draining:
                 conn.start_drain()
             try:
                 await conn.serve()
             finally:
                 self._connections.discard(conn)
+                slot.connections.discard(conn)
         finally:
             self._slots.release()
+
+    # ---------------------------------------------------------------- reload
+    # agentgw/reload.py has the watcher and says what a reload may change.
+
+    def request_reload(self) -> None:
+        """Read the config file again now (SIGHUP), changed or not."""
+        if self.watcher is None:
+            logger.warning("reload asked, but the config is not from a file: nothing to reload")
+            return
+        self.watcher.request()
+
+    async def _reload_from_source(self) -> None:
+        await self.reload()
+
+    async def reload(self, config: Config | None = None) -> bool:
+        """Serve a new config without dropping connections, streams or MCP
+        sessions. Keys read at start-up only keep their running values.
+
+        Args:
+            config: the new config; None reads the source again.
+
+        Returns:
+            Whether it took effect. An invalid config, or a new bind that
+            cannot listen, keeps the running one; every problem is logged
+            with its field path.
+        """
+        async with self._reload_lock:
+            if self.is_draining or self._accepting is None:
+                logger.warning("reload skipped: the gateway is not serving")
+                return False
+            source = config if config is not None else self.source
+            try:
+                if source is None:
+                    raise ConfigError(["config: nothing to reload (no config source)"])
+                compiled = prepare(source, self._compiled)
+                self._check_ports(compiled)
+                changes = await self._apply(compiled)
+            except ConfigError as exc:
+                for error in exc.errors:
+                    logger.error("config reload: %s", error)
+                logger.error(
+                    "config reload failed (%d problems): still serving the previous config",
+                    len(exc.errors),
+                )
+                self.metrics.config_reloaded(success=False)
+                return False
+            for key in compiled.warnings:
+                logger.warning(
+                    "config reload: %s changed, but is read at start-up only: "
+                    "keeping the running value until a restart",
+                    key,
+                )
+            self.metrics.config_reloaded(success=True)
+            logger.info("config reloaded: %s", changes)
+            return True
+
+    def _check_ports(self, compiled: Compiled) -> None:
+        if self.worker is None:
+            return
+        shorthand = len(compiled.config.binds)
+        problems = [
+            f"{'mcp' if i == shorthand else f'binds[{i}]'}.port: --workers needs fixed ports"
+            for i, cb in enumerate(compiled.binds)
+            if cb.bind.port == 0
+        ]
+        if problems:
+            raise ConfigError(problems)
+
+    async def _apply(self, compiled: Compiled) -> str:
+        """Open the sockets of new binds, swap the whole config in at once
+        (no checkpoint), then close the binds that are gone. Returns what
+        changed, in words.
+
+        Raises:
+            ConfigError: a new bind cannot listen; nothing changed.
+        """
+        assert self._accepting is not None and self._conns is not None
+        new = dict(zip(_slot_keys(compiled.binds), compiled.binds, strict=True))
+        old = self._bind_slots
+        # A port that moves to another address is closed before it reopens.
+        moved = [k for k in new if k in old and old[k].current.bind.address != new[k].bind.address]
+        opened: dict[tuple[int, int], BindSlot] = {}
+        try:
+            for k in moved:
+                await self._stop_bind(old[k])
+            for i, (k, cb) in enumerate(new.items()):
+                if k not in old or k in moved:
+                    try:
+                        opened[k] = await self._open_bind(cb)
+                    except OSError as exc:
+                        at = "mcp" if i == len(compiled.config.binds) else f"binds[{i}]"
+                        raise ConfigError([f"{at}: cannot listen: {exc.strerror or exc}"]) from None
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                for slot in opened.values():
+                    await slot.aclose()
+                for k in moved:
+                    await self._restore_bind(k)
+            raise
+        # The swap: no checkpoint until every reference is the new config's.
+        if self.is_measured:
+            self.metrics.refresh()  # what the old config's parts counted
+        self._swap_jwks(compiled.security)
+        gone = [slot for k, slot in old.items() if k not in new or k in moved]
+        self._bind_slots = {}
+        for k, cb in new.items():
+            slot = opened[k] if k in opened else old[k]
+            slot.current = cb
+            self._bind_slots[k] = slot
+            if k in opened:
+                self._accepting.start_soon(self._serve_bind, slot, self._conns)
+                logger.info("%s: listening on %s", cb.name, slot.address)
+        self._compiled = compiled
+        self.config = compiled.config
+        self._security = compiled.security
+        self._jwks_by_issuer = _jwks_by_issuer(compiled.security)
+        # The sessions of a route that changed or went keep their labels.
+        labels = _mcp_route_labels(compiled.binds)
+        live = {id(s.targets) for s in self.sessions.sessions.values()}
+        fresh = {id(targets) for targets, _ in labels}
+        labels += [(t, lb) for t, lb in self._route_labels if id(t) in live and id(t) not in fresh]
+        self._route_labels = labels
+        self.metrics.sources = self._sources()
+        self.admin.update(compiled.config, labels)
+        for slot in gone:
+            await self._stop_bind(slot)
+            for conn in list(slot.connections):
+                conn.start_drain()  # requests in flight finish; idle connections close
+        added = [opened[k].current.name for k in opened if k not in moved]
+        removed = [slot.current.name for k, slot in old.items() if k not in new]
+        parts = [f"{len(new)} binds"]
+        parts += [f"opened {', '.join(added)}"] if added else []
+        parts += [f"closed {', '.join(removed)}"] if removed else []
+        parts += [f"moved {', '.join(new[k].name for k in moved)}"] if moved else []
+        return "; ".join(parts)
+
+    async def _stop_bind(self, slot: BindSlot) -> None:
+        """Stop accepting on ``slot`` and close its sockets."""
+        slot.scope.cancel()
+        await slot.stopped.wait()  # no accept() left that closing could race
+        await slot.aclose()
+
+    async def _restore_bind(self, key: tuple[int, int]) -> None:
+        """A moved bind whose new address failed goes back to its old one."""
+        assert self._accepting is not None and self._conns is not None
+        slot = self._bind_slots[key]
+        for conn in list(slot.connections):
+            conn.start_drain()
+        try:
+            again = await self._open_bind(slot.current)
+        except OSError as exc:
+            logger.error(
+                "%s: cannot listen on its old address again (%s); it serves nothing now",
+                slot.current.name,
+                exc.strerror or exc,
+            )
+            del self._bind_slots[key]
+            return
+        self._bind_slots[key] = again
+        self._accepting.start_soon(self._serve_bind, again, self._conns)
+
+    def _swap_jwks(self, security: Security) -> None:
+        """Serve the JWKS URLs ``security`` names. A URL served already keeps
+        its task, and its new users get its keys at once; a URL no longer
+        named stops."""
+        assert self._root is not None
+        for url, source in list(security.jwks.items()):
+            running = self._jwks_running.get(url)
+            if running is None:
+                scope = trio.CancelScope()
+                self._jwks_running[url] = (source, scope)
+                self._root.start_soon(self._serve_jwks, source, scope)
+            elif running[0] is not source:
+                kept = running[0]
+                if kept.keys is not None:
+                    for verifier, issuer in source.users:
+                        verifier.replace_keys(issuer, kept.keys)
+                kept.users = source.users
+                security.jwks[url] = kept
+        for url in [u for u in self._jwks_running if u not in security.jwks]:
+            self._jwks_running.pop(url)[1].cancel()
+
+    async def _serve_jwks(self, source: JwksSource, scope: trio.CancelScope) -> None:
+        with scope:
+            await source.serve(self.pool, self.tracing)
 
     async def _handle_relayed(self, cb: CompiledBind, req: ServerRequest) -> None:
         """A request a sibling worker relayed here (``agentgw.workers``): the
@@ -739,7 +1131,7 @@ class Gateway:
             (mcp_route,) = route.mcp.values()
             owner = self.mcp.owner_of(req, mcp_route)
             if owner is not None and owner != worker.index:
-                path = worker.socket_path(owner, self._binds.index(cb))
+                path = worker.socket_path(owner, cb.bind.port)
                 if await relay_to_worker(req, self.pool, path, _worker_facts(req)):
                     record.extra["worker.owner"] = str(owner)
                     return
@@ -871,17 +1263,23 @@ class Gateway:
         await req.respond(200, body, content_type=content_type.encode())
 
 
-def _mcp_route_labels(config: Config) -> list[tuple[tuple[McpTarget, ...], RouteLabel]]:
-    """Each MCP backend's targets with the names of its route, named as the
-    router names them."""
+def _mcp_route_labels(
+    binds: list[CompiledBind],
+) -> list[tuple[tuple[McpTarget, ...], RouteLabel]]:
+    """Each MCP route's targets (the tuple its sessions hold) with the names
+    of its route, named as the router names them."""
     out: list[tuple[tuple[McpTarget, ...], RouteLabel]] = []
-    for bind in effective_binds(config):
-        for li, listener in enumerate(bind.listeners):
+    for cb in binds:
+        for li, listener in enumerate(cb.bind.listeners):
             listener_name = listener.name if listener.name is not None else f"listener{li}"
             for ri, route in enumerate(listener.routes):
-                label = RouteLabel(f"bind/{bind.port}", listener_name, route.name or f"route{ri}")
-                out.extend((b.mcp.targets, label) for b in route.backends if b.mcp is not None)
+                label = RouteLabel(cb.name, listener_name, route.name or f"route{ri}")
+                out.extend((m.targets, label) for m in cb.routes[id(route)].mcp.values())
     return out
+
+
+def _jwks_by_issuer(security: Security) -> dict[str, JwksSource]:
+    return {issuer: source for source in security.jwks.values() for _, issuer in source.users}
 
 
 def _worker_facts(req: ServerRequest) -> list[tuple[bytes, bytes]]:

@@ -5,25 +5,22 @@ the gateway (one ``trio.run``), or its workers under a supervisor
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import trio
 
 from agentgw._version import __version__
-from agentgw.app import Gateway
-from agentgw.config.converter import Invalid, session_key
-from agentgw.config.load import default_config, effective_binds, load_config, parse_config
-from agentgw.config.model import Config, Session
+from agentgw.app import Gateway, prepare
+from agentgw.config.load import effective_binds
 from agentgw.errors import ConfigError
 from agentgw.observability.logs import setup_logging
+from agentgw.reload import SESSION_KEY_ENV, ConfigSource, with_session_key_from_env
 from agentgw.workers import MAX_WORKERS, WorkerSpec, stop_when_orphaned, supervise
 
-SESSION_KEY_ENV = "SESSION_KEY"
+__all__ = ["SESSION_KEY_ENV", "main", "with_session_key_from_env"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,33 +65,6 @@ def _without_workers(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _load(args: argparse.Namespace) -> Config:
-    if args.file:
-        config = load_config(args.file)
-    elif args.config:
-        config = parse_config(args.config, source="--config")
-    else:
-        config = default_config()
-    return with_session_key_from_env(config)
-
-
-def with_session_key_from_env(config: Config) -> Config:
-    """agentgateway's ``SESSION_KEY``: when set, it replaces
-    ``config.session.key`` (a Kubernetes Secret gives every replica the same).
-
-    Raises:
-        ConfigError: the variable holds no valid key (the key is never shown).
-    """
-    text = os.environ.get(SESSION_KEY_ENV, "").strip()
-    if not text:
-        return config
-    try:
-        key = session_key(text)
-    except Invalid as exc:
-        raise ConfigError([f"{SESSION_KEY_ENV}: {exc.problem}"]) from None
-    return attrs.evolve(config, config=attrs.evolve(config.config, session=Session(key)))
-
-
 async def _serve_then_stop(gw: Gateway, scope: trio.CancelScope, *, task_status: Any) -> None:
     await gw.serve(task_status=task_status)
     scope.cancel()
@@ -103,6 +73,9 @@ async def _serve_then_stop(gw: Gateway, scope: trio.CancelScope, *, task_status:
 async def _on_signals(signals: Any, gw: Gateway, scope: trio.CancelScope) -> None:
     count = 0
     async for signum in signals:
+        if signum == signal.SIGHUP:
+            gw.request_reload()
+            continue
         count += 1
         if count == 1:
             print(f"agentgw: {signal.Signals(signum).name}, draining", file=sys.stderr, flush=True)
@@ -112,7 +85,7 @@ async def _on_signals(signals: Any, gw: Gateway, scope: trio.CancelScope) -> Non
 
 
 async def _run(gw: Gateway) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             addresses = await nursery.start(_serve_then_stop, gw, nursery.cancel_scope)
             for addr in addresses:
@@ -137,12 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"agentgw: {exc}", file=sys.stderr)
         return 2
+    source = ConfigSource(args.file, args.config, args.log_format)
     try:
-        config = _load(args)
-        if args.log_format:
-            logging_cfg = attrs.evolve(config.config.logging, format=args.log_format)
-            config = attrs.evolve(config, config=attrs.evolve(config.config, logging=logging_cfg))
-        gw = Gateway(config, worker=worker)
+        compiled = prepare(source)
     except ConfigError as exc:
         print("invalid configuration:", file=sys.stderr)
         for error in exc.errors:
@@ -151,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.validate_only:
         print("configuration is valid")
         return 0
+    config = compiled.config
     if args.workers > 1 and worker is None:
         ephemeral = [b.port for b in effective_binds(config) if b.port == 0]
         if ephemeral:
@@ -158,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         key = config.config.session.key if config.config.session else None
         return supervise(_without_workers(argv), args.workers, key)
+    # Until the signal handlers are in place, a SIGHUP (a reload asked too
+    # early) must not kill the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    gw = Gateway(compiled, worker=worker, source=source)
     log_handler = setup_logging(config.config.logging.format, config.config.logging.level)
     try:
         trio.run(_run, gw)

@@ -5,7 +5,8 @@ directory and, unless the config names one, a session key, then starts N
 children (``python -m agentgw`` with the same arguments) and tells each its
 index, the directory and the key through the environment. Every child binds
 the config's ports with SO_REUSEPORT, so the kernel spreads new connections
-across them, and also listens on a Unix socket per bind in the directory.
+across them, and also listens on a Unix socket per bind (named by its port)
+in the directory.
 
 An MCP session lives in the worker that created it: stdio children, GET
 streams and legacy SSE streams cannot move. The worker's index is the
@@ -16,7 +17,8 @@ streaming, to that worker's Unix socket; the owner runs the whole policy
 pipeline. If the owner is gone (it crashed and is being restarted), the
 request is served here: HTTP-only sessions resume, others get 404.
 
-The parent forwards SIGTERM/SIGINT to the children (so each drains), restarts
+The parent forwards SIGTERM/SIGINT to the children (so each drains) and
+SIGHUP (so each reloads its config, ``agentgw.reload``), restarts
 a child that dies on its own with a backoff, and gives up and stops every
 child when one keeps crashing.
 """
@@ -65,8 +67,9 @@ class WorkerSpec:
     directory: Path
     session_key: str | None = attrs.field(default=None, repr=False)
 
-    def socket_path(self, index: int, bind: int) -> str:
-        return str(self.directory / f"w{index}-b{bind}.sock")
+    def socket_path(self, index: int, port: int) -> str:
+        """Where worker ``index`` takes relayed requests for the bind on ``port``."""
+        return str(self.directory / f"w{index}-b{port}.sock")
 
     def admin_socket_path(self, index: int) -> str:
         return str(self.directory / f"w{index}-admin.sock")
@@ -214,12 +217,13 @@ def _forget_metrics(directory: str, pid: int) -> None:
 
 async def _supervise(argv: list[str], count: int, env: dict[str, str]) -> int:
     sup = _Supervisor(argv, env, count)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as outer:
 
             async def forward_signals() -> None:
                 async for signum in signals:
-                    sup.stopping = True
+                    if signum != signal.SIGHUP:
+                        sup.stopping = True
                     sup.signal_all(signum)
 
             outer.start_soon(forward_signals)

@@ -54,8 +54,10 @@ _BY_URI = ("resources/read", "resources/subscribe", "resources/unsubscribe")
 @attrs.frozen
 class McpRoute:
     """An ``mcp`` backend, compiled. Two routes compiled from equal config
-    are equal, so a session outlives a reload that leaves its route as it
-    was. ``tls`` maps a target name to its TLS settings (``agentgw.tls``)."""
+    are equal; a reload that leaves a backend as it was even keeps its
+    running route object (``app.Security.unchanged_mcp_route``), so its
+    sessions, its shared session (found by identity) and its rate limits
+    carry on. ``tls`` maps a target name to its TLS settings (``agentgw.tls``)."""
 
     targets: tuple[McpTarget, ...]
     prefix: bool

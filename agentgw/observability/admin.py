@@ -81,7 +81,14 @@ class Admin:
     _route_of: dict[int, RouteLabel] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._route_of = {id(targets): label for targets, label in self.routes}
+        self.update(self.config, self.routes)
+
+    def update(
+        self, config: Config, routes: Sequence[tuple[tuple[McpTarget, ...], RouteLabel]]
+    ) -> None:
+        """A reload: the new config, and the MCP routes sessions may be on."""
+        self.config, self.routes = config, routes
+        self._route_of = {id(targets): label for targets, label in routes}
 
     def route_of(self, session: RelaySession) -> RouteLabel | None:
         return self._route_of.get(id(session.targets))

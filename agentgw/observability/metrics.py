@@ -225,6 +225,21 @@ class Metrics:
             registry=r,
             buckets=CONNECT_DURATION_BUCKETS,
         )
+        self.config_synchronized = Gauge(
+            "agentgateway_config_synchronized",
+            "Whether the last configuration load/reload was successful or not, being "
+            "synchronized with the on-disk configuration",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.config_synchronized.set(1)
+        # ---- agentgw's own, counted where they happen
+        self.config_reloads = Counter(
+            "agentgw_config_reload",
+            "Config reloads (file change or SIGHUP), by result (success or failure)",
+            ["result"],
+            registry=r,
+        )
         # ---- agentgw's own, read at scrape time
         self.mcp_sessions = Gauge(
             "agentgw_mcp_sessions",
@@ -356,6 +371,10 @@ class Metrics:
 
     def connection_opened(self, bind: str, listener: str | None) -> None:
         self.downstream_connections.labels(bind, bind, listener or UNKNOWN, "HTTP").inc()
+
+    def config_reloaded(self, *, success: bool) -> None:
+        self.config_reloads.labels("success" if success else "failure").inc()
+        self.config_synchronized.set(1 if success else 0)
 
     def upstream_connected(self, transport: str, seconds: float) -> None:
         """An upstream connection was made (``transport``: ``plaintext``,

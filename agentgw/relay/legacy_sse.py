@@ -84,7 +84,8 @@ async def post(ep: McpEndpoint, ctx: RequestContext, route: McpRoute) -> None:
     ctx.record.extra["mcp.method"] = str(message.get("method") or "response")
     ctx.record.extra["mcp.session"] = sid[:8]
     try:
-        found.work.send_nowait((ctx, message, ctx.mcp_headers(route.passthrough_targets)))
+        headers = ctx.mcp_headers(found.session.route.passthrough_targets)
+        found.work.send_nowait((ctx, message, headers))
     except trio.WouldBlock:
         raise UpstreamUnavailable("too many messages in flight", status=503) from None
     except (trio.BrokenResourceError, trio.ClosedResourceError):

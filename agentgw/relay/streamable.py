@@ -65,6 +65,10 @@ async def post(ep: McpEndpoint, ctx: RequestContext, route: McpRoute) -> None:
         return
     session = await ep.directory.find(token, route)
     ctx.record.extra["mcp.session"] = session.sid[:8]
+    if session.route is not route:
+        # A reload changed the route: the session's own targets say which
+        # of them get the caller's token.
+        headers = ctx.mcp_headers(session.route.passthrough_targets)
     await post_to_session(ep, ctx, session.route, session, message, headers)
 
 

@@ -53,6 +53,7 @@ class JwksSource:
     last_fetch: float = -1e9
     last_early: float = -1e9
     has_keys: bool = False
+    keys: KeySet | None = None  # the last good fetch's
     _early: trio.Event = attrs.field(factory=trio.Event)
 
     def __repr__(self) -> str:
@@ -81,6 +82,7 @@ class JwksSource:
                 self.fetches += 1
                 self.last_fetch = time.monotonic()
                 self.has_keys = True
+                self.keys = keys
                 for verifier, issuer in self.users:
                     verifier.replace_keys(issuer, keys)
                 wait = ttl
