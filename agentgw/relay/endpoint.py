@@ -48,14 +48,12 @@ class McpEndpoint:
 
     def owner_of(self, req: ServerRequest, route: McpRoute) -> int | None:
         """The worker that must serve ``req``: the one holding the session it
-        names. None when any worker can: it names no session, or it is a
-        request (POST) in a session every worker can take up."""
+        names (None: it names none). Every request of a session goes to its
+        owner, which alone knows whether the session was ended."""
         ids = self.directory.ids
         if ids.index is None:
             return None
         legacy = req.method == "POST" and "sessionId=" in req.query
-        if req.method == "POST" and route.resumable and not legacy:
-            return None
         token = header_value(req.headers, b"mcp-session-id")
         if token is not None:
             sid = self.directory.sid_of(token.decode("latin-1"))

@@ -238,5 +238,5 @@ async def delete(ep: McpEndpoint, ctx: RequestContext, route: McpRoute) -> None:
     if token is None:
         raise ClientError("Mcp-Session-Id header is required")
     session = await ep.directory.find(token, route)
-    session.close()
+    ep.directory.end(session)
     await ctx.req.respond(200, b"")
