@@ -23,6 +23,7 @@ from agentgw.relay import legacy_sse, streamable, websocket
 from agentgw.relay.context import RequestContext
 from agentgw.relay.dispatch import Timeouts
 from agentgw.relay.outbox import JSON, StreamWaits, dumps
+from agentgw.relay.resume import SseSettings
 from agentgw.relay.session import Message
 from agentgw.relay.sessions import SessionDirectory
 from agentgw.server.connection import ServerRequest
@@ -41,6 +42,7 @@ class McpEndpoint:
     response_timeout: float = 300.0
     max_message: int = MAX_MESSAGE
     legacy: dict[str, legacy_sse.LegacySession] = attrs.field(factory=dict)
+    sse: SseSettings = attrs.field(factory=SseSettings)
 
     def start_drain(self) -> None:
         """End every server-to-client stream now, between two events."""

@@ -38,6 +38,7 @@ from agentgw.errors import UpstreamError, UpstreamUnavailable
 from agentgw.mcp.ended import EndedSessions
 from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.ids import IdMap, IdMapFull
+from agentgw.relay.resume import SessionStreams
 from agentgw.server.watch import wait_watched
 from agentgw.upstream.mcp._common import UpstreamSessionGone
 from agentgw.upstream.mcp.base import Answer, McpTransport, open_transport
@@ -202,6 +203,8 @@ class RelaySession:
     _progress: dict[tuple[str, Any], Pending] = attrs.field(factory=dict)
     _server_requests: IdMap = attrs.field(factory=lambda: IdMap(MAX_IN_FLIGHT, prefix="agw-"))
     _get_streams: list[trio.MemorySendChannel[Message]] = attrs.field(factory=list)
+    # The session's resumable SSE streams (Last-Event-ID), gone with it.
+    streams: SessionStreams = attrs.field(factory=SessionStreams)
 
     @property
     def targets(self) -> tuple[McpTarget, ...]:
@@ -263,6 +266,7 @@ class RelaySession:
         finally:
             self.closed.set()
             self._fail_all("session closed")
+            self.streams.close()
 
     def _keep_upstream_sessions_unless_ended(self) -> None:
         if not self.has_ended or self.is_replica:

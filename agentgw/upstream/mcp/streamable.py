@@ -69,6 +69,7 @@ from agentgw.upstream.mcp._http import (
     receive_head,
     start_request,
 )
+from agentgw.upstream.mcp.hangup import hung_up
 from agentgw.upstream.pool import ConnectionPool, Exchange, UpstreamResponse
 from agentgw.wire.http import Headers, header_value
 from agentgw.wire.jsonrpc import is_request
@@ -157,6 +158,8 @@ class _SseAnswer:
                 continue
             if chunk is None:  # the stream ended
                 self._drop()
+                if not stream.answered and stream.last_event_id is not None:
+                    hung_up()  # the server asks its client to poll
                 continue
             try:
                 events = self.decoder.feed(chunk)
