@@ -69,7 +69,9 @@ class LiveStream:
 
     def append(self, message: Message, session: str) -> bytes:
         event, fell = self.log.append(dumps(message).decode())
-        if fell:
+        # Said on the first loss, then once per buffer's worth.
+        before, every = self.log.dropped - fell, self.log.max_events
+        if fell and (before == 0 or before // every != self.log.dropped // every):
             logger.info(
                 "session %s: SSE stream %s keeps %d events: %d older events can no longer be"
                 " resumed (%d in all)",
