@@ -202,3 +202,21 @@ async def test_the_gateway_hangs_up_to_make_the_client_poll() -> None:
                     polled += [event async for event in events]
                 last = str(polled[-1].id) if polled else last
         assert _steps(polled) == [1, 2, "result"]
+
+
+async def test_the_get_stream_is_primed_and_resumable() -> None:
+    async with run_gateway(_config()) as (_, port):
+        token = await _session(port)
+        with trio.fail_after(20):
+            async with _stream(port, "GET", token) as (head, events):
+                assert head.status_code == 200
+                priming = await events.__anext__()
+            assert priming.data == "" and priming.retry == 250
+            assert priming.id is not None and priming.id.endswith(":0")
+            async with _stream(port, "GET", token, last=priming.id) as (head, events):
+                assert head.status_code == 200
+                seen: list[SSEEvent] = []
+                with trio.move_on_after(0.3):
+                    async for event in events:
+                        seen.append(event)
+            assert seen == []  # resumed: no second priming event, nothing missed
