@@ -13,7 +13,8 @@ clients of 2025-11-25 and later.
 A POST's stream is fed by its call in the request's own task
 (``ResumableOutbox``). Once it started, a client that leaves no longer
 cancels the call: the call runs to its response (bounded by its timeouts)
-into the log. The gateway hangs up a stream itself (the client polls) when
+into the log (cancelled if nobody resumes it within ``ABANDONED_AFTER``).
+The gateway hangs up a stream itself (the client polls) when
 the upstream hung up its own stream mid-call (``upstream/mcp/hangup.py``),
 or when ``sse.poll_after`` passed (checked at each event and keep-alive).
 
@@ -42,6 +43,9 @@ from agentgw.wire.sse import encode_comment
 logger = logging.getLogger(__name__)
 
 MAX_STREAMS = 64
+# A call whose stream nobody reads (the client left and did not resume) is
+# cancelled after this long.
+ABANDONED_AFTER = 300.0
 
 
 @attrs.frozen
@@ -147,6 +151,7 @@ class ResumableOutbox(Outbox):
     # took it over, the gateway did not hang up).
     is_attached: bool = False
     hang_up_at: float = math.inf
+    left_at: float | None = None  # when the client left, if nobody resumed since
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     def hang_up_soon(self) -> None:
@@ -199,6 +204,8 @@ class ResumableOutbox(Outbox):
                 await self._end()
 
     async def ping(self) -> None:
+        if self._is_abandoned():
+            raise ClientGone(f"nobody resumed the stream in {ABANDONED_AFTER:g}s")
         async with self._lock:
             await self._start()
             if self._is_hang_up_due():
@@ -231,15 +238,23 @@ class ResumableOutbox(Outbox):
         if self._is_writing():
             logger.debug("session %s: hanging up SSE stream %s", self.session, self._key())
             await self._end()
+            self.left_at = trio.current_time()
 
     def _is_writing(self) -> bool:
         if self.is_attached and self.stream is not None and self.stream.writer is not self:
             self.is_attached = False  # a resume took the stream over
         return self.is_attached
 
+    def _is_abandoned(self) -> bool:
+        left = self.left_at
+        if left is None or self.stream is None or self.stream.writer is not self:
+            return False
+        return trio.current_time() - left > ABANDONED_AFTER
+
     def _detach(self, why: str) -> None:
         if self.is_attached:
             self.is_attached = False
+            self.left_at = trio.current_time()
             logger.debug("session %s: SSE stream %s: %s", self.session, self._key(), why)
 
     def _key(self) -> str:
