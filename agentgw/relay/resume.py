@@ -117,7 +117,8 @@ class SessionStreams:
         while len(self._streams) >= self.limit:
             done = [k for k, s in self._streams.items() if s.log.is_complete]
             key = done[0] if done else next(iter(self._streams))
-            self._streams.pop(key).complete()
+            # A running one goes on for its reader, but can no longer be resumed.
+            del self._streams[key]
         key = secrets.token_urlsafe(6)
         log = EventLog(key, max_events=settings.max_events, max_bytes=settings.max_bytes)
         stream = LiveStream(log, is_get=is_get)

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from agentgw.wire.sse import SSEDecoder, SSEEvent
+from tests.e2e.test_demo_conformance import demo_process
 from tests.e2e.test_mcp_gateway import mcp_config, stdio
 from tests.support import Client, open_client, run_gateway
 
@@ -220,3 +221,28 @@ async def test_the_get_stream_is_primed_and_resumable() -> None:
                     async for event in events:
                         seen.append(event)
             assert seen == []  # resumed: no second priming event, nothing missed
+
+
+async def test_a_targets_hang_up_is_relayed_to_the_client() -> None:
+    # The demo over Streamable HTTP hangs up test_reconnection's stream after
+    # its priming event; the gateway, with its defaults, does the same to
+    # its client, and the result comes once, on the resumed stream.
+    async with demo_process() as url:
+        config = mcp_config({"name": "demo", "mcp": {"host": url}})
+        async with run_gateway(config) as (_, port):
+            token = await _session(port)
+            call = {
+                "jsonrpc": "2.0",
+                "id": 5,
+                "method": "tools/call",
+                "params": {"name": "test_reconnection", "arguments": {}},
+            }
+            with trio.fail_after(20):
+                async with _stream(port, "POST", token, body=call) as (head, events):
+                    assert head.status_code == 200
+                    got = [event async for event in events]
+                assert [e.data for e in got] == [""]  # primed, then hung up
+                async with _stream(port, "GET", token, last=str(got[0].id)) as (head, events):
+                    rest = [event async for event in events]
+    assert _steps(rest) == ["result"]
+    assert _message(rest[0])["id"] == 5
