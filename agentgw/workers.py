@@ -14,8 +14,9 @@ sealed ``Mcp-Session-Id`` (and as the legacy ``sessionId``). A worker that
 gets a request for another worker's session relays it, unchanged and
 streaming, to that worker's Unix socket; the owner runs the whole policy
 pipeline. Every request of a session goes there, so the owner alone decides
-whether the session still exists (a DELETE at any worker ends it for all). If the owner is gone (it crashed and is being restarted), the
-request is served here: HTTP-only sessions resume, others get 404.
+whether the session still exists (a DELETE at any worker ends it for all).
+If the owner is gone (it crashed and is being restarted), the request is
+served here: HTTP-only sessions resume, others get 404.
 
 The parent forwards SIGTERM/SIGINT to the children (so each drains), restarts
 a child that dies on its own with a backoff, and gives up and stops every
