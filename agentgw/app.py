@@ -77,6 +77,7 @@ from agentgw.policy.ratelimit import McpRateLimits, RateLimiter, compile_mcp_lim
 from agentgw.relay.context import RequestContext
 from agentgw.relay.endpoint import McpEndpoint
 from agentgw.relay.proxy import proxy_request, relay_to_worker
+from agentgw.relay.resume import SseSettings
 from agentgw.relay.session import SessionManager
 from agentgw.relay.sessions import SessionDirectory, SessionIds
 from agentgw.reload import ConfigSource, ConfigWatcher, fixed_changes, keep_fixed
@@ -606,7 +607,16 @@ class Gateway:
             ttl=settings.mcp.session_ttl,
             idle_timeout=settings.mcp.stream_idle_timeout,
         )
-        self.mcp = McpEndpoint(directory, response_timeout=self.limits.upstream_response_timeout)
+        self.mcp = McpEndpoint(
+            directory,
+            response_timeout=self.limits.upstream_response_timeout,
+            sse=SseSettings(
+                retry_ms=round(settings.mcp.sse_retry * 1000),
+                max_events=settings.mcp.sse_buffer_events,
+                max_bytes=settings.mcp.sse_buffer_bytes,
+                poll_after=settings.mcp.sse_poll_after,
+            ),
+        )
         self.is_draining = False
         self._connections: set[ClientConnection] = set()
         self._shutdown = trio.Event()

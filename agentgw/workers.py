@@ -14,8 +14,10 @@ suffix of the session's id (``<random>.w<index>``), which travels inside the
 sealed ``Mcp-Session-Id`` (and as the legacy ``sessionId``). A worker that
 gets a request for another worker's session relays it, unchanged and
 streaming, to that worker's Unix socket; the owner runs the whole policy
-pipeline. If the owner is gone (it crashed and is being restarted), the
-request is served here: HTTP-only sessions resume, others get 404.
+pipeline. Every request of a session goes there, so the owner alone decides
+whether the session still exists (a DELETE at any worker ends it for all).
+If the owner is gone (it crashed and is being restarted), the request is
+served here: HTTP-only sessions resume, others get 404.
 
 The parent forwards SIGTERM/SIGINT to the children (so each drains) and
 SIGHUP (so each reloads its config, ``agentgw.reload``), restarts

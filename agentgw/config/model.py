@@ -409,10 +409,17 @@ class McpSettings:
     """``config.mcp``: ``session_ttl`` ends a session idle that long;
     ``stream_idle_timeout`` drops an upstream's SSE stream (a call's answer
     or the GET stream) that says nothing for that long (keep-alive comments
-    count)."""
+    count). The ``sse_*`` keys shape the resumable SSE streams the gateway
+    serves: the ``retry`` delay it asks of clients, how many events and bytes
+    each stream keeps for a resume, and after how long it hangs up a POST's
+    stream to make the client poll (None: only when the upstream did)."""
 
     session_ttl: float = 1800.0
     stream_idle_timeout: float = 300.0
+    sse_retry: float = 1.0
+    sse_buffer_events: int = 1000
+    sse_buffer_bytes: int = 1 << 20
+    sse_poll_after: float | None = None
 
 
 @attrs.frozen

@@ -24,8 +24,10 @@ import attrs
 import trio
 
 from agentgw.errors import (
+    SESSION_NOT_FOUND,
     HTTPError,
     InvalidParams,
+    NotFound,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -95,7 +97,10 @@ async def dispatch(
         elif method == "ping":
             await outbox.send(make_result(msg_id, {}), final=True)
         elif method in LIST_METHODS:
-            await outbox.send(await list_all(ctx, route, session, message, headers), final=True)
+            listed = await list_all(ctx, route, session, message, headers)
+            if session.is_revoked:
+                raise session_gone()
+            await outbox.send(listed, final=True)
         elif method == "logging/setLevel":
             await fan_out(session, dict.fromkeys(session.transports, message), headers, req=ctx.req)
             await outbox.send(make_result(msg_id, {}), final=True)
@@ -110,6 +115,8 @@ async def dispatch(
                 )
     except HTTPError as exc:
         note_failure(ctx, exc)
+        if session.is_revoked:  # a target ended its session: so does the client's
+            raise session_gone() from exc
         await outbox.send(exc.rpc_error(msg_id), final=True)
 
 
@@ -152,6 +159,10 @@ def _span_attributes(method: str, target: str) -> dict[str, str | int]:
         "mcp.method.name": method,
         "mcp.target": target,
     }
+
+
+def session_gone() -> NotFound:
+    return NotFound("session not found", code=SESSION_NOT_FOUND, detail="the session ended")
 
 
 def _judge_call(ctx: RequestContext, route: McpRoute, message: Message) -> tuple[str, Message]:

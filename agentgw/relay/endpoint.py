@@ -23,6 +23,7 @@ from agentgw.relay import legacy_sse, streamable, websocket
 from agentgw.relay.context import RequestContext
 from agentgw.relay.dispatch import Timeouts
 from agentgw.relay.outbox import JSON, StreamWaits, dumps
+from agentgw.relay.resume import SseSettings
 from agentgw.relay.session import Message
 from agentgw.relay.sessions import SessionDirectory
 from agentgw.server.connection import ServerRequest
@@ -41,6 +42,7 @@ class McpEndpoint:
     response_timeout: float = 300.0
     max_message: int = MAX_MESSAGE
     legacy: dict[str, legacy_sse.LegacySession] = attrs.field(factory=dict)
+    sse: SseSettings = attrs.field(factory=SseSettings)
 
     def start_drain(self) -> None:
         """End every server-to-client stream now, between two events."""
@@ -48,14 +50,12 @@ class McpEndpoint:
 
     def owner_of(self, req: ServerRequest, route: McpRoute) -> int | None:
         """The worker that must serve ``req``: the one holding the session it
-        names. None when any worker can: it names no session, or it is a
-        request (POST) in a session every worker can take up."""
+        names (None: it names none). Every request of a session goes to its
+        owner, which alone knows whether the session was ended."""
         ids = self.directory.ids
         if ids.index is None:
             return None
         legacy = req.method == "POST" and "sessionId=" in req.query
-        if req.method == "POST" and route.resumable and not legacy:
-            return None
         token = header_value(req.headers, b"mcp-session-id")
         if token is not None:
             sid = self.directory.sid_of(token.decode("latin-1"))

@@ -9,8 +9,8 @@ clients get every message on their connection's one stream.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -21,6 +21,7 @@ from agentgw.server.watch import wait_watched
 from agentgw.wire.sse import encode_comment, encode_event
 
 Message = dict[str, Any]
+T = TypeVar("T")
 Headers = Sequence[tuple[bytes, bytes]]
 JSON = b"application/json"
 SSE_HEADERS: Headers = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
@@ -131,15 +132,10 @@ class StreamWaits:
 
         async def pump() -> None:
             while not self.is_draining:
-                message: Any = None
-                with trio.move_on_after(self.keepalive) as wait:
-                    self._waits.add(wait)
-                    try:
-                        message = await wait_watched(messages.receive)
-                    except trio.EndOfChannel:
-                        return
-                    finally:
-                        self._waits.discard(wait)
+                try:
+                    message = await self.wait(messages.receive)
+                except trio.EndOfChannel:
+                    return
                 if message is not None:
                     await req.send_data(encode_event(dumps(message).decode()))
                 elif not self.is_draining:
@@ -147,3 +143,14 @@ class StreamWaits:
 
         await req.run_watched(pump)
         await req.end()
+
+    async def wait(self, wait: Callable[[], Awaitable[T]]) -> T | None:
+        """``await wait()``; None after a keep-alive interval, or at once
+        when the gateway drains. ``wait`` must be safe to cancel."""
+        with trio.move_on_after(self.keepalive) as scope:
+            self._waits.add(scope)
+            try:
+                return await wait_watched(wait)
+            finally:
+                self._waits.discard(scope)
+        return None

@@ -35,9 +35,12 @@ import trio
 
 from agentgw.config.model import McpTarget
 from agentgw.errors import HTTPError, UpstreamError, UpstreamUnavailable
+from agentgw.mcp.ended import EndedSessions
 from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.ids import IdMap, IdMapFull
+from agentgw.relay.resume import SessionStreams
 from agentgw.server.watch import wait_watched
+from agentgw.upstream.mcp._common import UpstreamSessionGone
 from agentgw.upstream.mcp.base import Answer, McpTransport, TransportOpener, open_transport
 from agentgw.upstream.pool import ConnectionPool
 
@@ -192,6 +195,8 @@ class RelaySession:
     # Taken up from a sibling worker for requests only: no server-to-client
     # stream, and the upstream sessions are never ended.
     is_replica: bool = False
+    # Ended for good (a DELETE, an upstream session gone): never resumed.
+    is_revoked: bool = False
     init_result: dict[str, Any] | None = None
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _pending: dict[tuple[str, int], Pending] = attrs.field(factory=dict)
@@ -200,6 +205,8 @@ class RelaySession:
     _get_streams: list[trio.MemorySendChannel[Message]] = attrs.field(factory=list)
     # How a target's transport is opened (tests give an in-memory one).
     opener: TransportOpener = open_transport
+    # The session's resumable SSE streams (Last-Event-ID), gone with it.
+    streams: SessionStreams = attrs.field(factory=SessionStreams)
 
     @property
     def targets(self) -> tuple[McpTarget, ...]:
@@ -261,6 +268,7 @@ class RelaySession:
         finally:
             self.closed.set()
             self._fail_all("session closed")
+            self.streams.close()
 
     def _keep_upstream_sessions_unless_ended(self) -> None:
         if not self.has_ended or self.is_replica:
@@ -285,6 +293,8 @@ class RelaySession:
                 self.dead[target] = exc.reason
                 self.transports.pop(target, None)
                 self._fail_target(target, exc.reason)
+                if isinstance(exc, UpstreamSessionGone):
+                    self._upstream_session_gone(target)
                 return
             await self._from_reader(target, message)
 
@@ -386,7 +396,20 @@ class RelaySession:
             reason = self.dead.get(target, "upstream unavailable")
             raise UpstreamUnavailable(f"target {target}: upstream unavailable", detail=reason)
         own = headers(target) if callable(headers) else headers
-        return await transport.send(message, headers=own)
+        try:
+            return await transport.send(message, headers=own)
+        except UpstreamSessionGone:
+            self._upstream_session_gone(target)
+            raise
+
+    def _upstream_session_gone(self, target: str) -> None:
+        """A target ended its upstream session: the client's session ends
+        too (404 from now on), and the client re-initializes. A new upstream
+        session behind its back would lose what the handshake set up."""
+        if not self.is_revoked:
+            logger.info("session %s: target %s ended its session", self.sid[:8], target)
+        self.is_revoked = True
+        self.close()
 
     def _fail_target(self, target: str, reason: str) -> None:
         for key, pending in list(self._pending.items()):
@@ -517,6 +540,11 @@ class SessionManager:
     ttl: float = 1800.0
     max_sessions: int = 10_000
     sessions: dict[str, RelaySession] = attrs.field(factory=dict)
+    # Sessions that ended for good (DELETE, an upstream session gone): their
+    # tokens never resume them in this process.
+    ended: EndedSessions = attrs.field(
+        default=attrs.Factory(lambda self: EndedSessions(self.ttl), takes_self=True)
+    )
     _nursery: trio.Nursery | None = None
 
     def statistics(self) -> dict[str, int]:
@@ -537,9 +565,18 @@ class SessionManager:
         await self._nursery.start(self._run, session)
         return session
 
+    def end(self, session: RelaySession) -> None:
+        """End ``session`` for good (a DELETE)."""
+        session.is_revoked = True
+        self.ended.add(session.sid, time.monotonic())
+        session.close()
+
     async def _run(self, session: RelaySession, *, task_status: trio.TaskStatus[None]) -> None:
         self.sessions[session.sid] = session
         try:
             await session.run(task_status=task_status)
         finally:
-            self.sessions.pop(session.sid, None)
+            if self.sessions.get(session.sid) is session:
+                del self.sessions[session.sid]
+            if session.is_revoked:
+                self.ended.add(session.sid, time.monotonic())

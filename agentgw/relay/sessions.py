@@ -6,7 +6,10 @@ session ids. A token that decoded once is remembered (bounded LRU), so steady
 traffic does not pay for AES-GCM on every request; forged ones never are. A
 token naming a session this process does not hold is resumed when every
 target is Streamable HTTP (the upstream sessions live outside this process):
-that is how another replica, or a sibling worker, takes a session up.
+that is how another replica takes a session up (or a sibling worker, when
+the session's own worker is not there). A session that ended for good (a
+DELETE, or a target's 404 for its upstream session) is never resumed here:
+``SessionManager.ended`` keeps its id for the session TTL.
 
 With ``--workers``, a session id names the worker that made it
 (``SessionIds``); the gateway hands the directory that object, so the relay
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import OrderedDict
 
 import attrs
@@ -169,6 +173,10 @@ class SessionDirectory:
         session = self.manager.sessions.get(state.sid)
         if session is not None and not session.closed.is_set():
             return session
+        if (session is not None and session.is_revoked) or self.manager.ended.has(
+            state.sid, time.monotonic()
+        ):
+            raise session_not_found("the session ended")
         # Resume a session issued by this or another replica with the same key.
         if set(state.targets) != set(route.target_names) or not route.resumable:
             raise session_not_found("not held here and not resumable")
@@ -182,6 +190,10 @@ class SessionDirectory:
             is_replica=not self.ids.is_mine(state.sid),
         )
         return await self._start(session)
+
+    def end(self, session: RelaySession) -> None:
+        """End ``session`` for good: its token never resumes it here."""
+        self.manager.end(session)
 
     async def shared(self, route: McpRoute, headers: UpstreamHeaders) -> RelaySession:
         """The one session per route that 2026-07-28 requests (which have

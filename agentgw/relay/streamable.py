@@ -5,8 +5,9 @@ How this works: a POST without a session id is an ``initialize`` (a new
 session, whose sealed token the answer carries) or a request of the
 stateless revision; with one, the session is found (``relay/sessions.py``)
 and the message dispatched (``relay/dispatch.py``), its answers going to a
-``PostOutbox``. A GET holds the session's server-to-client stream; a DELETE
-ends the session.
+``ResumableOutbox`` (``relay/resume.py``). A GET holds the session's
+server-to-client stream, or with ``Last-Event-ID`` resumes a stream the
+client lost; a DELETE ends the session for good.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from agentgw.errors import (
 )
 from agentgw.mcp import versions
 from agentgw.mcp.federation import McpRoute, call_name, params_of, stateless_version
+from agentgw.mcp.replay import has_resumable_streams, prefers_event_stream
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch, initialize
 from agentgw.relay.outbox import Outbox, PostOutbox, StatelessRevisionOutbox, respond_json
+from agentgw.relay.resume import ResumableOutbox, find_resumed, resumable_outbox, serve_log
 from agentgw.relay.session import Message, RelaySession
+from agentgw.upstream.mcp.hangup import listening_for_hang_ups
 from agentgw.wire.http import header_value
 
 if TYPE_CHECKING:
@@ -69,7 +73,15 @@ async def post(ep: McpEndpoint, ctx: RequestContext, route: McpRoute) -> None:
         # A reload changed the route: the session's own targets say which
         # of them get the caller's token.
         headers = ctx.mcp_headers(session.route.passthrough_targets)
-    await post_to_session(ep, ctx, session.route, session, message, headers)
+    outbox = resumable_outbox(
+        ctx.req,
+        session.streams,
+        ep.sse,
+        session.sid[:8],
+        session.protocol_version,
+        prefers_event_stream(header_value(ctx.req.headers, b"accept")),
+    )
+    await post_to_session(ep, ctx, session.route, session, message, headers, outbox)
 
 
 async def _initialize(
@@ -111,7 +123,14 @@ async def post_to_session(
     async def work() -> None:
         await dispatch(ctx, route, session, message, headers, out, timeouts)
 
-    await ctx.req.run_watched(work)
+    if not isinstance(out, ResumableOutbox):
+        await ctx.req.run_watched(work)
+        return
+    try:
+        with listening_for_hang_ups(out.hang_up_soon):
+            await ctx.req.run_watched(work)
+    finally:
+        out.close()
 
 
 async def _stateless(
@@ -233,8 +252,22 @@ async def get(ep: McpEndpoint, ctx: RequestContext, route: McpRoute) -> None:
     if token is None:
         raise ClientError("Mcp-Session-Id header is required")
     session = await ep.directory.find(token, route)
+    sid = session.sid[:8]
+    ctx.record.extra["mcp.session"] = sid
+    last_event_id = header_value(ctx.req.headers, b"last-event-id")
+    if last_event_id is not None:
+        stream, after = find_resumed(session.streams, last_event_id)
+        ctx.record.extra["mcp.resume"] = stream.log.key
+        if not stream.is_get:  # the rest of a POST's answer
+            await serve_log(ctx.req, stream, after, ep.streams, None, sid)
+            return
+    else:
+        stream, after = session.streams.new(ep.sse, is_get=True), 0
+    priming = b""
+    if last_event_id is None and has_resumable_streams(session.protocol_version):
+        priming = stream.log.priming(ep.sse.retry_ms)
     async with session.get_stream() as messages:
-        await ep.streams.serve_sse(ctx.req, messages)
+        await serve_log(ctx.req, stream, after, ep.streams, messages, sid, priming=priming)
 
 
 async def delete(ep: McpEndpoint, ctx: RequestContext, route: McpRoute) -> None:
@@ -242,5 +275,5 @@ async def delete(ep: McpEndpoint, ctx: RequestContext, route: McpRoute) -> None:
     if token is None:
         raise ClientError("Mcp-Session-Id header is required")
     session = await ep.directory.find(token, route)
-    session.close()
+    ep.directory.end(session)
     await ctx.req.respond(200, b"")

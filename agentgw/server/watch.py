@@ -52,6 +52,9 @@ class ClientWatch:
     is_started: bool = False
     is_gone: bool = False
     is_over: bool = False  # the request's work has ended
+    # False once the work must outlive its client (a resumable stream): a
+    # client that leaves is only noted.
+    cancels: bool = True
     # Made when the watcher starts: most requests never need them.
     _stop: trio.CancelScope | None = None
     _stopped: trio.Event | None = None
@@ -68,7 +71,8 @@ class ClientWatch:
             with stop:
                 await self.watch()
                 self.is_gone = True
-                self.scope.cancel()
+                if self.cancels:
+                    self.scope.cancel()
         finally:
             stopped.set()
 
@@ -109,6 +113,14 @@ def watch_deadline() -> float:
     if state is None or state.is_started or state.is_over:
         return math.inf
     return state.deadline
+
+
+def keep_working() -> None:
+    """Let the current request's work go on if its client leaves (it feeds a
+    stream the client can resume); a departure is only noted."""
+    state = _CURRENT.get()
+    if state is not None:
+        state.cancels = False
 
 
 def start_watching() -> None:

@@ -160,20 +160,31 @@ def _protected(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _polling(config: dict[str, Any]) -> dict[str, Any]:
+    """A stdio or legacy SSE target cannot hang up a call's stream (SEP-1699
+    polling: ``server-sse-polling``'s test_reconnection); the gateway then
+    does it by its own policy: every POST stream is hung up after its
+    priming event, and the client resumes it with Last-Event-ID. A Streamable
+    HTTP target's own hang-ups are relayed without it."""
+    config["config"]["mcp"] = {"ssePollAfter": "0s"}
+    return config
+
+
 @asynccontextmanager
 async def gateway_in_front(transport: str) -> AsyncIterator[str]:
     """The gateway with the demo as a ``transport`` target; yields its URL."""
     if transport == "stdio":
-        config = _protected(mcp_config(stdio("demo", DEMO_STDIO)))
+        config = _polling(_protected(mcp_config(stdio("demo", DEMO_STDIO))))
         async with run_gateway(config) as (_, port):
             yield f"http://localhost:{port}/mcp"
         return
     async with demo_process() as demo_url:
         if transport == "http":
-            target = {"name": "demo", "mcp": {"host": demo_url}}
+            config = _protected(mcp_config({"name": "demo", "mcp": {"host": demo_url}}))
         else:
-            target = {"name": "demo", "sse": {"host": demo_url.removesuffix("/mcp") + "/sse"}}
-        async with run_gateway(_protected(mcp_config(target))) as (_, port):
+            sse_url = demo_url.removesuffix("/mcp") + "/sse"
+            config = _polling(_protected(mcp_config({"name": "demo", "sse": {"host": sse_url}})))
+        async with run_gateway(config) as (_, port):
             yield f"http://localhost:{port}/mcp"
 
 

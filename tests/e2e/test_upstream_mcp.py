@@ -26,7 +26,7 @@ from agentgw.config.model import HttpTarget, McpTarget, StdioTarget
 from agentgw.errors import UpstreamError, UpstreamUnavailable
 from agentgw.upstream.mcp import Answer, TransportClosed
 from agentgw.upstream.mcp import open_transport as open_real_transport
-from agentgw.upstream.mcp._common import open_task_nursery
+from agentgw.upstream.mcp._common import UpstreamSessionGone, open_task_nursery
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire.http import MCP_NOT_FORWARDED, forward_headers
 from tests.support import Upstream, serve_raw, serve_upstream
@@ -440,13 +440,13 @@ async def test_streamable_http_expired_session(pool: ConnectionPool) -> None:
         target = http_target("forgetful", up.port, "/mcp")
         async with open_transport(target, pool=pool, session_id="gone") as transport:
             assert transport.session_id == "gone"
-            await transport.send({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
-            with trio.fail_after(5):
-                answer = await transport.receive()  # the request's own answer
-                assert answer["id"] == 7 and "session expired" in answer["error"]["message"]
-                with pytest.raises(TransportClosed, match="session expired"):
-                    await transport.receive()
-            with pytest.raises(TransportClosed, match="target forgetful: session expired"):
+            # Nothing of the request was done: the session, not the request,
+            # failed (the relay ends the client's session: 404).
+            with pytest.raises(UpstreamSessionGone, match="upstream session expired"):
+                await transport.send({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
+            with trio.fail_after(5), pytest.raises(UpstreamSessionGone, match="session expired"):
+                await transport.receive()
+            with pytest.raises(UpstreamSessionGone, match="target forgetful: session expired"):
                 await transport.send({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
 
 

@@ -26,7 +26,13 @@ from tests.e2e.test_mcp_gateway import (
     mcp_config,
     stdio,
 )
-from tests.support import free_port, gateway_subprocess, recording_mcp_upstream, serve_upstream
+from tests.support import (
+    free_port,
+    gateway_subprocess,
+    recording_mcp_upstream,
+    request,
+    serve_upstream,
+)
 
 
 def test_session_ids_name_their_worker() -> None:
@@ -149,9 +155,7 @@ def test_a_bad_worker_count_is_refused() -> None:
     assert "expected a number from 1 to 64" in done.stderr
 
 
-async def test_http_sessions_are_served_by_whichever_worker_gets_the_request(
-    tmp_path: Path,
-) -> None:
+async def test_http_sessions_are_served_by_their_own_worker(tmp_path: Path) -> None:
     async with serve_upstream(recording_mcp_upstream) as up:
         target = {"name": "rec", "mcp": {"host": f"http://127.0.0.1:{up.port}/mcp"}}
         config = mcp_config(target)
@@ -162,22 +166,57 @@ async def test_http_sessions_are_served_by_whichever_worker_gets_the_request(
             for i in range(16):  # new connections: both workers take some
                 status, body = await _call(port, token, "who", {"n": i})
                 assert status == 200 and b'"ok"' in body, body
-            await _wait_for_log(proc, b"mcp.method=tools/call")
+            await _wait_for_log(proc, b"worker.owner=")
             proc.send_signal(signal.SIGTERM)
             with trio.fail_after(15):
                 assert await proc.wait() == 0
         lines = proc.stderr_data.decode(errors="replace").splitlines()
         calls = [line for line in lines if "mcp.method=tools/call" in line]
-        assert len(calls) == 16
-        assert not [line for line in calls if "worker.owner=" in line]  # none relayed
+        assert len(calls) == 16  # served by the owner (relayed ones are logged without)
         methods = [json.loads(body).get("method") for request, body in up.seen if body]
-        # One upstream session: initialized once, every call in it, one GET
-        # stream at most (only the owner holds it), never ended by a worker.
+        # One upstream session, held by the owner only: initialized once,
+        # every call in it, one GET stream at most, never ended by a worker.
         assert methods.count("initialize") == 1
         assert methods.count("tools/call") == 16
         assert all(dict(r.headers)[b"mcp-session-id"] == b"s1" for r, b in up.seen[2:] if b)
         assert [r.method for r, _ in up.seen].count(b"GET") <= 1
         assert b"DELETE" not in [r.method for r, _ in up.seen]
+
+
+async def _session_request(port: int, method: str, token: str) -> int:
+    headers = [(b"mcp-session-id", token.encode()), (b"accept", b"text/event-stream")]
+    with trio.fail_after(10):
+        return (await request(port, method, "/mcp", headers=headers)).status
+
+
+async def test_a_deleted_session_is_gone_on_every_worker(tmp_path: Path) -> None:
+    async with serve_upstream(recording_mcp_upstream) as up:
+        target = {"name": "rec", "mcp": {"host": f"http://127.0.0.1:{up.port}/mcp"}}
+        config = mcp_config(target)
+        port = await free_port()
+        config["binds"][0]["port"] = port
+        async with _two_workers(tmp_path, config) as proc:
+            tokens = [await _initialize(port) for _ in range(4)]
+            for token in tokens:  # new connections: both workers take some
+                status, _ = await _call(port, token, "who", {})
+                assert status == 200
+                assert await _session_request(port, "DELETE", token) == 200
+            # Every later request, whichever worker its connection reaches,
+            # finds the session ended: a POST, a GET, a second DELETE.
+            for _ in range(4):
+                for token in tokens:
+                    status, body = await _call(port, token, "who", {})
+                    assert status == 404 and b"-32001" in body, body
+                    assert await _session_request(port, "GET", token) == 404
+                    assert await _session_request(port, "DELETE", token) == 404
+            await _wait_for_log(proc, b"worker.owner=")
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                assert await proc.wait() == 0
+        methods = [json.loads(body).get("method") for _, body in up.seen if body]
+        assert methods.count("initialize") == 4  # nothing re-initialized on a client's behalf
+        assert methods.count("tools/call") == 4
+        assert [r.method for r, _ in up.seen].count(b"DELETE") == 4
 
 
 async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:

@@ -29,6 +29,11 @@ class TransportClosed(UpstreamError):
     session expired, or the transport was closed."""
 
 
+class UpstreamSessionGone(TransportClosed):
+    """The upstream answered 404 to its session id: that session is over
+    (it expired, or the server ended it). Nothing of the message was done."""
+
+
 _PLAIN_ERRORS = (UpstreamError, UpstreamUnavailable, UpstreamTimeout, TransportClosed)
 
 
@@ -130,6 +135,7 @@ class Inbox:
     _send: trio.MemorySendChannel[Message]
     _receive: trio.MemoryReceiveChannel[Message]
     reason: str | None = None
+    is_session_gone: bool = False
 
     @classmethod
     def create(cls, size: int = INBOX_SIZE) -> Inbox:
@@ -148,7 +154,11 @@ class Inbox:
     def check_open(self) -> None:
         """Raises TransportClosed if the upstream is gone."""
         if self.reason is not None:
-            raise TransportClosed(self.reason)
+            raise self._closed()
+
+    def _closed(self) -> TransportClosed:
+        kind = UpstreamSessionGone if self.is_session_gone else TransportClosed
+        return kind(self.reason or "transport closed")
 
     async def put(self, message: Message) -> bool:
         """Queue ``message``, waiting for room. False if closed."""
@@ -158,17 +168,18 @@ class Inbox:
             return False
         return True
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, is_session_gone: bool = False) -> None:
         """The first reason given wins."""
         if self.reason is None:
             self.reason = reason
+            self.is_session_gone = is_session_gone
             self._send.close()
 
     async def get(self) -> Message:
         try:
             return await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise TransportClosed(self.reason or "transport closed") from None
+            raise self._closed() from None
 
 
 @asynccontextmanager

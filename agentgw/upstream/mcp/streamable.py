@@ -19,7 +19,8 @@ came. The session id comes from the initialize response's
 later request. Once the session is initialized, a task of the transport
 holds the standalone GET stream open (405: the server has none); what comes
 on it goes to the inbox that ``receive`` reads. A 404 while holding a session
-id means the session expired: the transport closes. Closing the transport
+id means the session expired: the transport closes, and ``send`` raises
+``UpstreamSessionGone`` (the relay ends the client's session). Closing the transport
 DELETEs the session, best effort and bounded.
 """
 
@@ -42,6 +43,7 @@ from agentgw.upstream.mcp._common import (
     Inbox,
     Message,
     TransportClosed,
+    UpstreamSessionGone,
     decode,
     decode_event,
     encode,
@@ -67,6 +69,7 @@ from agentgw.upstream.mcp._http import (
     receive_head,
     start_request,
 )
+from agentgw.upstream.mcp.hangup import hung_up
 from agentgw.upstream.pool import ConnectionPool, Exchange, UpstreamResponse
 from agentgw.wire.http import Headers, header_value
 from agentgw.wire.jsonrpc import is_request
@@ -155,6 +158,8 @@ class _SseAnswer:
                 continue
             if chunk is None:  # the stream ended
                 self._drop()
+                if not stream.answered and stream.last_event_id is not None:
+                    hung_up()  # the server asks its client to poll
                 continue
             try:
                 events = self.decoder.feed(chunk)
@@ -314,8 +319,8 @@ class StreamableTransport:
 
     def _check_session(self, status: int) -> None:
         if status == 404 and self.session_id is not None:
-            self.inbox.close(f"target {self.target}: session expired")
-            raise TransportClosed(
+            self.inbox.close(f"target {self.target}: session expired", is_session_gone=True)
+            raise UpstreamSessionGone(
                 f"target {self.target}: upstream session expired",
                 detail=f"target {self.target}: answered 404 to session {self.session_id}",
             )
@@ -357,6 +362,8 @@ class StreamableTransport:
             if not stream.answered:
                 exc = UpstreamError("upstream protocol error", detail="no response in the answer")
                 messages.append(self._failed(request_id, exc))
+        except UpstreamSessionGone:
+            raise  # nothing was done: the session, not the request, failed
         except TransportClosed as exc:
             messages.append(error_response(request_id, exc.reason))
         except UpstreamError as exc:
