@@ -24,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from agentgw.errors import HTTPError, MethodNotFound
+from agentgw.errors import ClientGone, HTTPError, MethodNotFound
 from agentgw.mcp import stateless, versions
 from agentgw.mcp.federation import McpRoute, params_of, route_call
 from agentgw.mcp.stateless import Envelope, ListenFilter
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch, list_all
-from agentgw.relay.outbox import JSON, Outbox, PostOutbox, dumps, respond_json
+from agentgw.relay.outbox import JSON, SSE_HEADERS, Outbox, PostOutbox, dumps, respond_json
 from agentgw.relay.session import Message, RelaySession
+from agentgw.wire.http import header_value
 from agentgw.wire.sse import encode_event
 
 if TYPE_CHECKING:
@@ -254,7 +255,14 @@ class StatelessOutbox(Outbox):
             if self.method == "tools/list":
                 _schemas(self.session).learn(result)
             message = {**message, "result": versions.to_stateless_result(self.method, result)}
+            if not self.inner.is_stream and stateless.prefers_sse(self._accept()):
+                await self.inner.req.send_head(200, list(SSE_HEADERS))
+                self.inner.is_stream = True
         await self.inner.send(message, final=True)
+
+    def _accept(self) -> str | None:
+        accept = header_value(self.inner.req.headers, b"accept")
+        return accept.decode("latin-1") if accept is not None else None
 
     async def _server_request(self, message: Message) -> None:
         """A target's request to the client in the middle of this call. This
@@ -320,12 +328,17 @@ async def listen(
                             await send.send(stateless.tagged(note, msg_id))
 
             first = encode_event(dumps(stateless.acknowledgment(msg_id, honored)).decode())
+            gone: ClientGone | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
                 try:
                     await ep.streams.serve_sse(ctx.req, receive, first=first)
+                except ClientGone as exc:  # raised after the nursery, not in a group
+                    gone = exc
                 finally:
                     nursery.cancel_scope.cancel()
+            if gone is not None:
+                raise gone
         finally:
             with trio.move_on_after(UNSUBSCRIBE_TIMEOUT) as scope:
                 scope.shield = True
