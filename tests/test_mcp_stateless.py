@@ -168,7 +168,7 @@ def test_param_headers_match_the_arguments() -> None:
     ("args", "given", "problem"),
     [
         ({"region": "Hello"}, {"Region": "=?base64?SGVsbG8?="}, "not valid Base64"),
-        ({"region": "Hello"}, {"Region": "=?base64?SGVs!!!bG8=?=?="}, "not valid Base64"),
+        ({"region": "Hello"}, {"Region": "=?base64?SGVs!!!bG8=?="}, "not valid Base64"),
         ({"region": "test-value"}, {}, "Mcp-Param-Region header is required"),
         ({"region": "eu"}, {"Region": "us"}, "does not match"),
         ({}, {"Region": "eu"}, "does not match"),
@@ -196,7 +196,8 @@ def test_which_posts_are_2026_requests() -> None:
     assert stateless.is_stateless_request(v2025, request("server/discover"), has_session=False)
     assert not stateless.is_stateless_request(v2025, plain, has_session=False)
     assert not stateless.is_stateless_request(v2026, plain, has_session=True)
-    assert not stateless.is_stateless_request([], request("initialize", meta=None), has_session=False)
+    initialize = request("initialize", meta=None)
+    assert not stateless.is_stateless_request([], initialize, has_session=False)
 
 
 def test_error_statuses() -> None:
@@ -274,7 +275,8 @@ def test_listen_messages_carry_the_subscription_id() -> None:
     assert ack["method"] == "notifications/subscriptions/acknowledged"
     assert ack["params"]["notifications"] == {"toolsListChanged": True}
     assert ack["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": "listen-1"}
-    tagged = stateless.tagged(note("notifications/resources/updated", uri="a://1", _meta={"k": 1}), 5)
+    updated = note("notifications/resources/updated", uri="a://1", _meta={"k": 1})
+    tagged = stateless.tagged(updated, 5)
     assert tagged["params"] == {
         "uri": "a://1",
         "_meta": {"k": 1, "io.modelcontextprotocol/subscriptionId": 5},
