@@ -216,8 +216,16 @@ def test_error_statuses() -> None:
 
 def test_an_unknown_resource_is_invalid_params() -> None:
     error = {"code": -32002, "message": "Resource not found", "data": {"uri": "x://y"}}
-    assert stateless.to_stateless_error("resources/read", error) == {**error, "code": -32602}
+    translated = stateless.to_stateless_error("resources/read", error, "x://y")
+    assert translated == {**error, "code": -32602}
     assert stateless.to_stateless_error("tools/call", error) == error
+    bare = {"code": -32602, "message": "Resource x://z not found"}
+    assert stateless.to_stateless_error("resources/read", bare, "x://z") == {
+        **bare,
+        "data": {"uri": "x://z"},
+    }
+    internal = {"code": -32603, "message": "boom"}
+    assert stateless.to_stateless_error("resources/read", internal, "x://z") == internal
 
 
 @pytest.mark.parametrize(

@@ -327,12 +327,17 @@ def missing_capability(capability: str) -> ClientError:
     )
 
 
-def to_stateless_error(method: str, error: dict[str, Any]) -> dict[str, Any]:
+def to_stateless_error(method: str, error: dict[str, Any], uri: object = None) -> dict[str, Any]:
     """An older upstream's error in this revision: an unknown resource is
-    -32602 (SEP-2164), no longer -32002."""
-    if method == "resources/read" and error.get("code") == RESOURCE_NOT_FOUND:
-        return {**error, "code": INVALID_PARAMS}
-    return error
+    -32602 (SEP-2164), no longer -32002, and its ``data`` names the URI
+    asked for."""
+    if method != "resources/read" or error.get("code") not in (RESOURCE_NOT_FOUND, INVALID_PARAMS):
+        return error
+    out = {**error, "code": INVALID_PARAMS}
+    data = error.get("data")
+    if isinstance(uri, str) and (data is None or (isinstance(data, dict) and "uri" not in data)):
+        out["data"] = {**(data or {}), "uri": uri}
+    return out
 
 
 # ---------------------------------------------------------------- subscriptions/listen

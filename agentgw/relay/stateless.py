@@ -100,7 +100,7 @@ async def serve(
     params = message.get("params")
     if isinstance(params, dict):
         message = {**message, "params": versions.strip_protocol_meta(params)}
-    outbox = StatelessOutbox(PostOutbox(ctx.req), method, envelope, session, headers)
+    outbox = StatelessOutbox(PostOutbox(ctx.req), message, envelope, session, headers)
     timeouts = ep.timeouts(ctx)
 
     async def work() -> None:
@@ -221,10 +221,14 @@ class StatelessOutbox(Outbox):
     targets speak an older revision."""
 
     inner: PostOutbox
-    method: str
+    request: Message
     envelope: Envelope
     session: RelaySession
     headers: UpstreamHeaders
+
+    @property
+    def method(self) -> str:
+        return str(self.request.get("method"))
 
     async def send(self, message: Message, *, final: bool) -> None:
         if final:
@@ -244,7 +248,8 @@ class StatelessOutbox(Outbox):
     async def _final(self, message: Message) -> None:
         error = message.get("error")
         if isinstance(error, dict):
-            error = stateless.to_stateless_error(self.method, error)
+            uri = params_of(self.request).get("uri")
+            error = stateless.to_stateless_error(self.method, error, uri)
             message = {**message, "error": error}
             if not self.inner.is_stream:
                 status = stateless.status_of(error.get("code"))
