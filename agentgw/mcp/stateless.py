@@ -429,3 +429,8 @@ def acknowledgment(subscription_id: Any, honored: ListenFilter) -> Message:
         "params": {"notifications": honored.describe()},
     }
     return tagged(message, subscription_id)
+
+
+def listen_result(subscription_id: Any) -> dict[str, Any]:
+    """The result of a listen request, sent when the gateway ends its stream."""
+    return {"_meta": {SUBSCRIPTION_ID_KEY: subscription_id}, "resultType": "complete"}

@@ -331,6 +331,9 @@ async def listen(
                     async for note in upstream:
                         if honored.accepts(note):
                             await send.send(stateless.tagged(note, msg_id))
+                    # The shared session ended: the listen request's result
+                    # tells the client the stream closed on purpose.
+                    await send.send(_result(msg_id, stateless.listen_result(msg_id)))
 
             first = encode_event(dumps(stateless.acknowledgment(msg_id, honored)).decode())
             gone: ClientGone | None = None

@@ -231,3 +231,14 @@ async def test_two_listeners_share_one_upstream_subscription(tmp_path: Path) -> 
                     await trio.sleep(0.05)
         assert _read(log).count("resources/subscribe ") == 1
         assert _read(log).count("resources/unsubscribe ") == 1
+
+
+async def test_listen_ends_gracefully_when_the_shared_session_ends() -> None:
+    async with run_gateway(mcp_config(stdio("older", OLDER))) as (gw, port):
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            async with client.listen(tools_list_changed=True) as sub:
+                (shared,) = gw.sessions.sessions.values()
+                shared.close()
+                with trio.fail_after(10):
+                    events = [event async for event in sub]  # ends without SubscriptionLost
+                assert events == []
