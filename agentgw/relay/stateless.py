@@ -321,7 +321,7 @@ async def listen(
     async with session.get_stream() as upstream:
         try:
             for uri in sorted(honored.uris):
-                if await _subscribe(route, session, uri, headers):
+                if _may_read(ctx, route, uri) and await _subscribe(route, session, uri, headers):
                     subscribed.append(uri)
             honored = attrs.evolve(honored, uris=frozenset(subscribed))
             send, receive = trio.open_memory_channel[Message](LISTEN_QUEUE)
@@ -352,6 +352,17 @@ async def listen(
                 scope.shield = True
                 for uri in subscribed:
                     await _unsubscribe(route, session, uri, headers)
+
+
+def _may_read(ctx: RequestContext, route: McpRoute, uri: str) -> bool:
+    """Whether the route knows ``uri`` and ``mcpAuthorization`` lets the
+    caller read it: a resource it may not read is not subscribed to."""
+    ask: Message = {"jsonrpc": "2.0", "method": "resources/subscribe", "params": {"uri": uri}}
+    try:
+        target, ask = route_call(route, ask)
+    except HTTPError:
+        return False
+    return ctx.allows("resources/subscribe", "resource", params_of(ask)["uri"], target)
 
 
 def _subscription_counts(session: RelaySession) -> dict[str, int]:

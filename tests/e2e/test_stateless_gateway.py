@@ -22,6 +22,7 @@ from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, EVERYTHING, JSON_CT, ROOT, 
 from tests.support import Response, request, run_gateway
 
 OLDER = [sys.executable, str(ROOT / "tests" / "peers" / "older_server.py")]
+COUNTER = "peer://counter"
 VERSION = "2026-07-28"
 META = {
     "io.modelcontextprotocol/protocolVersion": VERSION,
@@ -242,3 +243,17 @@ async def test_listen_ends_gracefully_when_the_shared_session_ends() -> None:
                 with trio.fail_after(10):
                     events = [event async for event in sub]  # ends without SubscriptionLost
                 assert events == []
+
+
+async def test_listen_subscribes_only_to_what_the_caller_may_read(tmp_path: Path) -> None:
+    log = tmp_path / "peer.log"
+    config = mcp_config(stdio("older", OLDER, env={"PEER_LOG": str(log)}))
+    route = config["binds"][0]["listeners"][0]["routes"][0]
+    route["policies"] = {"mcpAuthorization": {"rules": ['mcp.tool.name == "touch"']}}
+    async with run_gateway(config) as (_, port):
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            listen = client.listen(tools_list_changed=True, resource_subscriptions=[COUNTER])
+            async with listen as sub:
+                assert sub.honored.tools_list_changed
+                assert not sub.honored.resource_subscriptions
+    assert "resources/subscribe" not in _read(log)
