@@ -48,12 +48,11 @@ LISTEN_QUEUE = 64
 
 
 async def respond_error(ctx: RequestContext, exc: HTTPError, msg_id: Any) -> None:
-    """An error as this revision answers it: the request's id, and the
-    status of its code."""
+    """An error as this revision answers it: the request's id, and its
+    status (400 or 404 for the client's errors, 5xx for the upstream's)."""
     ctx.record.error = exc.log_text
     message = exc.rpc_error(msg_id)
-    status = stateless.status_of(exc.code)
-    await ctx.req.respond(status, dumps(message), exc.headers, content_type=JSON)
+    await ctx.req.respond(exc.status, dumps(message), exc.headers, content_type=JSON)
 
 
 async def serve(

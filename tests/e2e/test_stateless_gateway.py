@@ -257,3 +257,10 @@ async def test_listen_subscribes_only_to_what_the_caller_may_read(tmp_path: Path
                 assert sub.honored.tools_list_changed
                 assert not sub.honored.resource_subscriptions
     assert "resources/subscribe" not in _read(log)
+
+
+async def test_an_unreachable_target_is_a_5xx_with_the_request_id() -> None:
+    async with run_gateway(mcp_config(stdio("dead", ["/bin/false"]))) as (_, port):
+        resp = await post(port, "tools/list")
+        assert resp.status in (502, 503), resp
+        assert error_of(resp)["code"] == -32603
