@@ -96,14 +96,13 @@ async def serve(
     if method == "subscriptions/listen":
         await listen(ep, ctx, route, session, message, headers)
         return
-    params = message.get("params")
-    if isinstance(params, dict):
-        message = {**message, "params": versions.strip_protocol_meta(params)}
     outbox = StatelessOutbox(PostOutbox(ctx.req), message, envelope, session, headers)
     timeouts = ep.timeouts(ctx)
+    # Without the envelope: the targets speak an older revision.
+    bare = {**message, "params": versions.strip_protocol_meta(params_of(message))}
 
     async def work() -> None:
-        await dispatch(ctx, route, session, message, headers, outbox, timeouts)
+        await dispatch(ctx, route, session, bare, headers, outbox, timeouts)
 
     await ctx.req.run_watched(work)
 
