@@ -19,7 +19,7 @@ import attrs
 
 from agentgw.config.model import McpBackend, McpTarget
 from agentgw.errors import InvalidParams
-from agentgw.mcp import names, versions
+from agentgw.mcp import names
 
 if TYPE_CHECKING:
     from agentgw.policy.authz import ResourceKind
@@ -187,21 +187,6 @@ def list_messages(message: Message, state: Mapping[str, str | None]) -> dict[str
         target: {**message, "params": {**base, "cursor": cursor} if cursor else base}
         for target, cursor in state.items()
     }
-
-
-# ---------------------------------------------------------------- the request's revision
-
-
-def stateless_version(headers: Headers, message: Message) -> str | None:
-    """The 2026-07-28 (or later) revision a request declares, else None."""
-    meta = params_of(message).get("_meta")
-    version = meta.get(versions.PROTOCOL_VERSION_META_KEY) if isinstance(meta, dict) else None
-    if not isinstance(version, str):
-        header = next((v for n, v in headers if n == b"mcp-protocol-version"), None)
-        version = header.decode("latin-1") if header is not None else None
-    if version is not None and versions.is_stateless_revision(version):
-        return version
-    return None
 
 
 # ---------------------------------------------------------------- DNS rebinding

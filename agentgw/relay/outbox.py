@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from agentgw.mcp import versions
 from agentgw.server.connection import ServerRequest
 from agentgw.server.watch import wait_watched
 from agentgw.wire.sse import encode_comment, encode_event
@@ -85,23 +84,6 @@ class ChannelOutbox(Outbox):
             await self.send_channel.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-
-
-@attrs.define(eq=False)
-class StatelessRevisionOutbox(Outbox):
-    """Gives an older upstream's final result the 2026-07-28 shape."""
-
-    inner: Outbox
-    method: str
-
-    async def send(self, message: Message, *, final: bool) -> None:
-        if final and isinstance(message.get("result"), dict):
-            result = versions.to_stateless_result(self.method, message["result"])
-            message = {**message, "result": result}
-        await self.inner.send(message, final=final)
-
-    async def ping(self) -> None:
-        await self.inner.ping()
 
 
 @attrs.define(eq=False)

@@ -36,7 +36,7 @@ import trio
 from agentgw.config.model import McpTarget
 from agentgw.errors import HTTPError, UpstreamError, UpstreamUnavailable
 from agentgw.mcp.ended import EndedSessions
-from agentgw.mcp.federation import McpRoute
+from agentgw.mcp.federation import McpRoute, outbound
 from agentgw.mcp.ids import IdMap, IdMapFull
 from agentgw.relay.resume import SessionStreams
 from agentgw.server.watch import wait_watched
@@ -198,6 +198,8 @@ class RelaySession:
     # Ended for good (a DELETE, an upstream session gone): never resumed.
     is_revoked: bool = False
     init_result: dict[str, Any] | None = None
+    # What the 2026-07-28 relay keeps on a shared session (relay/stateless.py).
+    extras: dict[str, Any] = attrs.field(factory=dict)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _pending: dict[tuple[str, int], Pending] = attrs.field(factory=dict)
     _progress: dict[tuple[str, Any], Pending] = attrs.field(factory=dict)
@@ -316,7 +318,9 @@ class RelaySession:
         pending = self._progress_of(target, message)
         if pending is not None:
             await pending.deliver(self._client_progress(pending, message))
-        elif not self.is_shared:
+        elif self.is_shared:
+            self.broadcast(outbound(self.route, target, message, ""))
+        else:
             await self._route(target, message)
 
     async def _own_message(self, call: Call, message: Message) -> Message | None:
@@ -330,11 +334,8 @@ class RelaySession:
             self._pending.pop((call.target, call.upstream_id), None)
             return {**message, "id": call.pending.client_id}
         if msg_id is not None:
-            relayed = await self._server_request(call.target, message)
-            if relayed is not None and self.is_shared:
-                await self._refuse_server_request(call.target, relayed)
-                return None
-            return relayed
+            # In a shared session too: the 2026-07-28 relay decides.
+            return await self._server_request(call.target, message)
         if self._progress_of(call.target, message) is call.pending:
             return self._client_progress(call.pending, message)
         return message
@@ -376,6 +377,8 @@ class RelaySession:
         for (t, _), pending in reversed(list(self._pending.items())):
             if t == target and not pending.is_inline and await pending.deliver(message):
                 return True
+        if self.is_shared:  # its streams are listen streams, for notifications only
+            return False
         for stream in list(self._get_streams):
             try:
                 await stream.send(message)
@@ -383,6 +386,17 @@ class RelaySession:
                 continue
             return True
         return False
+
+    def broadcast(self, message: Message) -> None:
+        """Hand a notification to every server stream of the session; a
+        stream that is not reading loses it rather than stall the others."""
+        for stream in list(self._get_streams):
+            try:
+                stream.send_nowait(message)
+            except trio.WouldBlock:
+                logger.info("session %s: a slow stream lost a notification", self.sid[:8])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue
 
     async def _answer_upstream_error(self, target: str, msg_id: Any, text: str) -> None:
         error = HTTPError(f"agentgw: {text}")

@@ -218,7 +218,9 @@ class SessionDirectory:
                 "method": "initialize",
                 "params": {
                     "protocolVersion": versions.INITIALIZE_VERSIONS[-1],
-                    "capabilities": {},
+                    # Targets may then ask for these in a call: the relay
+                    # refuses (-32021) or translates such requests per client.
+                    "capabilities": {"sampling": {}, "elicitation": {}, "roots": {}},
                     "clientInfo": {"name": "agentgw", "version": __version__},
                 },
             }

@@ -1,32 +1,29 @@
 """The Streamable HTTP transport, served: POST, GET and DELETE on the MCP
-path, and the 2026-07-28 revision's session-less requests.
+path.
 
 How this works: a POST without a session id is an ``initialize`` (a new
 session, whose sealed token the answer carries) or a request of the
-stateless revision; with one, the session is found (``relay/sessions.py``)
-and the message dispatched (``relay/dispatch.py``), its answers going to a
-``ResumableOutbox`` (``relay/resume.py``). A GET holds the session's
-server-to-client stream, or with ``Last-Event-ID`` resumes a stream the
-client lost; a DELETE ends the session for good.
+2026-07-28 revision, which ``relay/stateless.py`` serves; with one, the
+session is found (``relay/sessions.py``) and the message dispatched
+(``relay/dispatch.py``), its answers going to a ``ResumableOutbox``
+(``relay/resume.py``). A GET holds the session's server-to-client stream,
+or with ``Last-Event-ID`` resumes a stream the client lost; a DELETE ends
+the session for good.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from agentgw.errors import (
-    HEADER_MISMATCH,
-    UNSUPPORTED_VERSION,
-    ClientError,
-    HTTPError,
-    MethodNotFound,
-)
+from agentgw.errors import ClientError, HTTPError
 from agentgw.mcp import versions
-from agentgw.mcp.federation import McpRoute, call_name, params_of, stateless_version
+from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.replay import has_resumable_streams, prefers_event_stream
+from agentgw.mcp.stateless import is_stateless_request
+from agentgw.relay import stateless
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch, initialize
-from agentgw.relay.outbox import Outbox, PostOutbox, StatelessRevisionOutbox, respond_json
+from agentgw.relay.outbox import Outbox, PostOutbox, respond_json
 from agentgw.relay.resume import ResumableOutbox, find_resumed, resumable_outbox, serve_log
 from agentgw.relay.session import Message, RelaySession
 from agentgw.upstream.mcp.hangup import listening_for_hang_ups
@@ -54,10 +51,8 @@ async def post(ep: McpEndpoint, ctx: RequestContext, route: McpRoute) -> None:
     ctx.record.extra["mcp.method"] = str(method or "response")
     headers = ctx.mcp_headers(route.passthrough_targets)
     token = _session_token(ctx)
-    if token is None and (
-        method == "server/discover" or stateless_version(ctx.req.headers, message)
-    ):
-        await stateless_revision(ep, ctx, route, message, headers)
+    if is_stateless_request(ctx.req.headers, message, has_session=token is not None):
+        await stateless.serve(ep, ctx, route, message, headers)
         return
     if token is None:
         if method == "initialize":
@@ -158,88 +153,6 @@ async def _stateless(
         await post_to_session(ep, ctx, route, session, message, headers)
     finally:
         session.close()
-
-
-# ---------------------------------------------------------------- 2026-07-28
-
-
-def _check_headers(ctx: RequestContext, method: str, message: Message) -> None:
-    declared = header_value(ctx.req.headers, b"mcp-method")
-    if declared is not None and declared.decode("latin-1") != method:
-        raise ClientError("Mcp-Method header does not match the body", code=HEADER_MISMATCH)
-    name = call_name(message)
-    named = header_value(ctx.req.headers, b"mcp-name")
-    if named is not None and name is not None and named.isascii():
-        text = named.decode("ascii")
-        if not text.startswith("=?") and text != name:
-            raise ClientError("Mcp-Name header does not match the body", code=HEADER_MISMATCH)
-
-
-def _wants_server_requests(message: Message) -> bool:
-    """Whether a 2026-07-28 client declared it takes server-to-client requests."""
-    meta = params_of(message).get("_meta")
-    caps = meta.get(versions.META_PREFIX + "clientCapabilities") if isinstance(meta, dict) else None
-    return isinstance(caps, dict) and any(k in caps for k in ("sampling", "elicitation", "roots"))
-
-
-async def stateless_revision(
-    ep: McpEndpoint,
-    ctx: RequestContext,
-    route: McpRoute,
-    message: Message,
-    headers: UpstreamHeaders,
-) -> None:
-    """A request of the 2026-07-28 revision: no session; the upstreams,
-    which may speak only older revisions, are reached through one shared
-    session per route, and results are given the new shape."""
-    method = str(message.get("method") or "")
-    msg_id = message.get("id")
-    version = stateless_version(ctx.req.headers, message)
-    if method == "server/discover" and version != versions.STATELESS_REVISION:
-        data = {"supported": [versions.STATELESS_REVISION], "requested": version}
-        error = ClientError("unsupported protocol version", code=UNSUPPORTED_VERSION, data=data)
-        await respond_json(ctx.req, error.rpc_error(msg_id))
-        return
-    _check_headers(ctx, method, message)
-    if method == "server/discover" and _wants_server_requests(message):
-        # Server-to-client requests reach a 2026-07-28 client only as
-        # input-required rounds: such a client is sent to the initialize
-        # handshake, where they work.
-        error = MethodNotFound(
-            "agentgw serves clients that take sampling, elicitation or roots requests"
-            " on the initialize handshake"
-        )
-        await respond_json(ctx.req, error.rpc_error(msg_id))
-        return
-    if msg_id is None or method in versions.REMOVED_IN_STATELESS:
-        error = MethodNotFound(f"method {method!r} is not in 2026-07-28")
-        await respond_json(ctx.req, error.rpc_error(msg_id))
-        return
-    session = await ep.directory.shared(route, headers)
-    if method == "server/discover":
-        await respond_json(ctx.req, {"jsonrpc": "2.0", "id": msg_id, "result": _discover(session)})
-        return
-    params = message.get("params")
-    if isinstance(params, dict):
-        message = {**message, "params": versions.strip_protocol_meta(params)}
-    outbox = StatelessRevisionOutbox(PostOutbox(ctx.req), method)
-    await post_to_session(ep, ctx, route, session, message, headers, outbox)
-
-
-def _discover(session: RelaySession) -> dict[str, Any]:
-    init = session.init_result or {}
-    result: dict[str, Any] = {
-        "supportedVersions": [versions.STATELESS_REVISION],
-        "capabilities": init.get("capabilities", {}),
-        "cacheScope": "private",
-        "ttlMs": 0,
-        "resultType": "complete",
-    }
-    if init.get("instructions"):
-        result["instructions"] = init["instructions"]
-    if isinstance(init.get("serverInfo"), dict):
-        result["_meta"] = {versions.SERVER_INFO_META_KEY: init["serverInfo"]}
-    return result
 
 
 # ---------------------------------------------------------------- GET and DELETE

@@ -33,6 +33,10 @@ PEER = [sys.executable, str(ROOT / "tests" / "peers" / "paged_server.py")]
 DEMO = [sys.executable, "-m", "agentgw.demo"]
 ACCEPT = (b"accept", b"application/json, text/event-stream")
 JSON_CT = (b"content-type", b"application/json")
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
 
 
 def stdio(name: str, argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -386,17 +390,18 @@ async def test_2026_client_in_front_of_older_upstreams() -> None:
                 "params": {
                     "name": "demo_echo",
                     "arguments": {"message": "x"},
-                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"},
+                    "_meta": MODERN_META,
                 },
             }
         ).encode()
         modern = [ACCEPT, JSON_CT, (b"mcp-protocol-version", b"2026-07-28")]
+        named = [*modern, (b"mcp-name", b"demo_echo")]
         resp = await request(
-            port, "POST", "/mcp", headers=[*modern, (b"mcp-method", b"tools/list")], body=body
+            port, "POST", "/mcp", headers=[*named, (b"mcp-method", b"tools/list")], body=body
         )
         assert resp.status == 400 and b"-32020" in resp.body
         resp = await request(
-            port, "POST", "/mcp", headers=[*modern, (b"mcp-method", b"tools/call")], body=body
+            port, "POST", "/mcp", headers=[*named, (b"mcp-method", b"tools/call")], body=body
         )
         assert resp.status == 200 and json.loads(resp.body)["result"]["resultType"] == "complete"
 
@@ -508,7 +513,7 @@ async def test_2026_client_version_is_not_sent_on_the_gateways_own_initialize() 
                 "jsonrpc": "2.0",
                 "id": 1,
                 "method": "tools/list",
-                "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}},
+                "params": {"_meta": MODERN_META},
             }
             modern = [ACCEPT, JSON_CT, (b"mcp-protocol-version", b"2026-07-28")]
             resp = await request(

@@ -395,10 +395,19 @@ async def _modern_call(port: int, name: str) -> Any:
         "params": {
             "name": name,
             "arguments": {"message": "x"},
-            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
         },
     }
-    headers = [ACCEPT, JSON_CT, (b"mcp-protocol-version", b"2026-07-28")]
+    headers = [
+        ACCEPT,
+        JSON_CT,
+        (b"mcp-protocol-version", b"2026-07-28"),
+        (b"mcp-method", b"tools/call"),
+        (b"mcp-name", name.encode()),
+    ]
     return await request(port, "POST", "/mcp", headers=headers, body=json.dumps(body).encode())
 
 

@@ -1,0 +1,414 @@
+"""The 2026-07-28 revision, served: requests without a session.
+
+How this works: ``streamable.post`` sends here every POST that is a
+2026-07-28 request (``mcp.stateless.is_stateless_request``). ``serve``
+checks its ``_meta`` envelope and its standard headers (``mcp/stateless.py``),
+refuses the methods the revision removed, and runs the rest through one
+upstream session per route that the gateway initialized itself
+(``SessionDirectory.shared``): the targets may speak only older revisions.
+A ``StatelessOutbox`` gives the answer this revision's shape: an error
+answered as JSON gets its status (400, 404), results get ``resultType``,
+logs go out only to a request that asked for them, list changes go to the
+``subscriptions/listen`` streams, and a server-to-client request that needs
+a capability the client did not declare ends the call with -32021.
+``subscriptions/listen`` is translated to the shared session's server
+stream and ``resources/subscribe`` (``listen``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from agentgw.errors import ClientGone, HTTPError, MethodNotFound
+from agentgw.mcp import stateless, versions
+from agentgw.mcp.federation import McpRoute, params_of, route_call
+from agentgw.mcp.stateless import Envelope, ListenFilter
+from agentgw.relay.context import RequestContext, UpstreamHeaders
+from agentgw.relay.dispatch import dispatch, list_all
+from agentgw.relay.outbox import JSON, SSE_HEADERS, Outbox, PostOutbox, dumps, respond_json
+from agentgw.relay.session import Message, RelaySession
+from agentgw.wire.http import header_value
+from agentgw.wire.sse import encode_event
+
+if TYPE_CHECKING:
+    from agentgw.relay.endpoint import McpEndpoint
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_TTL = 60.0  # how long the tool schemas seen in a list stay trusted
+SCHEMA_REFRESH = 5.0  # the least time between two fetches of the tool list
+SCHEMA_PAGES = 20  # pages read when fetching the tool list
+UNSUBSCRIBE_TIMEOUT = 5.0
+LISTEN_QUEUE = 64
+
+
+async def respond_error(ctx: RequestContext, exc: HTTPError, msg_id: Any) -> None:
+    """An error as this revision answers it: the request's id, and its
+    status (400 or 404 for the client's errors, 5xx for the upstream's)."""
+    ctx.record.error = exc.log_text
+    message = exc.rpc_error(msg_id)
+    await ctx.req.respond(exc.status, dumps(message), exc.headers, content_type=JSON)
+
+
+async def serve(
+    ep: McpEndpoint,
+    ctx: RequestContext,
+    route: McpRoute,
+    message: Message,
+    headers: UpstreamHeaders,
+) -> None:
+    """Answer one 2026-07-28 POST."""
+    method = message.get("method")
+    msg_id = message.get("id")
+    if not isinstance(method, str) or msg_id is None:
+        # Notifications and responses have nothing to act on in this
+        # revision (a client cancels by closing its request).
+        await ctx.req.respond(202, b"")
+        return
+    try:
+        envelope = stateless.check_request(ctx.req.headers, message)
+        if method in versions.REMOVED_IN_STATELESS or (
+            method not in stateless.METHODS and len(route.targets) > 1
+        ):
+            raise MethodNotFound(f"method {method!r} is not in 2026-07-28")
+        if method == "server/discover" and _wants_server_requests(envelope):
+            # Server-to-client requests reach a 2026-07-28 client only as
+            # input-required rounds: such a client is sent to the initialize
+            # handshake, where they work.
+            raise MethodNotFound(
+                "agentgw serves clients that take sampling, elicitation or roots requests"
+                " on the initialize handshake"
+            )
+        session = await ep.directory.shared(route, headers)
+        if method == "tools/call":
+            await _check_param_headers(ctx, route, session, message, headers)
+    except HTTPError as exc:
+        await respond_error(ctx, exc, msg_id)
+        return
+    if method == "server/discover":
+        await respond_json(ctx.req, {"jsonrpc": "2.0", "id": msg_id, "result": _discover(session)})
+        return
+    if method == "subscriptions/listen":
+        await listen(ep, ctx, route, session, message, headers)
+        return
+    outbox = StatelessOutbox(PostOutbox(ctx.req), message, envelope, session, headers)
+    timeouts = ep.timeouts(ctx)
+    # Without the envelope: the targets speak an older revision.
+    bare = {**message, "params": versions.strip_protocol_meta(params_of(message))}
+
+    async def work() -> None:
+        await dispatch(ctx, route, session, bare, headers, outbox, timeouts)
+
+    await ctx.req.run_watched(work)
+
+
+def _wants_server_requests(envelope: Envelope) -> bool:
+    return any(envelope.has_capability(k) for k in ("sampling", "elicitation", "roots"))
+
+
+def _discover(session: RelaySession) -> dict[str, Any]:
+    init = session.init_result or {}
+    result: dict[str, Any] = {
+        "supportedVersions": list(stateless.SUPPORTED),
+        "capabilities": init.get("capabilities", {}),
+        "cacheScope": "private",
+        "ttlMs": 0,
+        "resultType": "complete",
+    }
+    if init.get("instructions"):
+        result["instructions"] = init["instructions"]
+    if isinstance(init.get("serverInfo"), dict):
+        result["_meta"] = {versions.SERVER_INFO_META_KEY: init["serverInfo"]}
+    return result
+
+
+# ---------------------------------------------------------------- Mcp-Param-* headers
+
+
+@attrs.define(eq=False)
+class ToolSchemas:
+    """The input schemas of a shared session's tools, by the name clients
+    call them, from the lists that went through it."""
+
+    schemas: dict[str, Any] = attrs.field(factory=dict)
+    seen_at: float = -float("inf")
+    fetched_at: float = -float("inf")
+
+    def learn(self, result: object) -> None:
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(tools, list):
+            return
+        for tool in tools:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                self.schemas[tool["name"]] = tool.get("inputSchema")
+        self.seen_at = time.monotonic()
+
+    def is_fresh(self, name: str) -> bool:
+        return name in self.schemas and time.monotonic() - self.seen_at < SCHEMA_TTL
+
+    def can_fetch(self) -> bool:
+        return time.monotonic() - self.fetched_at >= SCHEMA_REFRESH
+
+
+def _schemas(session: RelaySession) -> ToolSchemas:
+    found = session.extras.get("tool_schemas")
+    if not isinstance(found, ToolSchemas):
+        found = session.extras["tool_schemas"] = ToolSchemas()
+    return found
+
+
+async def _check_param_headers(
+    ctx: RequestContext,
+    route: McpRoute,
+    session: RelaySession,
+    message: Message,
+    headers: UpstreamHeaders,
+) -> None:
+    """Refuse a call whose ``Mcp-Param-*`` headers do not match its
+    arguments (-32020), for tools whose schema names such headers."""
+    params = params_of(message)
+    name = params.get("name")
+    if not isinstance(name, str):
+        return
+    schemas = _schemas(session)
+    if not schemas.is_fresh(name) and schemas.can_fetch():
+        schemas.fetched_at = time.monotonic()
+        await _fetch_schemas(ctx, route, session, schemas, headers)
+    lookup = stateless.header_lookup(ctx.req.headers)
+    problem = stateless.param_header_problem(
+        schemas.schemas.get(name), params.get("arguments"), lookup
+    )
+    if problem is not None:
+        raise stateless.header_mismatch(problem)
+
+
+async def _fetch_schemas(
+    ctx: RequestContext,
+    route: McpRoute,
+    session: RelaySession,
+    schemas: ToolSchemas,
+    headers: UpstreamHeaders,
+) -> None:
+    cursor: Any = None
+    for _ in range(SCHEMA_PAGES):
+        ask = {"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": {}}
+        if cursor:
+            ask["params"] = {"cursor": cursor}
+        try:
+            result = (await list_all(ctx, route, session, ask, headers)).get("result")
+        except HTTPError as exc:
+            logger.info("listing tools for their Mcp-Param headers: %s", exc.log_text)
+            return
+        schemas.learn(result)
+        cursor = result.get("nextCursor") if isinstance(result, dict) else None
+        if not cursor:
+            return
+
+
+# ---------------------------------------------------------------- answers
+
+
+@attrs.define(eq=False)
+class StatelessOutbox(Outbox):
+    """The answer to one 2026-07-28 request, from a shared session whose
+    targets speak an older revision."""
+
+    inner: PostOutbox
+    request: Message
+    envelope: Envelope
+    session: RelaySession
+    headers: UpstreamHeaders
+
+    @property
+    def method(self) -> str:
+        return str(self.request.get("method"))
+
+    async def send(self, message: Message, *, final: bool) -> None:
+        if final:
+            await self._final(message)
+            return
+        method = message.get("method")
+        if "id" in message:
+            await self._server_request(message)
+        elif method in stateless.LISTEN_NOTIFICATIONS:
+            self.session.broadcast(message)
+        elif method != "notifications/message" or self.envelope.wants_log(message):
+            await self.inner.send(message, final=False)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def _final(self, message: Message) -> None:
+        error = message.get("error")
+        if isinstance(error, dict):
+            uri = params_of(self.request).get("uri")
+            error = stateless.to_stateless_error(self.method, error, uri)
+            message = {**message, "error": error}
+            if not self.inner.is_stream:
+                status = stateless.status_of(error.get("code"))
+                await self.inner.req.respond(status, dumps(message), content_type=JSON)
+                return
+        result = message.get("result")
+        if isinstance(result, dict):
+            if self.method == "tools/list":
+                _schemas(self.session).learn(result)
+            message = {**message, "result": versions.to_stateless_result(self.method, result)}
+            if not self.inner.is_stream and stateless.prefers_sse(self._accept()):
+                await self.inner.req.send_head(200, list(SSE_HEADERS))
+                self.inner.is_stream = True
+        await self.inner.send(message, final=True)
+
+    def _accept(self) -> str | None:
+        accept = header_value(self.inner.req.headers, b"accept")
+        return accept.decode("latin-1") if accept is not None else None
+
+    async def _server_request(self, message: Message) -> None:
+        """A target's request to the client in the middle of this call. This
+        revision has no such requests on a response stream: one that needs a
+        capability the client did not declare ends the call (-32021); others
+        are refused to the target, which goes on without them."""
+        method = str(message.get("method"))
+        if method == "ping":
+            await self.session.answer(_result(message["id"], {}), self.headers)
+            return
+        needed = stateless.REQUEST_CAPABILITY.get(method)
+        refusal = _error(message["id"], f"agentgw: {method} is not relayed to this client")
+        await self.session.answer(refusal, self.headers)
+        if needed is not None and not self.envelope.has_capability(needed):
+            raise stateless.missing_capability(needed)
+
+
+def _result(msg_id: Any, result: Any) -> Message:
+    return {"jsonrpc": "2.0", "id": msg_id, "result": result}
+
+
+def _error(msg_id: Any, text: str) -> Message:
+    return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": -32603, "message": text}}
+
+
+# ---------------------------------------------------------------- subscriptions/listen
+
+
+async def listen(
+    ep: McpEndpoint,
+    ctx: RequestContext,
+    route: McpRoute,
+    session: RelaySession,
+    message: Message,
+    headers: UpstreamHeaders,
+) -> None:
+    """A ``subscriptions/listen`` stream: the shared session's server stream,
+    filtered to what the client asked for and tagged with its id. Resource
+    subscriptions are made upstream with ``resources/subscribe``, counted
+    per session, and dropped with ``resources/unsubscribe`` when the last
+    stream that wanted them ends."""
+    msg_id = message["id"]
+    try:
+        wanted = ListenFilter.from_params(message.get("params"))
+    except HTTPError as exc:
+        await respond_error(ctx, exc, msg_id)
+        return
+    honored = wanted.honored((session.init_result or {}).get("capabilities"))
+    ctx.record.extra["mcp.subscription"] = str(msg_id)
+    subscribed: list[str] = []
+    async with session.get_stream() as upstream:
+        try:
+            for uri in sorted(honored.uris):
+                if _may_read(ctx, route, uri) and await _subscribe(route, session, uri, headers):
+                    subscribed.append(uri)
+            honored = attrs.evolve(honored, uris=frozenset(subscribed))
+            send, receive = trio.open_memory_channel[Message](LISTEN_QUEUE)
+
+            async def pump() -> None:
+                async with send:
+                    async for note in upstream:
+                        if honored.accepts(note):
+                            await send.send(stateless.tagged(note, msg_id))
+                    # The shared session ended: the listen request's result
+                    # tells the client the stream closed on purpose.
+                    await send.send(_result(msg_id, stateless.listen_result(msg_id)))
+
+            first = encode_event(dumps(stateless.acknowledgment(msg_id, honored)).decode())
+            gone: ClientGone | None = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump)
+                try:
+                    await ep.streams.serve_sse(ctx.req, receive, first=first)
+                except ClientGone as exc:  # raised after the nursery, not in a group
+                    gone = exc
+                finally:
+                    nursery.cancel_scope.cancel()
+            if gone is not None:
+                raise gone
+        finally:
+            with trio.move_on_after(UNSUBSCRIBE_TIMEOUT) as scope:
+                scope.shield = True
+                for uri in subscribed:
+                    await _unsubscribe(route, session, uri, headers)
+
+
+def _may_read(ctx: RequestContext, route: McpRoute, uri: str) -> bool:
+    """Whether the route knows ``uri`` and ``mcpAuthorization`` lets the
+    caller read it: a resource it may not read is not subscribed to."""
+    ask: Message = {"jsonrpc": "2.0", "method": "resources/subscribe", "params": {"uri": uri}}
+    try:
+        target, ask = route_call(route, ask)
+    except HTTPError:
+        return False
+    return ctx.allows("resources/subscribe", "resource", params_of(ask)["uri"], target)
+
+
+def _subscription_counts(session: RelaySession) -> dict[str, int]:
+    counts = session.extras.get("listened_uris")
+    if not isinstance(counts, dict):
+        counts = session.extras["listened_uris"] = {}
+    return counts
+
+
+async def _subscribe(
+    route: McpRoute, session: RelaySession, uri: str, headers: UpstreamHeaders
+) -> bool:
+    counts = _subscription_counts(session)
+    counts[uri] = counts.get(uri, 0) + 1
+    if counts[uri] > 1:
+        return True
+    if await _upstream(route, session, "resources/subscribe", uri, headers):
+        return True
+    counts[uri] -= 1
+    if not counts[uri]:
+        del counts[uri]
+    return False
+
+
+async def _unsubscribe(
+    route: McpRoute, session: RelaySession, uri: str, headers: UpstreamHeaders
+) -> None:
+    counts = _subscription_counts(session)
+    counts[uri] = counts.get(uri, 1) - 1
+    if counts[uri] > 0:
+        return
+    del counts[uri]
+    if not session.closed.is_set():
+        await _upstream(route, session, "resources/unsubscribe", uri, headers)
+
+
+async def _upstream(
+    route: McpRoute, session: RelaySession, method: str, uri: str, headers: UpstreamHeaders
+) -> bool:
+    """Send ``method`` for ``uri`` to its target; whether it succeeded."""
+    ask: Message = {"jsonrpc": "2.0", "id": 0, "method": method, "params": {"uri": uri}}
+    try:
+        target, ask = route_call(route, ask)
+        reply = await session.call(target, ask, headers)
+    except HTTPError as exc:
+        logger.info("%s %s failed: %s", method, uri, exc.log_text)
+        return False
+    if "error" in reply:
+        logger.info("%s %s refused: %s", method, uri, reply["error"])
+        return False
+    return True

@@ -1,0 +1,266 @@
+"""The gateway as a 2026-07-28 server in its own right: statuses, error
+codes and ``data``, headers, ``subscriptions/listen`` and trace context,
+whatever revision the target speaks. Targets: the demo (which also speaks
+2026-07-28), a test peer that speaks only 2025-11-25, and
+server-everything (2025-11-25). Raw HTTP for the wire rules, the MCP SDK
+2.3 client for what a client sees."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, EVERYTHING, JSON_CT, ROOT, mcp_config, stdio
+from tests.support import Response, request, run_gateway
+
+OLDER = [sys.executable, str(ROOT / "tests" / "peers" / "older_server.py")]
+COUNTER = "peer://counter"
+VERSION = "2026-07-28"
+META = {
+    "io.modelcontextprotocol/protocolVersion": VERSION,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+# target -> (argv, a tool that needs sampling and its arguments)
+TARGETS: dict[str, tuple[list[str], str, dict[str, Any]]] = {
+    "demo": (DEMO, "test_missing_capability", {}),
+    "older": (OLDER, "ask_model", {}),
+    "everything": ([EVERYTHING, "stdio"], "trigger-sampling-request", {"prompt": "hi"}),
+}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+async def post(
+    port: int,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    meta: Any = META,
+    msg_id: Any = 42,
+    version: str = VERSION,
+    **extra: str,
+) -> Response:
+    """A 2026-07-28 request with conformant headers unless ``extra`` says
+    otherwise (``mcp_method="..."``; None-valued keys are left out)."""
+    body = dict(params or {})
+    if meta is not None:
+        body["_meta"] = meta
+    hdrs: dict[str, str] = {"mcp-protocol-version": version, "mcp-method": method}
+    name = body.get("uri") if method == "resources/read" else body.get("name")
+    if isinstance(name, str):
+        hdrs["mcp-name"] = name
+    hdrs.update({k.replace("_", "-"): v for k, v in extra.items()})
+    headers = [ACCEPT, JSON_CT, *((k.encode(), v.encode()) for k, v in hdrs.items() if v)]
+    message = {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": body}
+    return await request(port, "POST", "/mcp", headers=headers, body=json.dumps(message).encode())
+
+
+def error_of(resp: Response) -> dict[str, Any]:
+    body = json.loads(resp.body)
+    assert body["id"] == 42, body  # every error answers the request's id
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+async def test_statuses_and_error_codes(target: str) -> None:
+    argv, sampling_tool, args = TARGETS[target]
+    async with run_gateway(mcp_config(stdio(target, argv))) as (_, port):
+        # _meta: missing, without the version, without the capabilities
+        for meta in (None, {k: v for k, v in META.items() if "Version" not in k}, {}):
+            resp = await post(port, "server/discover", meta=meta)
+            assert resp.status == 400 and error_of(resp)["code"] == -32602
+        resp = await post(port, "server/discover")
+        assert resp.status == 200
+        discovered = json.loads(resp.body)["result"]
+        assert discovered["supportedVersions"] == [VERSION]
+
+        # a version the gateway does not serve
+        meta = {**META, "io.modelcontextprotocol/protocolVersion": "v999.0.0"}
+        resp = await post(port, "server/discover", meta=meta, version="v999.0.0")
+        assert resp.status == 400
+        error = error_of(resp)
+        assert error["code"] == -32022
+        assert error["data"] == {"requested": "v999.0.0", "supported": [VERSION]}
+
+        # headers that do not match the body
+        resp = await post(port, "server/discover", meta=meta)
+        assert resp.status == 400 and error_of(resp)["code"] == -32020
+        for wrong in ({"mcp_method": "prompts/list"}, {"mcp_method": ""}):
+            resp = await post(port, "tools/list", **wrong)
+            assert resp.status == 400 and error_of(resp)["code"] == -32020
+        call = {"name": sampling_tool, "arguments": args}
+        for wrong in ({"mcp_name": "wrong_tool_name"}, {"mcp_name": ""}):
+            resp = await post(port, "tools/call", call, **wrong)
+            assert resp.status == 400 and error_of(resp)["code"] == -32020
+
+        # methods the revision removed, and unknown ones
+        for method in (
+            "initialize",
+            "ping",
+            "logging/setLevel",
+            "resources/subscribe",
+            "resources/unsubscribe",
+            "unknown/method",
+        ):
+            resp = await post(port, method)
+            assert resp.status == 404 and error_of(resp)["code"] == -32601, method
+
+        # a tool that needs a capability the client did not declare
+        resp = await post(port, "tools/call", call)
+        assert resp.status == 400, resp.body
+        error = error_of(resp)
+        assert error["code"] == -32021
+        assert error["data"] == {"requiredCapabilities": {"sampling": {}}}
+
+        # and what passes
+        resp = await post(port, "tools/list")
+        assert resp.status == 200 and json.loads(resp.body)["result"]["resultType"] == "complete"
+
+
+@pytest.mark.parametrize("target", ["demo", "older"])
+async def test_unknown_resource_is_invalid_params(target: str) -> None:
+    async with run_gateway(mcp_config(stdio(target, TARGETS[target][0]))) as (_, port):
+        uri = "test://nonexistent-resource-for-conformance-testing"
+        resp = await post(port, "resources/read", {"uri": uri})
+        assert resp.status == 400
+        error = error_of(resp)
+        assert error["code"] == -32602 and error["data"]["uri"] == uri
+
+
+async def test_param_headers_are_checked_against_the_tool_schema() -> None:
+    async with run_gateway(mcp_config(stdio("older", OLDER))) as (_, port):
+        call = {"name": "regional", "arguments": {"region": "Hello"}}
+        valid = "=?base64?" + base64.b64encode(b"Hello").decode() + "?="
+        for header in ("Hello", valid):
+            resp = await post(port, "tools/call", call, mcp_param_region=header)
+            assert resp.status == 200 and b"region Hello" in resp.body
+        for header in ("=?base64?SGVsbG8?=", "=?base64?SGVs!!!bG8=?=", "Bye", ""):
+            resp = await post(port, "tools/call", call, mcp_param_region=header)
+            assert resp.status == 400 and error_of(resp)["code"] == -32020, header
+
+
+async def test_trace_context_in_meta_reaches_the_target_unchanged() -> None:
+    trace = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "rojo=00f067aa0ba902b7",
+        "baggage": "tenant=blue",
+    }
+    async with run_gateway(mcp_config(stdio("older", OLDER))) as (_, port):
+        resp = await post(port, "tools/call", {"name": "echo_meta"}, meta={**META, **trace})
+        assert resp.status == 200, resp.body
+        seen = json.loads(json.loads(resp.body)["result"]["content"][0]["text"])
+        # the protocol envelope is the gateway's; the rest is the target's
+        assert seen == trace
+
+
+async def test_sdk_client_gets_missing_capability_and_sampling_needs() -> None:
+    async with run_gateway(mcp_config(stdio("older", OLDER))) as (_, port):
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            assert client.protocol_version == VERSION
+            with pytest.raises(MCPError) as caught:
+                await client.call_tool("ask_model", {})
+            assert caught.value.code == -32021
+            assert (await client.call_tool("regional", {"region": "eu"})).content
+
+
+async def test_listen_relays_changes_and_leaving_drops_the_subscription(tmp_path: Path) -> None:
+    log = tmp_path / "peer.log"
+    config = mcp_config(stdio("older", OLDER, env={"PEER_LOG": str(log)}))
+    async with run_gateway(config) as (gw, port):
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with Client(url) as client:
+            listen = client.listen(
+                tools_list_changed=True,
+                prompts_list_changed=True,  # the target has no prompts: not honored
+                resource_subscriptions=["peer://counter"],
+            )
+            async with listen as sub:
+                assert sub.honored.tools_list_changed
+                assert not sub.honored.prompts_list_changed
+                assert sub.honored.resource_subscriptions == ["peer://counter"]
+                assert "resources/subscribe peer://counter" in _read(log)
+                await client.call_tool("touch", {})
+                events = []
+                with trio.fail_after(10):
+                    async for event in sub:
+                        events.append(event)
+                        if len(events) == 2:
+                            break
+                kinds = sorted(type(e).__name__ for e in events)
+                assert len(kinds) == 2 and kinds[0] != kinds[1], kinds
+            # the client left: the upstream subscription goes, no stream stays
+            with trio.fail_after(10):
+                while "resources/unsubscribe peer://counter" not in _read(log):
+                    await trio.sleep(0.05)
+            (shared,) = gw.sessions.sessions.values()
+            with trio.fail_after(5):
+                while shared.statistics().streams:
+                    await trio.sleep(0.05)
+            assert not shared.extras.get("listened_uris")
+
+
+async def test_two_listeners_share_one_upstream_subscription(tmp_path: Path) -> None:
+    log = tmp_path / "peer.log"
+    config = mcp_config(stdio("older", OLDER, env={"PEER_LOG": str(log)}))
+    async with run_gateway(config) as (_, port):
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with Client(url) as one, Client(url) as two:
+            async with one.listen(resource_subscriptions=["peer://counter"]) as first:
+                async with two.listen(resource_subscriptions=["peer://counter"]):
+                    pass
+                # the second leaving keeps the first's subscription
+                await one.call_tool("touch", {})
+                with trio.fail_after(10):
+                    event = await first.__anext__()
+                assert "counter" in repr(event)
+            with trio.fail_after(10):
+                while "resources/unsubscribe" not in _read(log):
+                    await trio.sleep(0.05)
+        assert _read(log).count("resources/subscribe ") == 1
+        assert _read(log).count("resources/unsubscribe ") == 1
+
+
+async def test_listen_ends_gracefully_when_the_shared_session_ends() -> None:
+    async with run_gateway(mcp_config(stdio("older", OLDER))) as (gw, port):
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            async with client.listen(tools_list_changed=True) as sub:
+                (shared,) = gw.sessions.sessions.values()
+                shared.close()
+                with trio.fail_after(10):
+                    events = [event async for event in sub]  # ends without SubscriptionLost
+                assert events == []
+
+
+async def test_listen_subscribes_only_to_what_the_caller_may_read(tmp_path: Path) -> None:
+    log = tmp_path / "peer.log"
+    config = mcp_config(stdio("older", OLDER, env={"PEER_LOG": str(log)}))
+    route = config["binds"][0]["listeners"][0]["routes"][0]
+    route["policies"] = {"mcpAuthorization": {"rules": ['mcp.tool.name == "touch"']}}
+    async with run_gateway(config) as (_, port):
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            listen = client.listen(tools_list_changed=True, resource_subscriptions=[COUNTER])
+            async with listen as sub:
+                assert sub.honored.tools_list_changed
+                assert not sub.honored.resource_subscriptions
+    assert "resources/subscribe" not in _read(log)
+
+
+async def test_an_unreachable_target_is_a_5xx_with_the_request_id() -> None:
+    async with run_gateway(mcp_config(stdio("dead", ["/bin/false"]))) as (_, port):
+        resp = await post(port, "tools/list")
+        assert resp.status in (502, 503), resp
+        assert error_of(resp)["code"] == -32603
