@@ -97,14 +97,14 @@ async def dispatch(
             await fan_out(session, dict.fromkeys(session.transports, message), headers)
             await outbox.send(make_result(msg_id, {}), final=True)
         else:
-            target, rewritten = _judge_call(ctx, route, message)
+            target, rewritten = judge_call(ctx, route, message)
             await forward(route, session, target, rewritten, headers, outbox, timeouts)
     except HTTPError as exc:
         note_failure(ctx, exc)
         await outbox.send(exc.rpc_error(msg_id), final=True)
 
 
-def _judge_call(ctx: RequestContext, route: McpRoute, message: Message) -> tuple[str, Message]:
+def judge_call(ctx: RequestContext, route: McpRoute, message: Message) -> tuple[str, Message]:
     """The call's target and rewritten message, once routing,
     ``mcpAuthorization`` and the rate limits let it through."""
     method = str(message["method"])

@@ -19,9 +19,11 @@ import attrs
 
 from agentgw.errors import ClientError, HTTPError
 from agentgw.mcp.federation import McpRoute, is_localhost_request, legacy_session_id
+from agentgw.mcp.mrtr import StateSealer
 from agentgw.relay import legacy_sse, streamable, websocket
 from agentgw.relay.context import RequestContext
 from agentgw.relay.dispatch import Timeouts
+from agentgw.relay.mrtr import Flights
 from agentgw.relay.outbox import JSON, StreamWaits, dumps
 from agentgw.relay.session import Message
 from agentgw.relay.sessions import SessionDirectory
@@ -41,6 +43,11 @@ class McpEndpoint:
     response_timeout: float = 300.0
     max_message: int = MAX_MESSAGE
     legacy: dict[str, legacy_sse.LegacySession] = attrs.field(factory=dict)
+    flights: Flights = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        sealer = StateSealer(self.directory.codec.key)
+        self.flights = Flights(sealer, self.directory.manager, self.directory.ids.index)
 
     def start_drain(self) -> None:
         """End every server-to-client stream now, between two events."""

@@ -203,7 +203,9 @@ class SessionDirectory:
                 "method": "initialize",
                 "params": {
                     "protocolVersion": versions.INITIALIZE_VERSIONS[-1],
-                    "capabilities": {},
+                    # Whatever the target asks in a call becomes an MRTR
+                    # round (relay/mrtr.py); each client says what it takes.
+                    "capabilities": {"sampling": {}, "elicitation": {}, "roots": {}},
                     "clientInfo": {"name": "agentgw", "version": __version__},
                 },
             }

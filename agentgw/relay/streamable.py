@@ -21,7 +21,9 @@ from agentgw.errors import (
     MethodNotFound,
 )
 from agentgw.mcp import versions
-from agentgw.mcp.federation import McpRoute, call_name, params_of, stateless_version
+from agentgw.mcp.federation import McpRoute, call_name, stateless_version
+from agentgw.mcp.mrtr import INPUT_METHODS
+from agentgw.relay import mrtr
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch, initialize
 from agentgw.relay.outbox import Outbox, PostOutbox, StatelessRevisionOutbox, respond_json
@@ -152,13 +154,6 @@ def _check_headers(ctx: RequestContext, method: str, message: Message) -> None:
             raise ClientError("Mcp-Name header does not match the body", code=HEADER_MISMATCH)
 
 
-def _wants_server_requests(message: Message) -> bool:
-    """Whether a 2026-07-28 client declared it takes server-to-client requests."""
-    meta = params_of(message).get("_meta")
-    caps = meta.get(versions.META_PREFIX + "clientCapabilities") if isinstance(meta, dict) else None
-    return isinstance(caps, dict) and any(k in caps for k in ("sampling", "elicitation", "roots"))
-
-
 async def stateless_revision(
     ep: McpEndpoint,
     ctx: RequestContext,
@@ -178,16 +173,6 @@ async def stateless_revision(
         await respond_json(ctx.req, error.rpc_error(msg_id))
         return
     _check_headers(ctx, method, message)
-    if method == "server/discover" and _wants_server_requests(message):
-        # Server-to-client requests reach a 2026-07-28 client only as
-        # input-required rounds: such a client is sent to the initialize
-        # handshake, where they work.
-        error = MethodNotFound(
-            "agentgw serves clients that take sampling, elicitation or roots requests"
-            " on the initialize handshake"
-        )
-        await respond_json(ctx.req, error.rpc_error(msg_id))
-        return
     if msg_id is None or method in versions.REMOVED_IN_STATELESS:
         error = MethodNotFound(f"method {method!r} is not in 2026-07-28")
         await respond_json(ctx.req, error.rpc_error(msg_id))
@@ -196,10 +181,18 @@ async def stateless_revision(
     if method == "server/discover":
         await respond_json(ctx.req, {"jsonrpc": "2.0", "id": msg_id, "result": _discover(session)})
         return
+    outbox = StatelessRevisionOutbox(PostOutbox(ctx.req), method)
+    if method in INPUT_METHODS:  # may take input_required rounds (relay/mrtr.py)
+        timeouts = ep.timeouts(ctx)
+
+        async def work() -> None:
+            await mrtr.call(ep.flights, ctx, route, session, message, headers, outbox, timeouts)
+
+        await ctx.req.run_watched(work)
+        return
     params = message.get("params")
     if isinstance(params, dict):
         message = {**message, "params": versions.strip_protocol_meta(params)}
-    outbox = StatelessRevisionOutbox(PostOutbox(ctx.req), method)
     await post_to_session(ep, ctx, route, session, message, headers, outbox)
 
 
