@@ -261,7 +261,7 @@ class Call:
         self._session.calls.pop(self.request_id, None)
 
     def _ask(self, wanted: InputRequest) -> Ask:
-        ask = self._session.ask_message(wanted.method, wanted.params)
+        ask = self._session.ask_message(wanted.method, wanted.params, wanted.key)
         self.pending_ask = ask.message["id"]
         self._session.asks[ask.message["id"]] = self
         return ask
@@ -510,8 +510,10 @@ class DemoSession:
         reply: JSON = replies[key]
         return reply
 
-    def ask_message(self, method: str, params: JSON) -> Ask:
-        ask_id = f"s{self._next_ask}"
+    def ask_message(self, method: str, params: JSON, key: str | None = None) -> Ask:
+        """A server-to-client request; its id is the input's key when that
+        is free (a gateway that turns it into an MRTR round keys it so)."""
+        ask_id = key if key is not None and key not in self.asks else f"s{self._next_ask}"
         self._next_ask += 1
         return Ask(request(ask_id, method, params), self.ask_timeout)
 

@@ -23,7 +23,7 @@ import binascii
 import json
 import os
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 from cryptography.exceptions import InvalidTag
@@ -93,7 +93,7 @@ def input_required(requests: dict[str, dict[str, Any]], state: str) -> dict[str,
     return {"resultType": INPUT_REQUIRED, "inputRequests": requests, "requestState": state}
 
 
-def is_input_required(result: Any) -> bool:
+def is_input_required(result: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(result, dict) and result.get("resultType") == INPUT_REQUIRED
 
 
