@@ -96,6 +96,10 @@ from agentgw.demo.wire import (
 
 logger = logging.getLogger(__name__)
 
+# Names an input of a handshake-era server-to-client request; agentgw uses it
+# as the input's key when it turns the request into an MRTR round.
+INPUT_KEY_META = "io.agentgw/inputKey"
+
 INSTRUCTIONS = (
     "A demo server: try the echo, add and slow tools, "
     "the greeting prompt and the demo://readme resource."
@@ -511,10 +515,16 @@ class DemoSession:
         return reply
 
     def ask_message(self, method: str, params: JSON, key: str | None = None) -> Ask:
-        """A server-to-client request; its id is the input's key when that
-        is free (a gateway that turns it into an MRTR round keys it so)."""
-        ask_id = key if key is not None and key not in self.asks else f"s{self._next_ask}"
+        """A server-to-client request; ``key`` names the input in ``_meta``
+        (a gateway that turns the request into an MRTR round keys it so)."""
+        ask_id = f"s{self._next_ask}"
         self._next_ask += 1
+        if key is not None:
+            meta = params.get("_meta")
+            params = {
+                **params,
+                "_meta": {**(meta if isinstance(meta, dict) else {}), INPUT_KEY_META: key},
+            }
         return Ask(request(ask_id, method, params), self.ask_timeout)
 
     def list_changed(self, kind: str) -> Iterator[Emit]:

@@ -23,6 +23,7 @@ import binascii
 import json
 import os
 import time
+from collections.abc import Collection
 from typing import Any, TypeGuard
 
 import attrs
@@ -44,6 +45,7 @@ INPUT_CAPABILITY = {
     "roots/list": "roots",
 }
 INPUT_REQUIRED = "input_required"
+INPUT_KEY_META = "io.agentgw/inputKey"
 
 
 @attrs.frozen
@@ -75,11 +77,27 @@ def without_retry(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
 
 
-def input_key(upstream_id: Any) -> str:
+def input_key(upstream_id: Any, params: Any, taken: Collection[str]) -> str:
     """The ``inputRequests`` key of a translated server-to-client request: the
-    id the target gave it, as text (unique among the target's requests in
-    flight)."""
+    name the target gave the input (``_meta["io.agentgw/inputKey"]``), else
+    the id the target gave the request, as text (unique among the target's
+    requests in flight)."""
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    named = meta.get(INPUT_KEY_META) if isinstance(meta, dict) else None
+    if isinstance(named, str) and named and named not in taken:
+        return named
     return upstream_id if isinstance(upstream_id, str) else json.dumps(upstream_id)
+
+
+def request_for_client(method: str, params: Any) -> dict[str, Any]:
+    """An ``inputRequests`` entry: the target's request, without the key's name."""
+    params = dict(params) if isinstance(params, dict) else {}
+    meta = params.pop("_meta", None)
+    if isinstance(meta, dict):
+        kept = {k: v for k, v in meta.items() if k != INPUT_KEY_META}
+        if kept:
+            params["_meta"] = kept
+    return {"method": method, "params": params}
 
 
 def client_declares(capabilities: dict[str, Any], method: str) -> bool:

@@ -171,7 +171,8 @@ class Flight:
     async def _round(self, asks: list[Message]) -> None:
         for ask in asks:
             method = str(ask.get("method"))
-            key = mrtr.input_key(self.session.server_request_origin(ask["id"]))
+            origin = self.session.server_request_origin(ask["id"])
+            key = mrtr.input_key(origin, ask.get("params"), self.asked)
             if method == "ping":
                 await self._answer(ask, {"result": {}})
             elif not mrtr.client_declares(self.capabilities, method):
@@ -183,7 +184,7 @@ class Flight:
                 self.asked[key] = ask
         while self.asked:
             requests = {
-                key: {"method": ask["method"], "params": ask.get("params", {})}
+                key: mrtr.request_for_client(ask["method"], ask.get("params"))
                 for key, ask in self.asked.items()
             }
             await self._emit(NeedInput(requests))
