@@ -79,8 +79,8 @@ async def test_demo_stdio_through_gateway_with_the_sdk() -> None:
     async with run_gateway(mcp_config(stdio("demo", DEMO))) as (gw, port):
         url = f"http://127.0.0.1:{port}/mcp"
         async with Client(url, sampling_callback=sampling) as client:
-            # A client that takes sampling requests is served on the handshake.
-            assert client.protocol_version == "2025-11-25"
+            # Sampling reaches a 2026-07-28 client as input_required rounds.
+            assert client.protocol_version == "2026-07-28"
             tools = {t.name for t in (await client.list_tools()).tools}
             assert {"echo", "add", "slow", "test_sampling"} <= tools  # one target: no prefix
             result = await client.call_tool("echo", {"message": "hi"})
