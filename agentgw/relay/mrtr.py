@@ -308,10 +308,6 @@ async def call(
         else:
             state = flights.sealer.open(retry.state)
             state.check_call(method, name, time.time())
-            if state.worker != flights.worker:
-                raise InvalidParams(
-                    "invalid requestState", detail=f"the state is held by worker {state.worker}"
-                )
             if state.upstream_state is not None:
                 target, rewritten = judge_call(ctx, route, bare)
                 if target != state.target:
@@ -323,6 +319,10 @@ async def call(
                 flight = _flight(session, target, method, name, headers, message, wait)
                 flights.start(flight, rewritten)
             else:
+                if state.worker != flights.worker:
+                    raise InvalidParams(
+                        "invalid requestState", detail=f"the call is held by worker {state.worker}"
+                    )
                 judge_call(ctx, route, _without_retry(bare))  # policies, again
                 flight, round_ = flights.find(state)
                 flight.resume(round_, retry.responses)

@@ -160,5 +160,6 @@ async def test_a_targets_own_input_required_result_is_relayed_with_a_sealed_stat
             requestState=state,
         )
         text = done["result"]["content"][0]["text"]
-        assert text == 'confirmed with peer-state-42: {"action": "accept", "content": {"yes": true}}'
+        answer = '{"action": "accept", "content": {"yes": true}}'
+        assert text == f"confirmed with peer-state-42: {answer}"
         assert done["result"]["resultType"] == "complete"
