@@ -472,6 +472,8 @@ def test_sampling_asks_the_client() -> None:
     assert ask["params"] == {
         "messages": [{"role": "user", "content": {"type": "text", "text": "Say hi"}}],
         "maxTokens": 100,
+        # the input's name, for a gateway that makes it an MRTR round
+        "_meta": {"io.agentgw/inputKey": "sample"},
     }
     assert ran.text == "LLM response: hi!"
 
@@ -523,7 +525,7 @@ def test_list_roots_asks_for_roots() -> None:
     session = open_session(capabilities=ALL_CAPABILITIES)
     roots = [{"uri": "file:///tmp", "name": "tmp"}]
     ran = call_tool(session, "list_roots", answer=reply({"roots": roots}))
-    assert ran.sent("roots/list")[0]["params"] == {}
+    assert ran.sent("roots/list")[0]["params"] == {"_meta": {"io.agentgw/inputKey": "roots"}}
     assert json.loads(ran.text) == roots
 
 
