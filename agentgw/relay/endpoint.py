@@ -27,6 +27,7 @@ from agentgw.relay.mrtr import Flights
 from agentgw.relay.outbox import JSON, StreamWaits, dumps
 from agentgw.relay.session import Message
 from agentgw.relay.sessions import SessionDirectory
+from agentgw.relay.tasks import NativeSessions
 from agentgw.server.connection import ServerRequest
 from agentgw.wire import jsonrpc
 from agentgw.wire.http import header_value, is_websocket_upgrade
@@ -44,10 +45,12 @@ class McpEndpoint:
     max_message: int = MAX_MESSAGE
     legacy: dict[str, legacy_sse.LegacySession] = attrs.field(factory=dict)
     flights: Flights = attrs.field(init=False)
+    natives: NativeSessions = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         sealer = StateSealer(self.directory.codec.key)
         self.flights = Flights(sealer, self.directory.manager, self.directory.ids.index)
+        self.natives = NativeSessions(self.directory.manager, self.directory.pool)
 
     def start_drain(self) -> None:
         """End every server-to-client stream now, between two events."""

@@ -289,9 +289,12 @@ async def call(
     headers: UpstreamHeaders,
     outbox: Outbox,
     timeouts: Timeouts,
+    *,
+    native: bool = False,
 ) -> None:
     """A 2026-07-28 request that may need input (``message`` still has its
-    ``_meta`` envelope); its answers go to ``outbox``."""
+    ``_meta`` envelope); its answers go to ``outbox``. ``native``: the
+    target speaks 2026-07-28 and gets the request as it is."""
     msg_id = message.get("id")
     method = str(message.get("method"))
     params = params_of(message)
@@ -299,9 +302,13 @@ async def call(
     try:
         retry = mrtr.parse_retry(params)
         name = call_name(message) or ""
-        bare = {**message, "params": versions.strip_protocol_meta(params)}
+        if native:
+            bare, fresh = message, message
+        else:
+            bare = {**message, "params": versions.strip_protocol_meta(params)}
+            fresh = _without_retry(bare)
         if retry.state is None:
-            target, rewritten = judge_call(ctx, route, _without_retry(bare))
+            target, rewritten = judge_call(ctx, route, fresh)
             flight = _flight(session, target, method, name, headers, message, wait)
             flight.prefilled = dict(retry.responses)
             flights.start(flight, rewritten)
@@ -323,7 +330,7 @@ async def call(
                     raise InvalidParams(
                         "invalid requestState", detail=f"the call is held by worker {state.worker}"
                     )
-                judge_call(ctx, route, _without_retry(bare))  # policies, again
+                judge_call(ctx, route, fresh)  # policies, again
                 flight, round_ = flights.find(state)
                 flight.resume(round_, retry.responses)
         await follow(flights, flight, route, outbox, msg_id, timeouts)

@@ -23,9 +23,9 @@ from agentgw.errors import (
 from agentgw.mcp import versions
 from agentgw.mcp.federation import McpRoute, call_name, stateless_version
 from agentgw.mcp.mrtr import INPUT_METHODS
-from agentgw.relay import mrtr
+from agentgw.relay import mrtr, tasks
 from agentgw.relay.context import RequestContext, UpstreamHeaders
-from agentgw.relay.dispatch import dispatch, initialize
+from agentgw.relay.dispatch import Timeouts, dispatch, initialize
 from agentgw.relay.outbox import Outbox, PostOutbox, StatelessRevisionOutbox, respond_json
 from agentgw.relay.session import Message, RelaySession
 from agentgw.wire.http import header_value
@@ -177,13 +177,41 @@ async def stateless_revision(
         error = MethodNotFound(f"method {method!r} is not in 2026-07-28")
         await respond_json(ctx.req, error.rpc_error(msg_id))
         return
+    outbox = StatelessRevisionOutbox(PostOutbox(ctx.req), method)
+    timeouts = ep.timeouts(ctx)
+    if tasks.is_about_tasks(message):  # to targets that speak 2026-07-28 (relay/tasks.py)
+
+        async def native() -> None:
+            if not await tasks.relay(
+                ep.natives, ep.flights, ctx, route, message, headers, outbox, timeouts
+            ):
+                await _through_shared(ep, ctx, route, message, headers, outbox, timeouts)
+
+        await ctx.req.run_watched(native)
+        return
+    await _through_shared(ep, ctx, route, message, headers, outbox, timeouts)
+
+
+async def _through_shared(
+    ep: McpEndpoint,
+    ctx: RequestContext,
+    route: McpRoute,
+    message: Message,
+    headers: UpstreamHeaders,
+    outbox: Outbox,
+    timeouts: Timeouts,
+) -> None:
+    method = str(message.get("method") or "")
+    msg_id = message.get("id")
     session = await ep.directory.shared(route, headers)
     if method == "server/discover":
-        await respond_json(ctx.req, {"jsonrpc": "2.0", "id": msg_id, "result": _discover(session)})
+        result = _discover(session)
+        extensions = tasks.extensions_of(await ep.natives.get(route, headers))
+        if extensions:
+            result["capabilities"] = {**result["capabilities"], "extensions": extensions}
+        await respond_json(ctx.req, {"jsonrpc": "2.0", "id": msg_id, "result": result})
         return
-    outbox = StatelessRevisionOutbox(PostOutbox(ctx.req), method)
     if method in INPUT_METHODS:  # may take input_required rounds (relay/mrtr.py)
-        timeouts = ep.timeouts(ctx)
 
         async def work() -> None:
             await mrtr.call(ep.flights, ctx, route, session, message, headers, outbox, timeouts)
