@@ -23,7 +23,14 @@ from typing import Any
 import attrs
 import trio
 
-from agentgw.errors import HEADER_MISMATCH, ClientError, HTTPError, InvalidParams, UpstreamError
+from agentgw.errors import (
+    HEADER_MISMATCH,
+    ClientError,
+    HTTPError,
+    InvalidParams,
+    MethodNotFound,
+    UpstreamError,
+)
 from agentgw.mcp import mrtr as mrtr_core
 from agentgw.mcp import names, versions
 from agentgw.mcp.federation import McpRoute, params_of, route_call
@@ -42,6 +49,7 @@ TASK_METHODS = frozenset(
     {"tasks/get", "tasks/update", "tasks/cancel", "tasks/result", "tasks/list"}
 )
 DISCOVER_TIMEOUT = 10.0
+MAX_PAGES = 10
 
 
 def declares_tasks(message: Message) -> bool:
@@ -51,8 +59,15 @@ def declares_tasks(message: Message) -> bool:
 
 
 def is_about_tasks(message: Message) -> bool:
+    """A request that may be about tasks: a ``tasks/*`` method, a call whose
+    client declared the extension, or a tool call (the tool may run only as
+    a task; ``relay`` decides)."""
     method = message.get("method")
-    return method in TASK_METHODS or (method in mrtr_core.INPUT_METHODS and declares_tasks(message))
+    return (
+        method in TASK_METHODS
+        or method == "tools/call"
+        or (method in mrtr_core.INPUT_METHODS and declares_tasks(message))
+    )
 
 
 @attrs.frozen
@@ -61,6 +76,8 @@ class Native:
 
     session: RelaySession
     discovered: dict[str, dict[str, Any]]
+    # target -> its tools that run only as tasks (``execution.taskSupport``)
+    task_only: dict[str, frozenset[str]] = attrs.field(factory=dict)
 
 
 @attrs.define(eq=False)
@@ -106,7 +123,8 @@ class NativeSessions:
                 await self.manager.start(session)
             except UpstreamError as exc:
                 raise UpstreamError(exc.reason, status=503, detail=exc.detail) from exc
-            native = Native(session, await _discover(session, headers))
+            discovered = await _discover(session, headers)
+            native = Native(session, discovered, await _task_only_tools(session, headers))
             self._natives[id(route)] = native
             return native
 
@@ -133,6 +151,52 @@ async def _discover(session: RelaySession, headers: UpstreamHeaders) -> dict[str
                 result.get("supportedVersions") or ()
             ):
                 found[target] = result
+
+    async with trio.open_nursery() as nursery:
+        for target in list(session.transports):
+            nursery.start_soon(one, target)
+    return found
+
+
+async def _task_only_tools(
+    session: RelaySession, headers: UpstreamHeaders
+) -> dict[str, frozenset[str]]:
+    """Each native target's tools that run only as tasks: a client that did
+    not declare the extension is refused those by the target itself (-32021),
+    so such calls go the native way too. Read once, at most MAX_PAGES pages."""
+    found: dict[str, frozenset[str]] = {}
+    meta = {
+        versions.META_PREFIX + "protocolVersion": versions.STATELESS_REVISION,
+        versions.META_PREFIX + "clientCapabilities": {"extensions": {EXTENSION: {}}},
+    }
+
+    async def one(target: str) -> None:
+        names_: set[str] = set()
+        cursor = None
+        with trio.move_on_after(DISCOVER_TIMEOUT):
+            for _ in range(MAX_PAGES):
+                params: dict[str, Any] = {"_meta": meta}
+                if cursor is not None:
+                    params["cursor"] = cursor
+                probe = {"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": params}
+                try:
+                    reply = await session.call(
+                        target, probe, with_routing(headers, "tools/list", None)
+                    )
+                except UpstreamError as exc:
+                    logger.info("target %s: tools/list failed: %s", target, exc.log_text)
+                    break
+                result = reply.get("result")
+                if not isinstance(result, dict):
+                    break
+                for tool in result.get("tools") or ():
+                    execution = tool.get("execution") if isinstance(tool, dict) else None
+                    if isinstance(execution, dict) and execution.get("taskSupport") == "required":
+                        names_.add(str(tool.get("name")))
+                cursor = result.get("nextCursor")
+                if not isinstance(cursor, str):
+                    break
+        found[target] = frozenset(names_)
 
     async with trio.open_nursery() as nursery:
         for target in list(session.transports):
@@ -222,6 +286,8 @@ async def relay(
     params = params_of(message)
     try:
         native = await natives.get(route, headers)
+        if method == "tasks/list":
+            raise MethodNotFound("method 'tasks/list' is not in 2026-07-28")
         if method in TASK_METHODS:
             task_id = params.get("taskId")
             if method != "tasks/list" and not isinstance(task_id, str):
@@ -255,9 +321,11 @@ async def relay(
             target, rewritten = route_call(route, message)
         except InvalidParams:
             return False
+        name = mrtr_core_name(rewritten)
         if target not in native.discovered:
             return False
-        name = mrtr_core_name(rewritten)
+        if not declares_tasks(message) and name not in native.task_only.get(target, ()):
+            return False
         await mrtr.call(
             flights,
             ctx,
