@@ -180,15 +180,17 @@ async def stateless_revision(
     outbox = StatelessRevisionOutbox(PostOutbox(ctx.req), method)
     timeouts = ep.timeouts(ctx)
     if tasks.is_about_tasks(message):  # to targets that speak 2026-07-28 (relay/tasks.py)
+        relayed = False
 
         async def native() -> None:
-            if not await tasks.relay(
+            nonlocal relayed
+            relayed = await tasks.relay(
                 ep.natives, ep.flights, ctx, route, message, headers, outbox, timeouts
-            ):
-                await _through_shared(ep, ctx, route, message, headers, outbox, timeouts)
+            )
 
         await ctx.req.run_watched(native)
-        return
+        if relayed:
+            return
     await _through_shared(ep, ctx, route, message, headers, outbox, timeouts)
 
 
