@@ -26,7 +26,14 @@ from agentgw.mcp.mrtr import INPUT_METHODS
 from agentgw.relay import mrtr, tasks
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import Timeouts, dispatch, initialize
-from agentgw.relay.outbox import Outbox, PostOutbox, StatelessRevisionOutbox, respond_json
+from agentgw.relay.outbox import (
+    JSON,
+    Outbox,
+    PostOutbox,
+    StatelessRevisionOutbox,
+    dumps,
+    respond_json,
+)
 from agentgw.relay.session import Message, RelaySession
 from agentgw.wire.http import header_value
 
@@ -172,7 +179,13 @@ async def stateless_revision(
         error = ClientError("unsupported protocol version", code=UNSUPPORTED_VERSION, data=data)
         await respond_json(ctx.req, error.rpc_error(msg_id))
         return
-    _check_headers(ctx, method, message)
+    try:
+        _check_headers(ctx, method, message)
+    except HTTPError as exc:  # answered here: the error names the request's id
+        ctx.record.error = exc.log_text
+        body = dumps(exc.rpc_error(msg_id))
+        await ctx.req.respond(exc.status, body, exc.headers, content_type=JSON)
+        return
     if msg_id is None or method in versions.REMOVED_IN_STATELESS:
         error = MethodNotFound(f"method {method!r} is not in 2026-07-28")
         await respond_json(ctx.req, error.rpc_error(msg_id))

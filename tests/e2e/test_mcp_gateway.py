@@ -97,7 +97,8 @@ async def test_demo_stdio_through_gateway_with_the_sdk() -> None:
             assert "demo://readme" in resources
             read = await client.read_resource("demo://readme")
             assert read.contents
-        assert gw.sessions.statistics()["sessions"] <= 1
+        # the shared upstream session, and the 2026-07-28 one (tasks) to the demo
+        assert gw.sessions.statistics()["sessions"] <= 2
 
 
 async def test_federation_prefixes_and_routes() -> None:
@@ -373,9 +374,10 @@ async def test_2026_client_in_front_of_older_upstreams() -> None:
             prompt = await client.get_prompt("demo_greeting", {"name": "x"})
             assert prompt.messages
         # two clients share one upstream session per route; no per-client ones
+        # (and one 2026-07-28 session, for tasks, to the demo, which speaks it)
         async with Client(url) as other:
             assert (await other.call_tool("paged_echo", {"message": "b"})).content
-        assert len(gw.sessions.sessions) == 1
+        assert len(gw.sessions.sessions) == 2
 
         # The headers must match the body.
         body = json.dumps(

@@ -66,7 +66,8 @@ async def test_sdk_client_gets_elicitation_and_sampling_over_a_stateless_session
             rounds = await c.call_tool("test_input_required_result_multi_round", {})
             assert rounds.content[0].text == "Multi-round complete for Alice who likes blue"
         assert asked.count("elicitation") == 3 and asked.count("sampling") == 2
-        assert len(gw.sessions.sessions) == 1  # the one shared upstream session
+        # the shared upstream session, and the 2026-07-28 one for tasks
+        assert len(gw.sessions.sessions) == 2
 
 
 async def test_rounds_by_hand_and_tampered_or_foreign_states_are_refused() -> None:
