@@ -45,6 +45,7 @@ from agentgw.demo.server import (
     Sleep,
     Start,
     StartTask,
+    Wait,
     handle_stateless,
 )
 from agentgw.demo.stdio import MAX_LINE, serve_stdio
@@ -77,6 +78,7 @@ class Ran:
     sleeps: list[float] = attrs.field(factory=list)
     hangups: int = 0
     unrelated: list[JSON] = attrs.field(factory=list)
+    asked_together: list[int] = attrs.field(factory=list)  # requests per Ask
 
     @property
     def response(self) -> JSON:
@@ -110,6 +112,7 @@ def drive(session: DemoSession, outcome: Outcome, answer: Answerer | None = None
     """Perform a request's effects at once, as a transport would. ``answer``
     gets each server-to-client request and returns the client's reply."""
     ran = Ran()
+    waiting: list[JSON] = []  # requests sent, not answered yet
     if isinstance(outcome, Answer):
         ran.messages.append(outcome.message)
         return ran
@@ -127,10 +130,15 @@ def drive(session: DemoSession, outcome: Outcome, answer: Answerer | None = None
             ran.hangups += 1
             effect = call.advance()
         else:
-            assert isinstance(effect, Ask)
-            ran.messages.append(effect.message)
-            assert answer is not None, f"unexpected request {effect.message}"
-            resumed = session.handle(answer(effect.message))
+            if isinstance(effect, Ask):
+                asked = [effect.message, *effect.more]
+                ran.messages += asked
+                ran.asked_together.append(len(asked))
+                waiting += asked
+            else:
+                assert isinstance(effect, Wait) and waiting, effect
+            assert answer is not None, f"unexpected request {waiting[0]}"
+            resumed = session.handle(answer(waiting.pop(0)))
             assert isinstance(resumed, Resume) and resumed.call is call
             effect = call.advance(resumed.reply)
     ran.messages.append(effect.message)
@@ -472,6 +480,8 @@ def test_sampling_asks_the_client() -> None:
     assert ask["params"] == {
         "messages": [{"role": "user", "content": {"type": "text", "text": "Say hi"}}],
         "maxTokens": 100,
+        # the input's name, for a gateway that makes it an MRTR round
+        "_meta": {"io.agentgw/inputKey": "sample"},
     }
     assert ran.text == "LLM response: hi!"
 
@@ -519,11 +529,33 @@ def test_elicitation_tools_send_their_schemas() -> None:
     assert call_tool(open_session(), "test_elicitation", {"message": "x"}).result["isError"]
 
 
+def test_an_input_of_several_requests_asks_them_all_at_once() -> None:
+    session = open_session(capabilities=ALL_CAPABILITIES)
+
+    def answer(request: JSON) -> JSON:
+        results = {
+            "elicitation/create": {"action": "accept", "content": {"name": "Ann"}},
+            "sampling/createMessage": {
+                "role": "assistant",
+                "content": {"type": "text", "text": "Hi"},
+                "model": "m",
+            },
+            "roots/list": {"roots": []},
+        }
+        return {"jsonrpc": "2.0", "id": request["id"], "result": results[request["method"]]}
+
+    ran = call_tool(session, "test_input_required_result_multiple_inputs", answer=answer)
+    assert ran.asked_together == [3]  # one Ask sends the three, then waits
+    keys = [m["params"]["_meta"]["io.agentgw/inputKey"] for m in ran.messages[:3]]
+    assert keys == ["user_name", "greeting", "client_roots"]
+    assert ran.text == "All inputs received: name=Ann, greeting=Hi"
+
+
 def test_list_roots_asks_for_roots() -> None:
     session = open_session(capabilities=ALL_CAPABILITIES)
     roots = [{"uri": "file:///tmp", "name": "tmp"}]
     ran = call_tool(session, "list_roots", answer=reply({"roots": roots}))
-    assert ran.sent("roots/list")[0]["params"] == {}
+    assert ran.sent("roots/list")[0]["params"] == {"_meta": {"io.agentgw/inputKey": "roots"}}
     assert json.loads(ran.text) == roots
 
 

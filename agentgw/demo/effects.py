@@ -72,10 +72,19 @@ class Gather:
 
 @attrs.frozen
 class Ask:
-    """Send a server-to-client request and wait for the reply (at most
+    """Send a server-to-client request (and ``more``, the other requests of
+    the same ``Input``, all at once) and wait for a reply (at most
     ``timeout`` seconds; then the transport calls ``Call.time_out``)."""
 
     message: JSON
+    timeout: float
+    more: tuple[JSON, ...] = ()
+
+
+@attrs.frozen
+class Wait:
+    """Wait for the next reply to requests an ``Ask`` sent already."""
+
     timeout: float
 
 
@@ -93,7 +102,7 @@ class Done:
 
 
 Yielded = Emit | Sleep | Input | HangUp | BecomeTask
-Step = Emit | Sleep | Ask | HangUp | Gather
+Step = Emit | Sleep | Ask | Wait | HangUp | Gather
 Effect = Step | Done
 Program = Generator[Yielded, Any, JSON]
 

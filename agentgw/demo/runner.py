@@ -29,6 +29,7 @@ from agentgw.demo.server import (
     Resume,
     Sleep,
     Step,
+    Wait,
 )
 from agentgw.demo.tasks import TaskRecord
 from agentgw.demo.wire import JSON
@@ -88,11 +89,19 @@ _TIMED_OUT = object()
 @attrs.define(eq=False)
 class _Waiter:
     event: trio.Event = attrs.field(factory=trio.Event)
-    reply: JSON | None = None
+    replies: list[JSON] = attrs.field(factory=list)
 
     def set(self, reply: JSON) -> None:
-        self.reply = reply
+        self.replies.append(reply)
         self.event.set()
+
+    def take(self) -> JSON | None:
+        if not self.replies:
+            return None
+        reply = self.replies.pop(0)
+        if not self.replies:
+            self.event = trio.Event()
+        return reply
 
 
 @attrs.define(eq=False)
@@ -169,19 +178,21 @@ class CallRunner:
         elif isinstance(effect, Gather):
             assert isinstance(sink, TaskSink), "only a task gathers its input"
             return await sink.gather(effect)
-        elif isinstance(effect, Ask):
-            waiter = self._waiters[call] = _Waiter()
-            await sink.send(effect.message)
+        elif isinstance(effect, Ask | Wait):
+            # One waiter for the whole call: replies to requests sent together
+            # may come before the call waits for them.
+            waiter = self._waiters.setdefault(call, _Waiter())
+            if isinstance(effect, Ask):
+                await sink.send(effect.message)
+                for message in effect.more:
+                    await sink.send(message)
             with trio.move_on_after(effect.timeout):
                 await waiter.event.wait()
-            del self._waiters[call]
-            if waiter.reply is None:
-                method = effect.message["method"]
-                logger.info(
-                    "%s %r: the client did not answer %s", call.method, call.request_id, method
-                )
+            reply = waiter.take()
+            if reply is None:
+                logger.info("%s %r: the client did not answer", call.method, call.request_id)
                 return _TIMED_OUT
-            return waiter.reply
+            return reply
         else:
             assert_never(effect)
         return None

@@ -56,6 +56,7 @@ from agentgw.demo.effects import Program as Program
 from agentgw.demo.effects import RpcError as RpcError
 from agentgw.demo.effects import Sleep as Sleep
 from agentgw.demo.effects import Step as Step
+from agentgw.demo.effects import Wait as Wait
 from agentgw.demo.modern import (
     INPUT_CAPABILITY,
     INPUT_METHODS,
@@ -95,6 +96,10 @@ from agentgw.demo.wire import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Names an input of a handshake-era server-to-client request; agentgw uses it
+# as the input's key when it turns the request into an MRTR round.
+INPUT_KEY_META = "io.agentgw/inputKey"
 
 INSTRUCTIONS = (
     "A demo server: try the echo, add and slow tools, "
@@ -158,9 +163,10 @@ Outcome = Answer | Start | Resume | Cancel | Listen | StartTask | None
 
 @attrs.define(eq=False)
 class _Gathering:
-    """The inputs of one ``Input`` still to ask, one ``Ask`` at a time."""
+    """The inputs of one ``Input``, all asked at once: the key of each
+    request still unanswered, by its id, and the replies so far."""
 
-    requests: list[InputRequest]
+    asked: dict[RequestId, str]
     replies: dict[str, JSON] = attrs.field(factory=dict)
 
 
@@ -202,9 +208,13 @@ class Call:
         self.pending_ask = None
         if self._gathering is not None:
             gathering = self._gathering
-            gathering.replies[gathering.requests.pop(0).key] = value
-            if gathering.requests:
-                return self._ask(gathering.requests[0])
+            reply_id = value.get("id") if isinstance(value, dict) else None
+            key = gathering.asked.pop(reply_id, None) if isinstance(reply_id, str | int) else None
+            if key is not None:
+                gathering.replies[key] = value
+            if gathering.asked:
+                self.pending_ask = next(iter(gathering.asked))
+                return Wait(self._session.ask_timeout)
             self._gathering = None
             value = gathering.replies
         try:
@@ -222,8 +232,7 @@ class Call:
                     self._steps += 1
                     return Gather(step.requests)
                 if not self._session.is_stateless:
-                    self._gathering = _Gathering(list(step.requests))
-                    return self._ask(step.requests[0])
+                    return self._ask_all(step.requests)
                 value = self._session.answers_for(step)
                 if value is None:
                     result = self._session.input_required(self.method, step)
@@ -254,17 +263,25 @@ class Call:
         if self.pending_ask is not None:
             self._session.asks.pop(self.pending_ask, None)
             self.pending_ask = None
+        if self._gathering is not None:
+            for ask_id in self._gathering.asked:
+                self._session.asks.pop(ask_id, None)
+            self._gathering = None
         if not self.is_finished:
             self.is_finished = self.is_cancelled = True
             self._queued = None
             self._program.close()
         self._session.calls.pop(self.request_id, None)
 
-    def _ask(self, wanted: InputRequest) -> Ask:
-        ask = self._session.ask_message(wanted.method, wanted.params)
-        self.pending_ask = ask.message["id"]
-        self._session.asks[ask.message["id"]] = self
-        return ask
+    def _ask_all(self, wanted: tuple[InputRequest, ...]) -> Ask:
+        asks = [self._session.ask_message(r.method, r.params, r.key) for r in wanted]
+        self._gathering = _Gathering(
+            {a.message["id"]: r.key for a, r in zip(asks, wanted, strict=True)}
+        )
+        for ask in asks:
+            self._session.asks[ask.message["id"]] = self
+        self.pending_ask = asks[0].message["id"]
+        return attrs.evolve(asks[0], more=tuple(a.message for a in asks[1:]))
 
     def _finish(self, message: JSON) -> Done:
         self.is_finished = True
@@ -510,9 +527,17 @@ class DemoSession:
         reply: JSON = replies[key]
         return reply
 
-    def ask_message(self, method: str, params: JSON) -> Ask:
+    def ask_message(self, method: str, params: JSON, key: str | None = None) -> Ask:
+        """A server-to-client request; ``key`` names the input in ``_meta``
+        (a gateway that turns the request into an MRTR round keys it so)."""
         ask_id = f"s{self._next_ask}"
         self._next_ask += 1
+        if key is not None:
+            meta = params.get("_meta")
+            params = {
+                **params,
+                "_meta": {**(meta if isinstance(meta, dict) else {}), INPUT_KEY_META: key},
+            }
         return Ask(request(ask_id, method, params), self.ask_timeout)
 
     def list_changed(self, kind: str) -> Iterator[Emit]:

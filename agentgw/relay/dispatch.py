@@ -105,7 +105,7 @@ async def dispatch(
             await fan_out(session, dict.fromkeys(session.transports, message), headers, req=ctx.req)
             await outbox.send(make_result(msg_id, {}), final=True)
         else:
-            target, rewritten = _judge_call(ctx, route, message)
+            target, rewritten = judge_call(ctx, route, message)
             tracing = ctx.req.tracing()
             if tracing is None:
                 await forward(route, session, target, rewritten, headers, outbox, timeouts)
@@ -165,7 +165,7 @@ def session_gone() -> NotFound:
     return NotFound("session not found", code=SESSION_NOT_FOUND, detail="the session ended")
 
 
-def _judge_call(ctx: RequestContext, route: McpRoute, message: Message) -> tuple[str, Message]:
+def judge_call(ctx: RequestContext, route: McpRoute, message: Message) -> tuple[str, Message]:
     """The call's target and rewritten message, once routing,
     ``mcpAuthorization`` and the rate limits let it through."""
     method = str(message["method"])

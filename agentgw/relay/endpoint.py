@@ -19,13 +19,16 @@ import attrs
 
 from agentgw.errors import ClientError, HTTPError
 from agentgw.mcp.federation import McpRoute, is_localhost_request, legacy_session_id
+from agentgw.mcp.mrtr import StateSealer
 from agentgw.relay import legacy_sse, streamable, websocket
 from agentgw.relay.context import RequestContext
 from agentgw.relay.dispatch import Timeouts
+from agentgw.relay.mrtr import Flights
 from agentgw.relay.outbox import JSON, StreamWaits, dumps
 from agentgw.relay.resume import SseSettings
 from agentgw.relay.session import Message
 from agentgw.relay.sessions import SessionDirectory
+from agentgw.relay.tasks import NativeSessions
 from agentgw.server.connection import ServerRequest
 from agentgw.wire import jsonrpc
 from agentgw.wire.http import header_value, is_websocket_upgrade
@@ -43,6 +46,13 @@ class McpEndpoint:
     max_message: int = MAX_MESSAGE
     legacy: dict[str, legacy_sse.LegacySession] = attrs.field(factory=dict)
     sse: SseSettings = attrs.field(factory=SseSettings)
+    flights: Flights = attrs.field(init=False)
+    natives: NativeSessions = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        sealer = StateSealer(self.directory.codec.key)
+        self.flights = Flights(sealer, self.directory.manager, self.directory.ids.index)
+        self.natives = NativeSessions(self.directory.manager, self.directory.pool)
 
     def start_drain(self) -> None:
         """End every server-to-client stream now, between two events."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -71,6 +71,9 @@ class Pending:
     # Answered on its own exchange (Streamable HTTP): the target's other
     # messages are not routed to it.
     is_inline: bool = False
+    # Its target's server-to-client requests come to it, even in a shared
+    # session (an MRTR flight turns them into input_required rounds).
+    takes_server_requests: bool = False
     _send: trio.MemorySendChannel[Message] | None = None
     _receive: trio.MemoryReceiveChannel[Message] | None = None
 
@@ -312,7 +315,13 @@ class RelaySession:
             return
         if msg_id is not None:  # a server-to-client request
             relayed = await self._server_request(target, message)
-            if relayed is not None and not await self._route(target, relayed):
+            if relayed is None:
+                return
+            if self.is_shared:
+                delivered = await self._route_to_flight(target, relayed)
+            else:
+                delivered = await self._route(target, relayed)
+            if not delivered:
                 await self._refuse_server_request(target, relayed)
             return
         pending = self._progress_of(target, message)
@@ -398,6 +407,20 @@ class RelaySession:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue
 
+    async def _route_to_flight(self, target: str, message: Message) -> bool:
+        """Shared session, through a reader (stdio, SSE): the newest request
+        to ``target`` that takes server-to-client requests gets it; a
+        2025-11-25 target does not say which of its requests it is about."""
+        for (t, _), pending in reversed(list(self._pending.items())):
+            if t == target and pending.takes_server_requests and await pending.deliver(message):
+                return True
+        return False
+
+    def server_request_origin(self, gateway_id: Any) -> Any:
+        """The id a target gave a server-to-client request in flight, or None."""
+        route = self._server_requests.get(gateway_id)
+        return None if route is None else route.original
+
     async def _answer_upstream_error(self, target: str, msg_id: Any, text: str) -> None:
         error = HTTPError(f"agentgw: {text}")
         await self._send_upstream(target, error.rpc_error(msg_id))
@@ -444,7 +467,12 @@ class RelaySession:
 
     @asynccontextmanager
     async def request(
-        self, target: str, message: Message, headers: Headers = ()
+        self,
+        target: str,
+        message: Message,
+        headers: Headers = (),
+        *,
+        takes_server_requests: bool = False,
     ) -> AsyncIterator[Call]:
         """Send a client request to ``target``; the ``Call`` gives what
         belongs to it. Leaving before its response (the client went away, a
@@ -458,7 +486,7 @@ class RelaySession:
                 "upstream unavailable", detail="too many requests in flight in this session"
             )
         upstream_id = next(self._ids)
-        pending = Pending(target, message.get("id"))
+        pending = Pending(target, message.get("id"), takes_server_requests=takes_server_requests)
         key = (target, upstream_id)
         self._pending[key] = pending
         params = message.get("params")
@@ -569,6 +597,13 @@ class SessionManager:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+    def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the manager's nursery (work that outlives
+        the exchange that started it: a suspended MRTR call)."""
+        if self._nursery is None:
+            raise UpstreamUnavailable("upstream unavailable", detail="the gateway is not serving")
+        self._nursery.start_soon(fn, *args)
 
     async def start(self, session: RelaySession) -> RelaySession:
         """Start ``session``'s task; returns once its targets are open."""

@@ -218,8 +218,8 @@ class SessionDirectory:
                 "method": "initialize",
                 "params": {
                     "protocolVersion": versions.INITIALIZE_VERSIONS[-1],
-                    # Targets may then ask for these in a call: the relay
-                    # refuses (-32021) or translates such requests per client.
+                    # Whatever the target asks in a call becomes an MRTR
+                    # round (relay/mrtr.py); each client says what it takes.
                     "capabilities": {"sampling": {}, "elicitation": {}, "roots": {}},
                     "clientInfo": {"name": "agentgw", "version": __version__},
                 },

@@ -27,7 +27,9 @@ import trio
 from agentgw.errors import ClientGone, HTTPError, MethodNotFound
 from agentgw.mcp import stateless, versions
 from agentgw.mcp.federation import McpRoute, params_of, route_call
+from agentgw.mcp.mrtr import INPUT_METHODS
 from agentgw.mcp.stateless import Envelope, ListenFilter
+from agentgw.relay import mrtr, tasks
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch, list_all
 from agentgw.relay.outbox import JSON, SSE_HEADERS, Outbox, PostOutbox, dumps, respond_json
@@ -76,14 +78,6 @@ async def serve(
             method not in stateless.METHODS and len(route.targets) > 1
         ):
             raise MethodNotFound(f"method {method!r} is not in 2026-07-28")
-        if method == "server/discover" and _wants_server_requests(envelope):
-            # Server-to-client requests reach a 2026-07-28 client only as
-            # input-required rounds: such a client is sent to the initialize
-            # handshake, where they work.
-            raise MethodNotFound(
-                "agentgw serves clients that take sampling, elicitation or roots requests"
-                " on the initialize handshake"
-            )
         session = await ep.directory.shared(route, headers)
         if method == "tools/call":
             await _check_param_headers(ctx, route, session, message, headers)
@@ -91,13 +85,36 @@ async def serve(
         await respond_error(ctx, exc, msg_id)
         return
     if method == "server/discover":
-        await respond_json(ctx.req, {"jsonrpc": "2.0", "id": msg_id, "result": _discover(session)})
+        result = _discover(session)
+        extensions = tasks.extensions_of(await ep.natives.get(route, headers))
+        if extensions:
+            result["capabilities"] = {**result["capabilities"], "extensions": extensions}
+        await respond_json(ctx.req, {"jsonrpc": "2.0", "id": msg_id, "result": result})
         return
     if method == "subscriptions/listen":
         await listen(ep, ctx, route, session, message, headers)
         return
     outbox = StatelessOutbox(PostOutbox(ctx.req), message, envelope, session, headers)
     timeouts = ep.timeouts(ctx)
+    if tasks.is_about_tasks(message):  # to targets that speak 2026-07-28 (relay/tasks.py)
+        relayed = False
+
+        async def native() -> None:
+            nonlocal relayed
+            relayed = await tasks.relay(
+                ep.natives, ep.flights, ctx, route, message, headers, outbox, timeouts
+            )
+
+        await ctx.req.run_watched(native)
+        if relayed:
+            return
+    if method in INPUT_METHODS:  # may take input_required rounds (relay/mrtr.py)
+
+        async def rounds() -> None:
+            await mrtr.call(ep.flights, ctx, route, session, message, headers, outbox, timeouts)
+
+        await ctx.req.run_watched(rounds)
+        return
     # Without the envelope: the targets speak an older revision.
     bare = {**message, "params": versions.strip_protocol_meta(params_of(message))}
 
@@ -105,10 +122,6 @@ async def serve(
         await dispatch(ctx, route, session, bare, headers, outbox, timeouts)
 
     await ctx.req.run_watched(work)
-
-
-def _wants_server_requests(envelope: Envelope) -> bool:
-    return any(envelope.has_capability(k) for k in ("sampling", "elicitation", "roots"))
 
 
 def _discover(session: RelaySession) -> dict[str, Any]:

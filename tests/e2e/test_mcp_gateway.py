@@ -83,8 +83,8 @@ async def test_demo_stdio_through_gateway_with_the_sdk() -> None:
     async with run_gateway(mcp_config(stdio("demo", DEMO))) as (gw, port):
         url = f"http://127.0.0.1:{port}/mcp"
         async with Client(url, sampling_callback=sampling) as client:
-            # A client that takes sampling requests is served on the handshake.
-            assert client.protocol_version == "2025-11-25"
+            # Sampling reaches a 2026-07-28 client as input_required rounds.
+            assert client.protocol_version == "2026-07-28"
             tools = {t.name for t in (await client.list_tools()).tools}
             assert {"echo", "add", "slow", "test_sampling"} <= tools  # one target: no prefix
             result = await client.call_tool("echo", {"message": "hi"})
@@ -101,7 +101,8 @@ async def test_demo_stdio_through_gateway_with_the_sdk() -> None:
             assert "demo://readme" in resources
             read = await client.read_resource("demo://readme")
             assert read.contents
-        assert gw.sessions.statistics()["sessions"] <= 1
+        # the shared upstream session, and the 2026-07-28 one (tasks) to the demo
+        assert gw.sessions.statistics()["sessions"] <= 2
 
 
 async def test_federation_prefixes_and_routes() -> None:
@@ -377,9 +378,10 @@ async def test_2026_client_in_front_of_older_upstreams() -> None:
             prompt = await client.get_prompt("demo_greeting", {"name": "x"})
             assert prompt.messages
         # two clients share one upstream session per route; no per-client ones
+        # (and one 2026-07-28 session, for tasks, to the demo, which speaks it)
         async with Client(url) as other:
             assert (await other.call_tool("paged_echo", {"message": "b"})).content
-        assert len(gw.sessions.sessions) == 1
+        assert len(gw.sessions.sessions) == 2
 
         # The headers must match the body.
         body = json.dumps(

@@ -1,0 +1,354 @@
+"""The tasks extension (``io.modelcontextprotocol/tasks``, SEP-2663) relayed
+to targets that speak 2026-07-28.
+
+How this works: tasks exist only in 2026-07-28, so a target must be reached
+on that revision for them, not through the shared 2025-11-25 session. Each
+route gets one more upstream session (``NativeSessions``), never
+initialized: its transports send 2026-07-28 requests as they are (their
+``_meta`` envelope, ``Mcp-Method`` and ``Mcp-Name``), and at its start each
+target is asked ``server/discover``; those that list 2026-07-28 are native.
+A 2026-07-28 request goes there when it is about tasks: a ``tasks/*``
+method, or a call whose client declared the extension (the target may then
+answer with a task). Task ids are federated like names: with several
+targets, ``<target>_<id>`` (``mcp/names.py``); with one, as the target says.
+A target's ``input_required`` results on that path are relayed with a
+sealed ``requestState`` (``relay/mrtr.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import trio
+
+from agentgw.errors import (
+    HEADER_MISMATCH,
+    ClientError,
+    HTTPError,
+    InvalidParams,
+    MethodNotFound,
+    UpstreamError,
+)
+from agentgw.mcp import mrtr as mrtr_core
+from agentgw.mcp import names, versions
+from agentgw.mcp.federation import McpRoute, params_of, route_call
+from agentgw.relay import mrtr
+from agentgw.relay.context import RequestContext, UpstreamHeaders
+from agentgw.relay.dispatch import Timeouts, forward, note_failure
+from agentgw.relay.outbox import Outbox
+from agentgw.relay.session import Message, RelaySession, SessionManager
+from agentgw.upstream.pool import ConnectionPool
+from agentgw.wire.http import header_value
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "io.modelcontextprotocol/tasks"
+TASK_METHODS = frozenset(
+    {"tasks/get", "tasks/update", "tasks/cancel", "tasks/result", "tasks/list"}
+)
+DISCOVER_TIMEOUT = 10.0
+MAX_PAGES = 10
+
+
+def declares_tasks(message: Message) -> bool:
+    caps = mrtr.client_capabilities(message)
+    extensions = caps.get("extensions")
+    return isinstance(extensions, dict) and isinstance(extensions.get(EXTENSION), dict)
+
+
+def is_about_tasks(message: Message) -> bool:
+    """A request that may be about tasks: a ``tasks/*`` method, a call whose
+    client declared the extension, or a tool call (the tool may run only as
+    a task; ``relay`` decides)."""
+    method = message.get("method")
+    return (
+        method in TASK_METHODS
+        or method == "tools/call"
+        or (method in mrtr_core.INPUT_METHODS and declares_tasks(message))
+    )
+
+
+@attrs.frozen
+class Native:
+    """A route's 2026-07-28 upstream session and what its targets discovered."""
+
+    session: RelaySession
+    discovered: dict[str, dict[str, Any]]
+    # target -> its tools that run only as tasks (``execution.taskSupport``)
+    task_only: dict[str, frozenset[str]] = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class NativeSessions:
+    manager: SessionManager
+    pool: ConnectionPool
+    _natives: dict[int, Native] = attrs.field(factory=dict)
+    _locks: dict[int, trio.Lock] = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<NativeSessions {len(self._natives)}>"
+
+    async def get(self, route: McpRoute, headers: UpstreamHeaders) -> Native:
+        native = self._natives.get(id(route))
+        if (
+            native is not None
+            and native.session.route is route
+            and not native.session.closed.is_set()
+        ):
+            return native
+        lock = self._locks.setdefault(id(route), trio.Lock())
+        async with lock:
+            native = self._natives.get(id(route))
+            if (
+                native is not None
+                and native.session.route is route
+                and not native.session.closed.is_set()
+            ):
+                return native
+            for key, old in list(self._natives.items()):
+                if old.session.closed.is_set():
+                    del self._natives[key]
+            session = RelaySession(
+                sid=f"native-{id(route):x}",
+                route=route,
+                pool=self.pool,
+                ttl=1800.0,
+                protocol_version=versions.STATELESS_REVISION,
+                is_shared=True,
+                is_replica=True,  # no server-to-client stream, no session to end
+            )
+            try:
+                await self.manager.start(session)
+            except UpstreamError as exc:
+                raise UpstreamError(exc.reason, status=503, detail=exc.detail) from exc
+            discovered = await _discover(session, headers)
+            native = Native(session, discovered, await _task_only_tools(session, headers))
+            self._natives[id(route)] = native
+            return native
+
+
+async def _discover(session: RelaySession, headers: UpstreamHeaders) -> dict[str, dict[str, Any]]:
+    meta = {
+        versions.META_PREFIX + "protocolVersion": versions.STATELESS_REVISION,
+        versions.META_PREFIX + "clientCapabilities": {},
+    }
+    probe = {"jsonrpc": "2.0", "id": 0, "method": "server/discover", "params": {"_meta": meta}}
+    found: dict[str, dict[str, Any]] = {}
+
+    async def one(target: str) -> None:
+        with trio.move_on_after(DISCOVER_TIMEOUT):
+            try:
+                reply = await session.call(
+                    target, probe, with_routing(headers, "server/discover", None)
+                )
+            except UpstreamError as exc:
+                logger.info("target %s: server/discover failed: %s", target, exc.log_text)
+                return
+            result = reply.get("result")
+            if isinstance(result, dict) and versions.STATELESS_REVISION in (
+                result.get("supportedVersions") or ()
+            ):
+                found[target] = result
+
+    async with trio.open_nursery() as nursery:
+        for target in list(session.transports):
+            nursery.start_soon(one, target)
+    return found
+
+
+async def _task_only_tools(
+    session: RelaySession, headers: UpstreamHeaders
+) -> dict[str, frozenset[str]]:
+    """Each native target's tools that run only as tasks: a client that did
+    not declare the extension is refused those by the target itself (-32021),
+    so such calls go the native way too. Read once, at most MAX_PAGES pages."""
+    found: dict[str, frozenset[str]] = {}
+    meta = {
+        versions.META_PREFIX + "protocolVersion": versions.STATELESS_REVISION,
+        versions.META_PREFIX + "clientCapabilities": {"extensions": {EXTENSION: {}}},
+    }
+
+    async def one(target: str) -> None:
+        names_: set[str] = set()
+        cursor = None
+        with trio.move_on_after(DISCOVER_TIMEOUT):
+            for _ in range(MAX_PAGES):
+                params: dict[str, Any] = {"_meta": meta}
+                if cursor is not None:
+                    params["cursor"] = cursor
+                probe = {"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": params}
+                try:
+                    reply = await session.call(
+                        target, probe, with_routing(headers, "tools/list", None)
+                    )
+                except UpstreamError as exc:
+                    logger.info("target %s: tools/list failed: %s", target, exc.log_text)
+                    break
+                result = reply.get("result")
+                if not isinstance(result, dict):
+                    break
+                for tool in result.get("tools") or ():
+                    execution = tool.get("execution") if isinstance(tool, dict) else None
+                    if isinstance(execution, dict) and execution.get("taskSupport") == "required":
+                        names_.add(str(tool.get("name")))
+                cursor = result.get("nextCursor")
+                if not isinstance(cursor, str):
+                    break
+        found[target] = frozenset(names_)
+
+    async with trio.open_nursery() as nursery:
+        for target in list(session.transports):
+            nursery.start_soon(one, target)
+    return found
+
+
+def with_routing(
+    headers: UpstreamHeaders,
+    method: str,
+    name: str | None,
+    params: list[tuple[bytes, bytes]] | None = None,
+) -> UpstreamHeaders:
+    """``headers`` with the 2026-07-28 routing headers of a request (and the
+    client's ``Mcp-Param-*`` headers, which name the call's arguments)."""
+    extra = [(b"mcp-method", method.encode()), *(params or ())]
+    if name is not None:
+        extra.append((b"mcp-name", name.encode("utf-8")))
+    if callable(headers):
+        base = headers
+        return lambda target: [*base(target), *extra]
+    return [*headers, *extra]
+
+
+def extensions_of(native: Native) -> dict[str, Any]:
+    """The extensions the native targets offer (for ``server/discover``)."""
+    out: dict[str, Any] = {}
+    for result in native.discovered.values():
+        caps = result.get("capabilities")
+        extensions = caps.get("extensions") if isinstance(caps, dict) else None
+        if isinstance(extensions, dict):
+            out.update(extensions)
+    return out
+
+
+def _task_target(route: McpRoute, native: Native, task_id: str) -> tuple[str, str]:
+    targets = route.target_names
+    if len(targets) == 1:
+        return targets[0], task_id
+    split = names.split_name(task_id, targets)
+    if split is None:
+        raise InvalidParams("invalid params: unknown taskId", detail=f"taskId {task_id!r}")
+    return split
+
+
+def _federate(route: McpRoute, target: str, message: Message) -> Message:
+    """A target's task ids as the client knows them."""
+    if len(route.target_names) == 1:
+        return message
+    for field in ("result", "params"):
+        body = message.get(field)
+        if isinstance(body, dict) and isinstance(body.get("taskId"), str):
+            body = {**body, "taskId": names.prefix_name(target, body["taskId"])}
+            return {**message, field: body}
+    return message
+
+
+@attrs.define(eq=False)
+class TaskIdOutbox(Outbox):
+    inner: Outbox
+    route: McpRoute
+    target: str
+
+    async def send(self, message: Message, *, final: bool) -> None:
+        await self.inner.send(_federate(self.route, self.target, message), final=final)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+
+async def relay(
+    natives: NativeSessions,
+    flights: mrtr.Flights,
+    ctx: RequestContext,
+    route: McpRoute,
+    message: Message,
+    headers: UpstreamHeaders,
+    outbox: Outbox,
+    timeouts: Timeouts,
+) -> bool:
+    """Relay a 2026-07-28 request about tasks to its native target; False
+    when it is not about tasks or its target does not speak 2026-07-28."""
+    if not is_about_tasks(message):
+        return False
+    method = str(message.get("method"))
+    msg_id = message.get("id")
+    params = params_of(message)
+    try:
+        native = await natives.get(route, headers)
+        if method == "tasks/list":
+            raise MethodNotFound("method 'tasks/list' is not in 2026-07-28")
+        if method in TASK_METHODS:
+            task_id = params.get("taskId")
+            if method != "tasks/list" and not isinstance(task_id, str):
+                raise InvalidParams("invalid params: taskId must be a string")
+            named = header_value(ctx.req.headers, b"mcp-name")
+            if (
+                isinstance(task_id, str)
+                and named is not None
+                and named.decode("latin-1") != task_id
+            ):
+                raise ClientError("Mcp-Name header does not match the body", code=HEADER_MISMATCH)
+            if not isinstance(task_id, str):
+                raise InvalidParams("invalid params: tasks/list is not relayed")
+            target, inner = _task_target(route, native, task_id)
+            if target not in native.discovered:
+                raise InvalidParams(
+                    "invalid params: unknown taskId", detail=f"{target} is not native"
+                )
+            rewritten = {**message, "params": {**params, "taskId": inner}}
+            await forward(
+                route,
+                native.session,
+                target,
+                rewritten,
+                with_routing(headers, method, inner),
+                TaskIdOutbox(outbox, route, target),
+                timeouts,
+            )
+            return True
+        try:
+            target, rewritten = route_call(route, message)
+        except InvalidParams:
+            return False
+        name = mrtr_core_name(rewritten)
+        if target not in native.discovered:
+            return False
+        if not declares_tasks(message) and name not in native.task_only.get(target, ()):
+            return False
+        await mrtr.call(
+            flights,
+            ctx,
+            route,
+            native.session,
+            message,
+            with_routing(headers, method, name, _param_headers(ctx)),
+            TaskIdOutbox(outbox, route, target),
+            timeouts,
+            native=True,
+        )
+        return True
+    except HTTPError as exc:
+        note_failure(ctx, exc)
+        await outbox.send(exc.rpc_error(msg_id), final=True)
+        return True
+
+
+def _param_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    return [(n, v) for n, v in ctx.req.headers if n.lower().startswith(b"mcp-param-")]
+
+
+def mrtr_core_name(message: Message) -> str | None:
+    params = params_of(message)
+    value = params.get("uri") if message.get("method") == "resources/read" else params.get("name")
+    return value if isinstance(value, str) else None
