@@ -168,6 +168,8 @@ class Flight:
         await self.session.answer({"jsonrpc": "2.0", "id": ask["id"], **body}, self.headers)
 
     async def _round(self, asks: list[Message]) -> None:
+        refused: HTTPError | None = None
+        given = False  # the client's retry already answered one of them
         for ask in asks:
             method = str(ask.get("method"))
             origin = self.session.server_request_origin(ask["id"])
@@ -175,15 +177,20 @@ class Flight:
             if method == "ping":
                 await self._answer(ask, {"result": {}})
             elif not mrtr.client_declares(self.capabilities, method):
-                # The call needs what the client cannot give: it ends, for
-                # the client as for the target (-32021).
+                # Refused to the target (-32021), which may go on without it.
                 refusal = stateless.missing_capability(mrtr.INPUT_CAPABILITY.get(method, method))
                 await self._answer(ask, {"error": refusal.rpc_error(None)["error"]})
-                raise refusal
+                if method != "roots/list":  # a target asks for roots unprompted, too
+                    refused = refusal
             elif key in self.prefilled:
+                given = True
                 await self._answer(ask, {"result": self.prefilled.pop(key)})
             else:
                 self.asked[key] = ask
+        if refused is not None and not self.asked and not given:
+            # Nothing in this round the client can give: the call needs what
+            # it did not declare, and ends for it too (-32021).
+            raise refused
         while self.asked:
             requests = {
                 key: mrtr.request_for_client(ask["method"], ask.get("params"))

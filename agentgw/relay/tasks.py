@@ -92,23 +92,15 @@ class NativeSessions:
 
     async def get(self, route: McpRoute, headers: UpstreamHeaders) -> Native:
         native = self._natives.get(id(route))
-        if (
-            native is not None
-            and native.session.route is route
-            and not native.session.closed.is_set()
-        ):
+        if native is not None and self._serves(native, route):
             return native
         lock = self._locks.setdefault(id(route), trio.Lock())
         async with lock:
             native = self._natives.get(id(route))
-            if (
-                native is not None
-                and native.session.route is route
-                and not native.session.closed.is_set()
-            ):
+            if native is not None and self._serves(native, route):
                 return native
             for key, old in list(self._natives.items()):
-                if old.session.closed.is_set():
+                if old.session.route is not route and old.session.closed.is_set():
                     del self._natives[key]
             session = RelaySession(
                 sid=f"native-{id(route):x}",
@@ -125,8 +117,20 @@ class NativeSessions:
                 raise UpstreamError(exc.reason, status=503, detail=exc.detail) from exc
             discovered = await _discover(session, headers)
             native = Native(session, discovered, await _task_only_tools(session, headers))
+            if not discovered:
+                # No target speaks 2026-07-28: nothing goes this way, and the
+                # probe's session (a child process, for stdio) ends now.
+                session.close()
             self._natives[id(route)] = native
             return native
+
+    @staticmethod
+    def _serves(native: Native, route: McpRoute) -> bool:
+        """Whether ``native`` is the running answer for ``route`` (one that
+        found no native target is kept, closed, so as not to probe again)."""
+        return native.session.route is route and (
+            not native.discovered or not native.session.closed.is_set()
+        )
 
 
 async def _discover(session: RelaySession, headers: UpstreamHeaders) -> dict[str, dict[str, Any]]:

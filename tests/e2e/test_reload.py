@@ -226,7 +226,10 @@ async def test_reload_valid_invalid_and_listener_changing_configs_while_sessions
                 sse_stream(main, "/events") as events,
             ):
                 stdio_children = set(_children(proc.pid))
-                assert len(stdio_children) == 2  # one demo server per session
+                # One demo server each: the legacy session's, and for the
+                # 2026-07-28 client the route's shared session and its native
+                # one (tasks, relay/tasks.py).
+                assert len(stdio_children) == 3
 
                 async def all_alive(tag: str) -> None:
                     seen = len(events)
