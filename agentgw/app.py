@@ -76,9 +76,9 @@ from agentgw.policy.pipeline import (
 from agentgw.policy.ratelimit import McpRateLimits, RateLimiter, compile_mcp_limits
 from agentgw.relay.context import RequestContext
 from agentgw.relay.endpoint import McpEndpoint
+from agentgw.relay.manager import SessionManager
 from agentgw.relay.proxy import proxy_request, relay_to_worker
 from agentgw.relay.resume import SseSettings
-from agentgw.relay.session import SessionManager
 from agentgw.relay.sessions import SessionDirectory, SessionIds
 from agentgw.reload import ConfigSource, ConfigWatcher, fixed_changes, keep_fixed
 from agentgw.routing import Router, choose_backend

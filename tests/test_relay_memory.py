@@ -26,7 +26,7 @@ from agentgw.mcp.session_token import SessionCodec
 from agentgw.policy.pipeline import RequestView, RoutePolicies
 from agentgw.relay.context import RequestContext
 from agentgw.relay.endpoint import McpEndpoint
-from agentgw.relay.session import SessionManager
+from agentgw.relay.manager import SessionManager
 from agentgw.relay.sessions import SessionDirectory
 from agentgw.server.connection import ClientConnection, ServerRequest
 from agentgw.upstream.mcp.base import McpTransport

@@ -26,7 +26,8 @@ from agentgw.config.model import Config, McpTarget
 from agentgw.config.redact import redact, redacted_document
 from agentgw.errors import UpstreamError
 from agentgw.observability import logs
-from agentgw.relay.session import RelaySession, SessionManager
+from agentgw.relay.manager import SessionManager
+from agentgw.relay.session import RelaySession
 from agentgw.server.connection import ServerRequest
 from agentgw.server.management import LIVE_PATH, READY_PATH
 from agentgw.upstream.pool import ConnectionPool, Origin

@@ -40,7 +40,8 @@ from agentgw.observability.access_log import AccessRecord
 from agentgw.policy.authz import RuleSet
 from agentgw.policy.jwt import Verifier
 from agentgw.policy.ratelimit import McpRateLimits, RateLimiter
-from agentgw.relay.session import RelaySession, SessionManager
+from agentgw.relay.manager import SessionManager
+from agentgw.relay.session import RelaySession
 from agentgw.upstream.jwks import JwksSource
 from agentgw.upstream.pool import ConnectionPool
 

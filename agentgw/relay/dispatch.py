@@ -45,9 +45,10 @@ from agentgw.mcp.federation import (
 )
 from agentgw.observability.tracing import Tracing
 from agentgw.policy import authz
+from agentgw.relay.calls import Message, is_final
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.outbox import Outbox
-from agentgw.relay.session import Message, RelaySession, is_final
+from agentgw.relay.session import RelaySession
 from agentgw.server.connection import ServerRequest
 
 logger = logging.getLogger(__name__)

@@ -21,12 +21,12 @@ from agentgw.errors import ClientError, HTTPError
 from agentgw.mcp.federation import McpRoute, is_localhost_request, legacy_session_id
 from agentgw.mcp.mrtr import StateSealer
 from agentgw.relay import legacy_sse, streamable, websocket
+from agentgw.relay.calls import Message
 from agentgw.relay.context import RequestContext
 from agentgw.relay.dispatch import Timeouts
 from agentgw.relay.mrtr import Flights
 from agentgw.relay.outbox import JSON, StreamWaits, dumps
 from agentgw.relay.resume import SseSettings
-from agentgw.relay.session import Message
 from agentgw.relay.sessions import SessionDirectory
 from agentgw.relay.tasks import NativeSessions
 from agentgw.server.connection import ServerRequest

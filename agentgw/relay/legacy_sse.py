@@ -17,10 +17,11 @@ import trio
 
 from agentgw.errors import ClientGone, UpstreamUnavailable
 from agentgw.mcp.federation import McpRoute, legacy_session_id
+from agentgw.relay.calls import CHANNEL_SIZE, Message
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch
 from agentgw.relay.outbox import ChannelOutbox
-from agentgw.relay.session import CHANNEL_SIZE, Message, RelaySession
+from agentgw.relay.session import RelaySession
 from agentgw.relay.sessions import session_not_found
 from agentgw.wire.sse import encode_event
 

@@ -47,10 +47,12 @@ from agentgw.errors import (
 )
 from agentgw.mcp import mrtr, stateless, versions
 from agentgw.mcp.federation import McpRoute, call_name, outbound, params_of
+from agentgw.relay.calls import Message, is_final
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import Timeouts, judge_call, note_failure
+from agentgw.relay.manager import SessionManager
 from agentgw.relay.outbox import Outbox
-from agentgw.relay.session import Message, RelaySession, SessionManager, is_final
+from agentgw.relay.session import RelaySession
 
 logger = logging.getLogger(__name__)
 

@@ -7,13 +7,9 @@ deletes the session, the session idles past its TTL, or the gateway stops,
 and then closes every transport (child processes included).
 
 A client request goes through ``request()``: it gets a session-unique
-upstream id and is sent to its target, and the ``Call`` it yields gives every
-message that belongs to it, its response last, in the caller's own task. A
-Streamable HTTP target answers on the request's own exchange (``Answer``):
-the call reads it directly, with no queue and no other task. Other targets
-(stdio, SSE, WebSocket) answer through the transport's reader, which hands
-the call its messages through a channel made on first use. What belongs to
-no request in flight goes to the session's GET streams, if any.
+upstream id and is sent to its target; the ``Call`` it yields
+(``relay/calls.py``) gives its messages. What belongs to no request in
+flight goes to the session's GET streams, if any.
 
 Server-to-client requests get gateway ids (``agw-<n>``, ``mcp.ids.IdMap``)
 so that requests from different targets cannot collide at the client; the
@@ -26,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -35,137 +31,18 @@ import trio
 
 from agentgw.config.model import McpTarget
 from agentgw.errors import HTTPError, UpstreamError, UpstreamUnavailable
-from agentgw.mcp.ended import EndedSessions
 from agentgw.mcp.federation import McpRoute, outbound
 from agentgw.mcp.ids import IdMap, IdMapFull
+from agentgw.relay.calls import CHANNEL_SIZE, Call, Headers, Message, Pending, hashable, is_final
 from agentgw.relay.resume import SessionStreams
-from agentgw.server.watch import wait_watched
 from agentgw.upstream.mcp._common import UpstreamSessionGone
 from agentgw.upstream.mcp.base import Answer, McpTransport, TransportOpener, open_transport
 from agentgw.upstream.pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
 
-Message = dict[str, Any]
-Headers = Sequence[tuple[bytes, bytes]] | Callable[[str], Sequence[tuple[bytes, bytes]]]
-"""The client's headers for upstreams, or a function giving them per target
-(when one target passes the client's token on and another does not)."""
-CHANNEL_SIZE = 256
 MAX_IN_FLIGHT = 10_000
 CANCEL_TIMEOUT = 2.0
-
-
-def is_final(message: Message) -> bool:
-    """A response (result or error), as opposed to a notification or a
-    server-to-client request."""
-    return "method" not in message
-
-
-@attrs.define(eq=False)
-class Pending:
-    """A client request in flight to one target."""
-
-    target: str
-    client_id: Any
-    progress_token: Any = None
-    # Answered on its own exchange (Streamable HTTP): the target's other
-    # messages are not routed to it.
-    is_inline: bool = False
-    # Its target's server-to-client requests come to it, even in a shared
-    # session (an MRTR flight turns them into input_required rounds).
-    takes_server_requests: bool = False
-    _send: trio.MemorySendChannel[Message] | None = None
-    _receive: trio.MemoryReceiveChannel[Message] | None = None
-
-    def _channel(self) -> None:
-        if self._send is None:
-            self._send, self._receive = trio.open_memory_channel[Message](CHANNEL_SIZE)
-
-    async def deliver(self, message: Message) -> bool:
-        self._channel()
-        assert self._send is not None
-        try:
-            await self._send.send(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
-
-    def fail(self, message: Message) -> None:
-        self._channel()
-        assert self._send is not None
-        try:
-            self._send.send_nowait(message)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self._send.close()
-
-    async def receive(self) -> Message | None:
-        """The next delivered message; None once the channel is closed."""
-        self._channel()
-        assert self._receive is not None
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return None
-
-    def close(self) -> None:
-        if self._send is not None:
-            self._send.close()
-        if self._receive is not None:
-            self._receive.close()
-
-
-@attrs.define(eq=False)
-class Call:
-    """One client request in flight: ``next()`` gives its messages, the
-    response last. ``next`` is safe to cancel and call again."""
-
-    session: RelaySession
-    target: str
-    upstream_id: int
-    pending: Pending
-    answer: Answer | None = None
-    is_answered: bool = False
-
-    def next_nowait(self) -> Message | None:
-        """The next message if it is here already (a JSON answer), else None."""
-        answer = self.answer
-        if answer is None or not answer.messages:
-            return None
-        message = answer.messages[0]
-        if not is_final(message) or message.get("id") != self.upstream_id:
-            return None  # ids to map, or more to come: next() does it
-        answer.messages.popleft()
-        self.session._pending.pop((self.target, self.upstream_id), None)
-        self.is_answered = True
-        return {**message, "id": self.pending.client_id}
-
-    async def next(self) -> Message:
-        """The next message for the client (ids and tokens as the client
-        knows them).
-
-        Raises:
-            UpstreamError: the target can give no response.
-        """
-        while self.answer is not None:
-            message = await self.answer.next()
-            if message is None:
-                self.answer = None
-                break
-            out = await self.session._own_message(self, message)
-            if out is not None:
-                self.is_answered = is_final(out)
-                return out
-        if self.pending.is_inline:
-            raise UpstreamUnavailable(
-                f"target {self.target}: upstream unavailable", detail="the answer ended"
-            )
-        out = await wait_watched(self.pending.receive)
-        if out is None:
-            raise UpstreamUnavailable(
-                f"target {self.target}: upstream unavailable", detail="no response"
-            )
-        self.is_answered = is_final(out)
-        return out
 
 
 @attrs.frozen
@@ -218,8 +95,7 @@ class RelaySession:
         return self.route.targets
 
     def __repr__(self) -> str:
-        targets = list(self.transports)
-        return f"<RelaySession {self.sid[:8]} targets={targets} pending={len(self._pending)}>"
+        return f"<RelaySession {self.sid[:8]} {list(self.transports)} {len(self._pending)} pending>"
 
     @property
     def is_idle(self) -> bool:
@@ -332,7 +208,11 @@ class RelaySession:
         else:
             await self._route(target, message)
 
-    async def _own_message(self, call: Call, message: Message) -> Message | None:
+    def settle(self, target: str, upstream_id: int) -> None:
+        """A call's response came: it is no longer in flight."""
+        self._pending.pop((target, upstream_id), None)
+
+    async def own_message(self, call: Call, message: Message) -> Message | None:
         """A message of a request's own answer, as the client gets it; None
         for one that is not the client's (the response to another id)."""
         msg_id = message.get("id")
@@ -340,7 +220,7 @@ class RelaySession:
             if msg_id != call.upstream_id:
                 logger.debug("target %s answered unknown id %r", call.target, msg_id)
                 return None
-            self._pending.pop((call.target, call.upstream_id), None)
+            self.settle(call.target, call.upstream_id)
             return {**message, "id": call.pending.client_id}
         if msg_id is not None:
             # In a shared session too: the 2026-07-28 relay decides.
@@ -373,7 +253,7 @@ class RelaySession:
         params = message.get("params")
         if message.get("method") != "notifications/progress" or not isinstance(params, dict):
             return None
-        return self._progress.get((target, _hashable(params.get("progressToken"))))
+        return self._progress.get((target, hashable(params.get("progressToken"))))
 
     @staticmethod
     def _client_progress(pending: Pending, message: Message) -> Message:
@@ -568,64 +448,3 @@ class RelaySession:
             self._get_streams.remove(send)
             send.close()
             self.touch()
-
-
-def _hashable(value: Any) -> Any:
-    return value if isinstance(value, str | int | float | bool | None) else repr(value)
-
-
-@attrs.define(eq=False)
-class SessionManager:
-    """Owns every session's task. ``serve`` runs in the gateway's nursery."""
-
-    pool: ConnectionPool
-    ttl: float = 1800.0
-    max_sessions: int = 10_000
-    sessions: dict[str, RelaySession] = attrs.field(factory=dict)
-    # Sessions that ended for good (DELETE, an upstream session gone): their
-    # tokens never resume them in this process.
-    ended: EndedSessions = attrs.field(
-        default=attrs.Factory(lambda self: EndedSessions(self.ttl), takes_self=True)
-    )
-    _nursery: trio.Nursery | None = None
-
-    def statistics(self) -> dict[str, int]:
-        return {"sessions": len(self.sessions)}
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
-
-    def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run ``fn(*args)`` in the manager's nursery (work that outlives
-        the exchange that started it: a suspended MRTR call)."""
-        if self._nursery is None:
-            raise UpstreamUnavailable("upstream unavailable", detail="the gateway is not serving")
-        self._nursery.start_soon(fn, *args)
-
-    async def start(self, session: RelaySession) -> RelaySession:
-        """Start ``session``'s task; returns once its targets are open."""
-        if self._nursery is None:
-            raise UpstreamUnavailable("upstream unavailable", detail="the gateway is not serving")
-        if len(self.sessions) >= self.max_sessions:
-            raise UpstreamUnavailable("too many sessions", detail=f"{self.max_sessions} open")
-        await self._nursery.start(self._run, session)
-        return session
-
-    def end(self, session: RelaySession) -> None:
-        """End ``session`` for good (a DELETE)."""
-        session.is_revoked = True
-        self.ended.add(session.sid, time.monotonic())
-        session.close()
-
-    async def _run(self, session: RelaySession, *, task_status: trio.TaskStatus[None]) -> None:
-        self.sessions[session.sid] = session
-        try:
-            await session.run(task_status=task_status)
-        finally:
-            if self.sessions.get(session.sid) is session:
-                del self.sessions[session.sid]
-            if session.is_revoked:
-                self.ended.add(session.sid, time.monotonic())

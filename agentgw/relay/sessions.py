@@ -33,7 +33,8 @@ from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.session_token import InvalidSession, SessionCodec, SessionState
 from agentgw.relay.context import UpstreamHeaders
 from agentgw.relay.dispatch import initialize
-from agentgw.relay.session import RelaySession, SessionManager
+from agentgw.relay.manager import SessionManager
+from agentgw.relay.session import RelaySession
 from agentgw.upstream.mcp.base import TransportOpener, open_transport
 from agentgw.upstream.pool import ConnectionPool
 

@@ -30,10 +30,11 @@ from agentgw.mcp.federation import McpRoute, params_of, route_call
 from agentgw.mcp.mrtr import INPUT_METHODS
 from agentgw.mcp.stateless import Envelope, ListenFilter
 from agentgw.relay import mrtr, tasks
+from agentgw.relay.calls import Message
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch, list_all
 from agentgw.relay.outbox import JSON, SSE_HEADERS, Outbox, PostOutbox, dumps, respond_json
-from agentgw.relay.session import Message, RelaySession
+from agentgw.relay.session import RelaySession
 from agentgw.wire.http import header_value
 from agentgw.wire.sse import encode_event
 

@@ -21,11 +21,12 @@ from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.replay import has_resumable_streams, prefers_event_stream
 from agentgw.mcp.stateless import is_stateless_request
 from agentgw.relay import stateless
+from agentgw.relay.calls import Message
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch, initialize
 from agentgw.relay.outbox import Outbox, PostOutbox, respond_json
 from agentgw.relay.resume import ResumableOutbox, find_resumed, resumable_outbox, serve_log
-from agentgw.relay.session import Message, RelaySession
+from agentgw.relay.session import RelaySession
 from agentgw.upstream.mcp.hangup import listening_for_hang_ups
 from agentgw.wire.http import header_value
 

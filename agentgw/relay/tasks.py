@@ -35,10 +35,12 @@ from agentgw.mcp import mrtr as mrtr_core
 from agentgw.mcp import names, versions
 from agentgw.mcp.federation import McpRoute, params_of, route_call
 from agentgw.relay import mrtr
+from agentgw.relay.calls import Message
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import Timeouts, forward, note_failure
+from agentgw.relay.manager import SessionManager
 from agentgw.relay.outbox import Outbox
-from agentgw.relay.session import Message, RelaySession, SessionManager
+from agentgw.relay.session import RelaySession
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire.http import header_value
 

@@ -18,10 +18,11 @@ from wsproto.events import Request as WsRequest
 
 from agentgw.errors import ClientError
 from agentgw.mcp.federation import McpRoute
+from agentgw.relay.calls import CHANNEL_SIZE, Message
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch
 from agentgw.relay.outbox import ChannelOutbox
-from agentgw.relay.session import CHANNEL_SIZE, Message, RelaySession
+from agentgw.relay.session import RelaySession
 
 if TYPE_CHECKING:
     from agentgw.relay.endpoint import McpEndpoint
