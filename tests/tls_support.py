@@ -13,7 +13,7 @@ import attrs
 import trio
 import trustme
 
-from tests.support import Client, Response
+from tests.e2e.support import Client, Response
 
 
 @attrs.define(eq=False)

@@ -15,9 +15,7 @@ import pytest
 import trio
 
 from agentgw.observability import logs
-from tests.e2e.test_mcp_gateway import DEMO, PEER, _call, _initialize, mcp_config, stdio
-from tests.e2e.test_metrics import with_stats
-from tests.support import (
+from tests.e2e.support import (
     Upstream,
     free_port,
     gateway_subprocess,
@@ -26,6 +24,8 @@ from tests.support import (
     run_gateway,
     serve_upstream,
 )
+from tests.e2e.test_mcp_gateway import DEMO, PEER, _call, _initialize, mcp_config, stdio
+from tests.e2e.test_metrics import with_stats
 from tests.test_jwt import rsa_jwk
 
 JWK = rsa_jwk("k")

@@ -11,7 +11,7 @@ from typing import Any
 import h11
 import pytest
 
-from tests.support import (
+from tests.e2e.support import (
     Upstream,
     echo_handler,
     proxy_config,

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.e2e.support import echo_handler, request, run_gateway, serve_upstream
 from tests.e2e.test_security import (
     IdentityProvider,
     OAuthServer,
@@ -22,7 +23,6 @@ from tests.e2e.test_security import (
     mcp_auth_config,
     secured,
 )
-from tests.support import echo_handler, request, run_gateway, serve_upstream
 from tests.test_jwt import RSA_KEY, b64, token
 
 CHALLENGES: dict[str, tuple[list[tuple[bytes, bytes]], bytes, str]] = {

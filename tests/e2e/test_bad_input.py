@@ -9,7 +9,7 @@ import h11
 import pytest
 import trio
 
-from tests.support import (
+from tests.e2e.support import (
     Upstream,
     echo_handler,
     proxy_config,

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 from bench.floor import relay
 from bench.launch import sink_stats, start_otlp_sink
 from bench.scenario_soak import scrape_tasks
-from tests.support import Upstream, echo_handler, free_port, open_client, serve_upstream
+from tests.e2e.support import Upstream, echo_handler, free_port, open_client, serve_upstream
 
 
 async def test_floor_relays_each_client_over_one_kept_alive_upstream_connection() -> None:

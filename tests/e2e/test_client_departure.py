@@ -17,8 +17,8 @@ import h11
 import pytest
 import trio
 
+from tests.e2e.support import request, run_gateway, serve_raw
 from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, mcp_config
-from tests.support import request, run_gateway, serve_raw
 
 
 @attrs.define

@@ -30,9 +30,9 @@ import attrs
 import pytest
 import trio
 
+from tests.e2e.support import run_gateway
 from tests.e2e.test_demo_conformance import NODE, ROOT, demo_process
 from tests.e2e.test_mcp_gateway import mcp_config, stdio
-from tests.support import run_gateway
 
 SUITE_NEXT = ROOT / "node_modules" / "conformance-next" / "dist" / "index.js"
 DEMO_STDIO = [sys.executable, "-m", "agentgw.demo", "--log-level", "warning"]

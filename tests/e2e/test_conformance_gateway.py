@@ -13,10 +13,10 @@ from typing import Any
 
 import trio
 
+from tests.e2e.support import run_gateway
 from tests.e2e.test_demo_conformance import NODE, SUITE, demo_process
 from tests.e2e.test_mcp_gateway import EVERYTHING, mcp_config, stdio
 from tests.e2e.test_mcp_transports import everything_http
-from tests.support import run_gateway
 
 DEMO = [sys.executable, "-m", "agentgw.demo", "--log-level", "warning"]
 RESULT = re.compile(r"^([✓✗]) (\S+): (\d+) passed, (\d+) failed$", re.MULTILINE)

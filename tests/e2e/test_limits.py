@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from tests.support import (
+from tests.e2e.support import (
     echo_handler,
     gateway_subprocess,
     open_client,

@@ -12,7 +12,7 @@ import trio
 from agentgw import Gateway
 from agentgw.config.load import config_from_dict
 from agentgw.server.listen import Acceptor, is_dual_stack, open_tcp_listeners
-from tests.support import Client, run_gateway
+from tests.e2e.support import Client, run_gateway
 
 
 def _has_ipv6() -> bool:

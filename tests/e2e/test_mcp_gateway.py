@@ -17,7 +17,7 @@ import pytest
 import trio
 from mcp import Client
 
-from tests.support import (
+from tests.e2e.support import (
     free_port,
     gateway_subprocess,
     open_client,

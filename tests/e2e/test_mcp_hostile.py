@@ -22,8 +22,8 @@ import h11
 import pytest
 import trio
 
+from tests.e2e.support import Response, request, run_gateway, serve_raw
 from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, mcp_config
-from tests.support import Response, request, run_gateway, serve_raw
 
 # What the target does with a tools/call: given the stream and its h11
 # connection, after the request was read.

@@ -17,8 +17,8 @@ import trio_websocket
 from mcp import Client
 from mcp.client.sse import sse_client
 
+from tests.e2e.support import free_port, run_gateway
 from tests.e2e.test_mcp_gateway import DEMO, EVERYTHING, mcp_config, stdio
-from tests.support import free_port, run_gateway
 
 
 @asynccontextmanager

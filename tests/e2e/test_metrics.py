@@ -20,8 +20,8 @@ from agentgw.config.model import Settings
 from agentgw.observability.access_log import AccessRecord
 from agentgw.observability.metrics import MAX_NAMES_PER_TARGET, Metrics, label_mcp_name
 from agentgw.server import management
+from tests.e2e.support import free_port, gateway_subprocess, request, run_gateway
 from tests.e2e.test_mcp_gateway import DEMO, PEER, _call, _initialize, mcp_config, stdio
-from tests.support import free_port, gateway_subprocess, request, run_gateway
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

@@ -11,8 +11,8 @@ from typing import Any
 import mcp.types as types
 from mcp import Client
 
+from tests.e2e.support import request, run_gateway
 from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, JSON_CT, ROOT, mcp_config, stdio
-from tests.support import request, run_gateway
 
 MRTR_PEER = [sys.executable, str(ROOT / "tests" / "peers" / "mrtr_server.py")]
 MODERN = [ACCEPT, JSON_CT, (b"mcp-protocol-version", b"2026-07-28")]

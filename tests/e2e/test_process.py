@@ -12,7 +12,7 @@ import h11
 import pytest
 import trio
 
-from tests.support import (
+from tests.e2e.support import (
     Upstream,
     gateway_subprocess,
     open_client,

@@ -11,7 +11,7 @@ import trio
 import trio.lowlevel
 import trio_websocket
 
-from tests.support import (
+from tests.e2e.support import (
     Upstream,
     echo_handler,
     open_client,

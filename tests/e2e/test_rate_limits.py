@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, _initialize, mcp_config
-from tests.e2e.test_metrics import scrape, value, with_stats
-from tests.support import (
+from tests.e2e.support import (
     echo_handler,
     proxy_config,
     recording_mcp_upstream,
@@ -15,6 +13,8 @@ from tests.support import (
     run_gateway,
     serve_upstream,
 )
+from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, _initialize, mcp_config
+from tests.e2e.test_metrics import scrape, value, with_stats
 
 LIMIT = {"maxTokens": 2, "tokensPerFill": 1, "fillInterval": "60s"}
 

@@ -20,9 +20,9 @@ import yaml
 from mcp import Client as McpClient
 from mcp import types
 
+from tests.e2e.support import Client, Upstream, gateway_subprocess, request, serve_upstream
 from tests.e2e.test_mcp_gateway import DEMO, PEER, _call, _children, _initialize, stdio
 from tests.e2e.test_metrics import scrape, value
-from tests.support import Client, Upstream, gateway_subprocess, request, serve_upstream
 
 KEY = "11" * 32
 OTHER_KEY = "22" * 32

@@ -20,6 +20,18 @@ from mcp import Client as McpClient
 from mcp.client.sse import sse_client
 
 from agentgw.config import config_from_dict
+from tests.e2e.support import (
+    Client,
+    Upstream,
+    echo_handler,
+    free_port,
+    open_client,
+    proxy_config,
+    recording_mcp_upstream,
+    request,
+    run_gateway,
+    serve_upstream,
+)
 from tests.e2e.test_mcp_gateway import (
     ACCEPT,
     JSON_CT,
@@ -35,18 +47,6 @@ from tests.e2e.test_mcp_gateway import (
 from tests.e2e.test_metrics import scrape, value, with_stats
 from tests.e2e.test_security import IdentityProvider, fresh, good, jwt_auth, secured
 from tests.e2e.test_tls_listener import https
-from tests.support import (
-    Client,
-    Upstream,
-    echo_handler,
-    free_port,
-    open_client,
-    proxy_config,
-    recording_mcp_upstream,
-    request,
-    run_gateway,
-    serve_upstream,
-)
 from tests.test_jwt import token
 from tests.tls_support import Pki, open_tls_client, tls_request
 

@@ -19,8 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.test_mcp_gateway import DEMO, PEER, _call, _initialize, mcp_config, stdio
-from tests.support import (
+from tests.e2e.support import (
     Upstream,
     echo_handler,
     proxy_config,
@@ -29,6 +28,7 @@ from tests.support import (
     run_gateway,
     serve_upstream,
 )
+from tests.e2e.test_mcp_gateway import DEMO, PEER, _call, _initialize, mcp_config, stdio
 from tests.test_jwt import (
     AUDIENCE,
     ISSUER,

@@ -11,8 +11,8 @@ import attrs
 import h11
 import trio
 
+from tests.e2e.support import Upstream, recording_mcp_upstream, request, run_gateway, serve_upstream
 from tests.e2e.test_mcp_gateway import _call, _initialize, mcp_config
-from tests.support import Upstream, recording_mcp_upstream, request, run_gateway, serve_upstream
 
 
 @attrs.define

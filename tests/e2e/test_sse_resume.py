@@ -16,9 +16,9 @@ import pytest
 import trio
 
 from agentgw.wire.sse import SSEDecoder, SSEEvent
+from tests.e2e.support import Client, open_client, run_gateway
 from tests.e2e.test_demo_conformance import demo_process
 from tests.e2e.test_mcp_gateway import mcp_config, stdio
-from tests.support import Client, open_client, run_gateway
 
 DEMO = [sys.executable, "-m", "agentgw.demo", "--log-level", "warning"]
 ACCEPT_BOTH = (b"accept", b"application/json, text/event-stream")

@@ -18,8 +18,8 @@ import trio
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
+from tests.e2e.support import Response, request, run_gateway
 from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, EVERYTHING, JSON_CT, ROOT, mcp_config, stdio
-from tests.support import Response, request, run_gateway
 
 OLDER = [sys.executable, str(ROOT / "tests" / "peers" / "older_server.py")]
 COUNTER = "peer://counter"

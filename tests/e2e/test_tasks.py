@@ -9,8 +9,8 @@ from typing import Any
 
 import trio
 
+from tests.e2e.support import request, run_gateway
 from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, JSON_CT, PEER, mcp_config, stdio
-from tests.support import request, run_gateway
 
 MODERN = [ACCEPT, JSON_CT, (b"mcp-protocol-version", b"2026-07-28")]
 TASKS = {"extensions": {"io.modelcontextprotocol/tasks": {}}}

@@ -22,9 +22,7 @@ import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, PEER, mcp_config, stdio
-from tests.e2e.test_workers import _two_workers, _wait_for_log
-from tests.support import (
+from tests.e2e.support import (
     Upstream,
     free_port,
     proxy_config,
@@ -33,6 +31,8 @@ from tests.support import (
     run_gateway,
     serve_upstream,
 )
+from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, PEER, mcp_config, stdio
+from tests.e2e.test_workers import _two_workers, _wait_for_log
 from tests.test_jwt import JWKS
 from tests.tls_support import Pki, open_tls_client, tls_request
 

@@ -18,6 +18,16 @@ import pytest
 import trio
 import trio_websocket
 
+from tests.e2e.support import (
+    Upstream,
+    echo_handler,
+    gateway_subprocess,
+    proxy_config,
+    recording_mcp_upstream,
+    request,
+    run_gateway,
+    serve_upstream,
+)
 from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT
 from tests.e2e.test_security import (
     IdentityProvider,
@@ -28,16 +38,6 @@ from tests.e2e.test_security import (
     secured,
 )
 from tests.e2e.test_upstream_mcp import serve_mcp_websocket
-from tests.support import (
-    Upstream,
-    echo_handler,
-    gateway_subprocess,
-    proxy_config,
-    recording_mcp_upstream,
-    request,
-    run_gateway,
-    serve_upstream,
-)
 from tests.test_jwt import AUDIENCE, token
 from tests.tls_support import Pki
 

@@ -28,8 +28,15 @@ from agentgw.observability.tracing import (
     parse_traceparent,
     trace_upstream,
 )
+from tests.e2e.support import (
+    Upstream,
+    echo_handler,
+    proxy_config,
+    request,
+    run_gateway,
+    serve_upstream,
+)
 from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, JSON_CT, mcp_config, stdio
-from tests.support import Upstream, echo_handler, proxy_config, request, run_gateway, serve_upstream
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

@@ -29,7 +29,7 @@ from agentgw.upstream.mcp import open_transport as open_real_transport
 from agentgw.upstream.mcp._common import UpstreamSessionGone, open_task_nursery
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire.http import MCP_NOT_FORWARDED, forward_headers
-from tests.support import Upstream, serve_raw, serve_upstream
+from tests.e2e.support import Upstream, serve_raw, serve_upstream
 
 EVERYTHING = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "mcp-server-everything"
 Message = dict[str, Any]

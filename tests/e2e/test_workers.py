@@ -16,6 +16,13 @@ import trio
 
 from agentgw.cli import _without_workers
 from agentgw.workers import owner_of_sid
+from tests.e2e.support import (
+    free_port,
+    gateway_subprocess,
+    recording_mcp_upstream,
+    request,
+    serve_upstream,
+)
 from tests.e2e.test_mcp_gateway import (
     PEER,
     _call,
@@ -25,13 +32,6 @@ from tests.e2e.test_mcp_gateway import (
     _read,
     mcp_config,
     stdio,
-)
-from tests.support import (
-    free_port,
-    gateway_subprocess,
-    recording_mcp_upstream,
-    request,
-    serve_upstream,
 )
 
 

@@ -40,7 +40,7 @@ import h11
 import trio
 
 from agentgw.wire.http import is_valid_host
-from tests.support import Upstream, run_gateway, serve_upstream
+from tests.e2e.support import Upstream, run_gateway, serve_upstream
 
 # ---------------------------------------------------------------- cases
 
