@@ -50,6 +50,7 @@ from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.outbox import Outbox
 from agentgw.relay.session import RelaySession
 from agentgw.server.connection import ServerRequest
+from agentgw.upstream.mcp.hangup import interruptible
 
 logger = logging.getLogger(__name__)
 
@@ -345,8 +346,11 @@ async def forward(
         with trio.fail_after(whole) if whole != math.inf else nullcontext(), first_wait:
             async with session.request(target, message, headers) as call:
                 reply = call.next_nowait()
-                if reply is None:
-                    reply = await call.next()
+                while reply is None:
+                    with interruptible(math.inf) as wait:
+                        reply = await call.next()
+                    if wait.is_interrupted:  # the target hung up: so does the outbox
+                        await outbox.ping()
                 first_wait.deadline = math.inf
                 while True:
                     final = is_final(reply)
@@ -355,7 +359,7 @@ async def forward(
                         return
                     next_reply = None
                     while next_reply is None:
-                        with trio.move_on_after(timeouts.keepalive):
+                        with interruptible(timeouts.keepalive):
                             next_reply = await call.next()
                         if next_reply is None:
                             await outbox.ping()
