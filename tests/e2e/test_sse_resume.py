@@ -339,4 +339,4 @@ async def test_a_target_that_hangs_up_before_any_message_is_resumed_at_once() ->
                 async with _stream(port, "GET", token, last=str(got[0].id)) as (head, events):
                     rest = [event async for event in events]
     assert _steps(rest) == ["result"]
-    assert _message(rest[0])["id"] == 5
+    assert _message(rest[0]) == {"jsonrpc": "2.0", "id": 5, "result": {"content": []}}
