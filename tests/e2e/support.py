@@ -423,3 +423,120 @@ async def recording_mcp_upstream(req: h11.Request, body: bytes, up: Upstream) ->
         headers,
         json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode(),
     )
+
+
+def initialize_message(version: str = "2025-06-18", msg_id: int = 1) -> dict[str, Any]:
+    """A client's ``initialize`` request."""
+    return {
+        "jsonrpc": "2.0",
+        "id": msg_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": version,
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"},
+        },
+    }
+
+
+# What a scripted target does with a tools/call (or a GET): given the
+# stream, its h11 connection and the request, once the request was read.
+OnRequest = Callable[[trio.SocketStream, h11.Connection, h11.Request], Awaitable[None]]
+
+
+async def send_response(
+    stream: trio.abc.Stream,
+    conn: h11.Connection,
+    status: int,
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A whole response with a Content-Length, then the next cycle."""
+    out = conn.send(
+        h11.Response(
+            status_code=status,
+            headers=[*(headers or []), (b"content-length", str(len(body)).encode())],
+        )
+    )
+    if body:
+        out += conn.send(h11.Data(data=body)) or b""
+    await stream.send_all(out + (conn.send(h11.EndOfMessage()) or b""))
+    conn.start_next_cycle()
+
+
+@attrs.define
+class ScriptedMcpTarget:
+    """A raw Streamable HTTP MCP target (for ``serve_raw``): it answers
+    ``initialize`` (JSON) and notifications (202) as any server does, and
+    hands each ``tools/call`` to ``on_call`` and each GET to ``on_get``
+    (else 405). After ``on_call``, with ``call_closes``, it reads until the
+    gateway closes the connection (``call_closed``, ``call_closed_at``);
+    otherwise the connection serves on."""
+
+    on_call: OnRequest
+    on_get: OnRequest | None = None
+    call_closes: bool = True
+    session_id: bytes | None = None
+    connections: int = 0
+    calls: list[dict[str, Any]] = attrs.field(factory=list)
+    call_heads: list[h11.Request] = attrs.field(factory=list)
+    call_started: trio.Event = attrs.field(factory=trio.Event)
+    call_closed: trio.Event = attrs.field(factory=trio.Event)
+    call_closed_at: float | None = None
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                conn.receive_data(data)
+                continue
+            if not isinstance(event, h11.Request):
+                return
+            body = b""
+            while not isinstance(ev := conn.next_event(), h11.EndOfMessage):
+                if ev is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(ev, h11.Data):
+                    body += ev.data
+            if event.method == b"GET" and self.on_get is not None:
+                await self.on_get(stream, conn, event)
+                conn.start_next_cycle()
+                continue
+            if event.method != b"POST":
+                await send_response(stream, conn, 405)
+                continue
+            message = json.loads(body)
+            if message.get("method") == "tools/call":
+                self.calls.append(message)
+                self.call_heads.append(event)
+                self.call_started.set()
+                if not self.call_closes:
+                    await self.on_call(stream, conn, event)
+                    conn.start_next_cycle()
+                    continue
+                try:
+                    await self.on_call(stream, conn, event)
+                    while await stream.receive_some(65536):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+                self.call_closed_at = trio.current_time()
+                self.call_closed.set()
+                return
+            session = [(b"mcp-session-id", self.session_id)] if self.session_id else []
+            if "id" not in message:
+                await send_response(stream, conn, 202, headers=session)
+                continue
+            result = {
+                "protocolVersion": message.get("params", {}).get("protocolVersion", "2025-06-18"),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "scripted", "version": "1"},
+            }
+            answer = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
+            json_ct = [(b"content-type", b"application/json"), *session]
+            await send_response(stream, conn, 200, answer.encode(), json_ct)

@@ -12,104 +12,41 @@ import json
 import socket
 import struct
 
-import attrs
 import h11
 import pytest
 import trio
 
-from tests.e2e.support import request, run_gateway, serve_raw
+from tests.e2e.support import (
+    ScriptedMcpTarget,
+    initialize_message,
+    request,
+    run_gateway,
+    serve_raw,
+)
 from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, mcp_config
-
-
-@attrs.define
-class SilentSseTarget:
-    """A Streamable HTTP target whose ``tools/call`` answers stay open."""
-
-    call_started: trio.Event = attrs.field(factory=trio.Event)
-    call_closed_at: float | None = None
-    call_closed: trio.Event = attrs.field(factory=trio.Event)
-
-    async def serve(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                conn.receive_data(data)
-                continue
-            if not isinstance(event, h11.Request):
-                return
-            body = b""
-            while not isinstance(ev := conn.next_event(), h11.EndOfMessage):
-                if ev is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(ev, h11.Data):
-                    body += ev.data
-            if event.method != b"POST":
-                await stream.send_all(conn.send(h11.Response(status_code=405, headers=[])) or b"")
-                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-                conn.start_next_cycle()
-                continue
-            message = json.loads(body)
-            if message.get("method") == "tools/call":
-                await self._never_ending_answer(stream, conn)
-                return
-            if "id" not in message:
-                await stream.send_all(conn.send(h11.Response(status_code=202, headers=[])) or b"")
-                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-            else:
-                result = {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {"tools": {}},
-                    "serverInfo": {"name": "silent", "version": "1"},
-                }
-                answer = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(answer)).encode()),
-                ]
-                await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
-                await stream.send_all(conn.send(h11.Data(data=answer.encode())) or b"")
-                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-            conn.start_next_cycle()
-
-    async def _never_ending_answer(self, stream: trio.SocketStream, conn: h11.Connection) -> None:
-        head = h11.Response(status_code=200, headers=[(b"content-type", b"text/event-stream")])
-        await stream.send_all(conn.send(head) or b"")
-        await stream.send_all(conn.send(h11.Data(data=b": started\n\n")) or b"")
-        self.call_started.set()
-        try:
-            while await stream.receive_some(65536):
-                pass
-        except trio.BrokenResourceError:
-            pass
-        self.call_closed_at = trio.current_time()
-        self.call_closed.set()
 
 
 @pytest.mark.parametrize("how", ["reset", "close"])
 async def test_a_departing_client_closes_the_upstream_sse_answer(how: str) -> None:
-    target = SilentSseTarget()
+    answering = trio.Event()
+
+    async def never_ending_answer(
+        stream: trio.SocketStream, conn: h11.Connection, _: h11.Request
+    ) -> None:
+        """Start an SSE answer and say nothing more."""
+        head = h11.Response(status_code=200, headers=[(b"content-type", b"text/event-stream")])
+        await stream.send_all(conn.send(head) or b"")
+        await stream.send_all(conn.send(h11.Data(data=b": started\n\n")) or b"")
+        answering.set()
+
+    target = ScriptedMcpTarget(never_ending_answer)
     async with serve_raw(target.serve) as upstream_port:
         config = mcp_config(
             {"name": "silent", "mcp": {"host": f"http://127.0.0.1:{upstream_port}/mcp"}}
         )
         async with run_gateway(config) as (_, port):
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
-            answer = await request(
-                port, "POST", "/mcp", headers=[ACCEPT, JSON_CT], body=json.dumps(init).encode()
-            )
+            init = json.dumps(initialize_message()).encode()
+            answer = await request(port, "POST", "/mcp", headers=[ACCEPT, JSON_CT], body=init)
             assert answer.status == 200
             sid = answer.header(b"mcp-session-id")
             call = json.dumps(
@@ -127,7 +64,7 @@ async def test_a_departing_client_closes_the_upstream_sse_answer(how: str) -> No
             )
             await client.send(head + call)
             with trio.fail_after(10):
-                await target.call_started.wait()
+                await answering.wait()
             if how == "reset":  # as a killed process leaves it
                 client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             left = trio.current_time()

@@ -18,7 +18,15 @@ import trio
 
 from agentgw.errors import UpstreamError
 from agentgw.upstream.pool import ConnectionPool, Origin
-from tests.e2e.support import open_client, proxy_config, request, run_gateway, serve_raw
+from tests.e2e.support import (
+    ScriptedMcpTarget,
+    initialize_message,
+    open_client,
+    proxy_config,
+    request,
+    run_gateway,
+    serve_raw,
+)
 
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close sends RST
 
@@ -393,79 +401,24 @@ def mcp_route_config(target_url: str) -> dict[str, Any]:
 async def test_cl_and_te_on_an_mcp_route_is_an_error_not_a_result() -> None:
     """The MCP upstream transport gets the same refusal from the pool: the
     call is answered with a JSON-RPC error, never with the smuggled result."""
-    calls = []
 
-    async def mcp_upstream(stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                conn.receive_data(data)
-                continue
-            if isinstance(event, h11.ConnectionClosed):
-                return
-            assert isinstance(event, h11.Request)
-            body = b""
-            while not isinstance(ev := conn.next_event(), h11.EndOfMessage):
-                if ev is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                else:
-                    body += ev.data
-            message = json.loads(body) if body else {}
-            if message.get("method") == "tools/call":
-                calls.append(message)
-                result = {"jsonrpc": "2.0", "id": message["id"], "result": {"smuggled": True}}
-                data = json.dumps(result).encode()
-                await stream.send_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
-                    % (len(data) + 7, len(data), data)
-                )
-                return
-            if "id" not in message:
-                out = h11.Response(status_code=202, headers=[(b"content-length", b"0")])
-                await stream.send_all(conn.send(out) + conn.send(h11.EndOfMessage()))
-            else:
-                result = {
-                    "jsonrpc": "2.0",
-                    "id": message["id"],
-                    "result": {
-                        "protocolVersion": "2025-06-18",
-                        "capabilities": {"tools": {}},
-                        "serverInfo": {"name": "bad", "version": "1"},
-                    },
-                }
-                data = json.dumps(result).encode()
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode()),
-                ]
-                out = h11.Response(status_code=200, headers=headers)
-                await stream.send_all(conn.send(out) + conn.send(h11.Data(data=data)))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
-            conn.start_next_cycle()
+    async def smuggle(stream: trio.SocketStream, conn: h11.Connection, _: h11.Request) -> None:
+        result = {"jsonrpc": "2.0", "id": target.calls[0]["id"], "result": {"smuggled": True}}
+        data = json.dumps(result).encode()
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+            % (len(data) + 7, len(data), data)
+        )
 
+    target = ScriptedMcpTarget(smuggle)
     accept = (b"accept", b"application/json, text/event-stream")
     json_ct = (b"content-type", b"application/json")
-    async with serve_raw(mcp_upstream) as up_port:
+    async with serve_raw(target.serve) as up_port:
         config = mcp_route_config(f"http://127.0.0.1:{up_port}/mcp")
         async with run_gateway(config) as (_, port):
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "0"},
-                },
-            }
-            resp = await request(
-                port, "POST", "/mcp", headers=[accept, json_ct], body=json.dumps(init).encode()
-            )
+            init = json.dumps(initialize_message()).encode()
+            resp = await request(port, "POST", "/mcp", headers=[accept, json_ct], body=init)
             assert resp.status == 200, resp
             session = resp.header(b"mcp-session-id")
             assert session is not None
@@ -475,7 +428,7 @@ async def test_cl_and_te_on_an_mcp_route_is_an_error_not_a_result() -> None:
                 resp = await request(
                     port, "POST", "/mcp", headers=headers, body=json.dumps(call).encode()
                 )
-    assert len(calls) == 1
+    assert len(target.calls) == 1
     text = resp.body.decode()
     payload = json.loads(text[text.index("{") :].splitlines()[0]) if resp.status == 200 else None
     assert payload is not None and "error" in payload, text

@@ -13,95 +13,29 @@ import json
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import h11
 import pytest
 import trio
 
-from tests.e2e.support import Response, request, run_gateway, serve_raw
+from tests.e2e.support import (
+    Response,
+    ScriptedMcpTarget,
+    initialize_message,
+    request,
+    run_gateway,
+    send_response,
+    serve_raw,
+)
 from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, mcp_config
-
-# What the target does with a tools/call: given the stream and its h11
-# connection, after the request was read.
-OnCall = Callable[[trio.SocketStream, h11.Connection], Awaitable[None]]
-
-
-@attrs.define
-class Target:
-    on_call: OnCall
-    connections: int = 0
-    calls: list[dict[str, Any]] = attrs.field(factory=list)
-    heads: list[h11.Request] = attrs.field(factory=list)
-    call_heads: list[h11.Request] = attrs.field(factory=list)
-    call_connection_closed: trio.Event = attrs.field(factory=trio.Event)
-
-    async def serve(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        conn = h11.Connection(h11.SERVER)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                conn.receive_data(data)
-                continue
-            if not isinstance(event, h11.Request):
-                return
-            self.heads.append(event)
-            body = b""
-            while not isinstance(ev := conn.next_event(), h11.EndOfMessage):
-                if ev is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(ev, h11.Data):
-                    body += ev.data
-            if event.method != b"POST":
-                await _send(stream, conn, 405, b"")
-                continue
-            message = json.loads(body)
-            if message.get("method") == "tools/call":
-                self.calls.append(message)
-                self.call_heads.append(event)
-                try:
-                    await self.on_call(stream, conn)
-                    # The gateway closes the exchange: the read sees it end.
-                    while await stream.receive_some(65536):
-                        pass
-                except trio.BrokenResourceError:
-                    pass
-                self.call_connection_closed.set()
-                return
-            if "id" not in message:
-                await _send(stream, conn, 202, b"")
-                continue
-            result = {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "hostile", "version": "1"},
-            }
-            answer = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
-            await _send(stream, conn, 200, answer.encode(), b"application/json")
-
-
-async def _send(
-    stream: trio.SocketStream, conn: h11.Connection, status: int, body: bytes, ctype: bytes = b""
-) -> None:
-    headers = [(b"content-length", str(len(body)).encode())]
-    if ctype:
-        headers.append((b"content-type", ctype))
-    out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
-    out += conn.send(h11.Data(data=body)) or b"" if body else b""
-    await stream.send_all(out + (conn.send(h11.EndOfMessage()) or b""))
-    conn.start_next_cycle()
 
 
 @asynccontextmanager
 async def gateway_before(
-    target: Target, **settings: Any
+    target: ScriptedMcpTarget, **settings: Any
 ) -> AsyncIterator[tuple[int, list[tuple[bytes, bytes]]]]:
     """The gateway with ``target`` as its one target, and an initialized
     session; yields the port and the session's headers."""
@@ -109,17 +43,7 @@ async def gateway_before(
         config = mcp_config({"name": "hostile", "mcp": {"host": f"http://127.0.0.1:{up_port}/mcp"}})
         config.setdefault("config", {}).update(settings)
         async with run_gateway(config) as (_, port):
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
-            answer = await post(port, init, [])
+            answer = await post(port, initialize_message(), [])
             assert answer.status == 200, answer.body
             yield port, [(b"mcp-session-id", answer.header(b"mcp-session-id"))]
 
@@ -147,17 +71,17 @@ def rpc_messages(response: Response) -> list[dict[str, Any]]:
 CALL = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x"}}
 
 
-async def never_answer(stream: trio.SocketStream, conn: h11.Connection) -> None:
+async def never_answer(stream: trio.SocketStream, conn: h11.Connection, _: h11.Request) -> None:
     """Take the call and say nothing, not even a response head."""
 
 
-async def silent_sse(stream: trio.SocketStream, conn: h11.Connection) -> None:
+async def silent_sse(stream: trio.SocketStream, conn: h11.Connection, _: h11.Request) -> None:
     """Start an SSE answer, then say nothing."""
     head = h11.Response(status_code=200, headers=[(b"content-type", b"text/event-stream")])
     await stream.send_all(conn.send(head) or b"")
 
 
-async def reset(stream: trio.SocketStream, conn: h11.Connection) -> None:
+async def reset(stream: trio.SocketStream, conn: h11.Connection, _: h11.Request) -> None:
     """Drop the connection with a reset once the call is in."""
     stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await stream.aclose()
@@ -176,14 +100,14 @@ async def test_a_silent_target_is_bounded_and_its_exchange_closed(
     # Without an answer head the response timeout bounds the wait; with an
     # SSE head and then silence, the stream's idle bound does.
     on_call = never_answer if "http" in settings else silent_sse
-    target = Target(on_call)
+    target = ScriptedMcpTarget(on_call)
     async with gateway_before(target, **settings) as (port, session):
         start = trio.current_time()
         with trio.fail_after(10):
             answer = await post(port, CALL, session)
         took = trio.current_time() - start
         with trio.fail_after(5):
-            await target.call_connection_closed.wait()
+            await target.call_closed.wait()
     assert 0.4 < took < 5
     assert answer.status == 200
     (message,) = [m for m in rpc_messages(answer) if "id" in m]
@@ -198,23 +122,13 @@ async def test_a_silent_target_is_bounded_and_its_exchange_closed(
 
 
 async def test_a_route_timeout_bounds_an_mcp_call() -> None:
-    target = Target(never_answer)
+    target = ScriptedMcpTarget(never_answer)
     async with serve_raw(target.serve) as up_port:
         config = mcp_config({"name": "hostile", "mcp": {"host": f"http://127.0.0.1:{up_port}/mcp"}})
         route = config["binds"][0]["listeners"][0]["routes"][0]
         route["policies"] = {"timeout": {"backendRequestTimeout": "300ms"}}
         async with run_gateway(config) as (_, port):
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
-            first = await post(port, init, [])
+            first = await post(port, initialize_message(), [])
             session = [(b"mcp-session-id", first.header(b"mcp-session-id"))]
             with trio.fail_after(10):
                 answer = await post(port, CALL, session)
@@ -226,7 +140,7 @@ async def test_a_reset_after_the_call_was_sent_is_an_error_and_no_second_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="agentgw.access")
-    target = Target(reset)
+    target = ScriptedMcpTarget(reset)
     async with gateway_before(target) as (port, session):
         before = target.connections
         with trio.fail_after(10):
@@ -241,11 +155,11 @@ async def test_a_reset_after_the_call_was_sent_is_an_error_and_no_second_call(
 
 
 async def test_x_forwarded_for_on_mcp_ends_with_the_real_peer() -> None:
-    async def answer(stream: trio.SocketStream, conn: h11.Connection) -> None:
+    async def answer(stream: trio.SocketStream, conn: h11.Connection, _: h11.Request) -> None:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}).encode()
-        await _send(stream, conn, 200, body, b"application/json")
+        await send_response(stream, conn, 200, body, [(b"content-type", b"application/json")])
 
-    target = Target(answer)
+    target = ScriptedMcpTarget(answer)
     async with gateway_before(target) as (port, session):
         spoof = [(b"x-forwarded-for", b"1.2.3.4")]
         with trio.fail_after(10):

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from agentgw.wire.sse import SSEDecoder, SSEEvent
-from tests.e2e.support import Client, open_client, run_gateway, serve_raw
+from tests.e2e.support import Client, ScriptedMcpTarget, open_client, run_gateway, serve_raw
 from tests.e2e.test_demo_conformance import demo_process
 from tests.e2e.test_mcp_gateway import mcp_config, stdio
 
@@ -255,71 +255,31 @@ async def test_a_target_that_hangs_up_before_any_message_is_resumed_at_once() ->
     its client without waiting for a keep-alive, and resumes the target at
     once, so the result reaches the client's resumed stream."""
     hung_up_at: list[float] = []
-    call_ids: list[Any] = []
+    sse = [(b"content-type", b"text/event-stream"), (b"mcp-session-id", b"up-1")]
 
-    async def target(stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                conn.receive_data(data)
-                continue
-            if not isinstance(event, h11.Request):
-                return
-            body = b""
-            while not isinstance(ev := conn.next_event(), h11.EndOfMessage):
-                if ev is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(ev, h11.Data):
-                    body += ev.data
-            headers = dict(event.headers)
-            sse = [(b"content-type", b"text/event-stream"), (b"mcp-session-id", b"up-1")]
-            if event.method == b"GET":
-                last = headers.get(b"last-event-id")
-                if last is None:
-                    out = conn.send(h11.Response(status_code=405, headers=[]))
-                    await stream.send_all(out + conn.send(h11.EndOfMessage()))
-                    conn.start_next_cycle()
-                    continue
-                await stream.send_all(conn.send(h11.Response(status_code=200, headers=sse)))
-                if last == b"s1:0" and trio.current_time() - hung_up_at[0] < 1.0:
-                    result = {"jsonrpc": "2.0", "id": call_ids[0], "result": {"content": []}}
-                    event_text = f"id: s1:1\ndata: {json.dumps(result)}\n\n".encode()
-                    await stream.send_all(conn.send(h11.Data(data=event_text)))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
-                conn.start_next_cycle()
-                continue
-            message = json.loads(body)
-            if message.get("method") == "tools/call":
-                call_ids.append(message["id"])
-                await stream.send_all(conn.send(h11.Response(status_code=200, headers=sse)))
-                await stream.send_all(conn.send(h11.Data(data=b"id: s1:0\nretry: 5000\ndata:\n\n")))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
-                hung_up_at.append(trio.current_time())
-            elif "id" in message:
-                result = {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {"tools": {}},
-                    "serverInfo": {"name": "poller", "version": "1"},
-                }
-                data = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
-                json_headers = [
-                    (b"content-type", b"application/json"),
-                    (b"mcp-session-id", b"up-1"),
-                    (b"content-length", str(len(data)).encode()),
-                ]
-                out = conn.send(h11.Response(status_code=200, headers=json_headers))
-                await stream.send_all(out + conn.send(h11.Data(data=data.encode())))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
-            else:
-                out = conn.send(h11.Response(status_code=202, headers=[(b"content-length", b"0")]))
-                await stream.send_all(out + conn.send(h11.EndOfMessage()))
-            conn.start_next_cycle()
+    async def on_call(stream: trio.SocketStream, conn: h11.Connection, _: h11.Request) -> None:
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=sse)))
+        await stream.send_all(conn.send(h11.Data(data=b"id: s1:0\nretry: 5000\ndata:\n\n")))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        hung_up_at.append(trio.current_time())
 
-    async with serve_raw(target) as up_port:
+    async def on_get(stream: trio.SocketStream, conn: h11.Connection, req: h11.Request) -> None:
+        last = dict(req.headers).get(b"last-event-id")
+        if last is None:  # no standalone stream here
+            await stream.send_all(conn.send(h11.Response(status_code=405, headers=[])))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            return
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=sse)))
+        if last == b"s1:0" and trio.current_time() - hung_up_at[0] < 1.0:
+            call_id = target.calls[0]["id"]
+            result = {"jsonrpc": "2.0", "id": call_id, "result": {"content": []}}
+            event_text = f"id: s1:1\ndata: {json.dumps(result)}\n\n".encode()
+            await stream.send_all(conn.send(h11.Data(data=event_text)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+
+    target = ScriptedMcpTarget(on_call, on_get, call_closes=False, session_id=b"up-1")
+
+    async with serve_raw(target.serve) as up_port:
         config = mcp_config({"name": "p", "mcp": {"host": f"http://127.0.0.1:{up_port}/mcp"}})
         async with run_gateway(config) as (_, port):
             token = await _session(port)
