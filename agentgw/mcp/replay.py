@@ -13,6 +13,7 @@ a stream with a gap.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 
 import attrs
@@ -43,6 +44,7 @@ def parse_event_id(text: str) -> tuple[str, int] | None:
     return key, int(seq)
 
 
+@functools.lru_cache(maxsize=256)  # clients send the same few values
 def prefers_event_stream(accept: bytes | None) -> bool:
     """Whether an Accept header ranks ``text/event-stream`` above
     ``application/json`` (by q-value, then by order)."""

@@ -189,6 +189,12 @@ class ResumableOutbox(Outbox):
         return self.can_resume and trio.current_time() >= self.hang_up_at
 
     async def send(self, message: Message, *, final: bool) -> None:
+        is_json = final and self.stream is None and not self.prefers_sse
+        if is_json and not self._is_hang_up_due() and not self._lock.locked():
+            # A lone answer: no stream was started, so nothing else writes
+            # (and no lock round trip through the scheduler).
+            await respond_json(self.req, message)
+            return
         async with self._lock:
             is_json = final and self.stream is None and not self.prefers_sse
             if is_json and not self._is_hang_up_due():
