@@ -174,7 +174,9 @@ class Stream {
       if (line.startsWith(':')) comments += 1;
       else if (line.startsWith('data:')) data.push(line.slice(line[5] === ' ' ? 6 : 5));
     }
-    if (data.length === 0) return;
+    // No data, or an empty one: a priming event (SEP-1699: an id to resume
+    // from), not a message.
+    if (data.length === 0 || data.join('\n').trim() === '') return;
     events += 1;
     let message;
     try {
