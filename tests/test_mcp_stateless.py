@@ -228,20 +228,6 @@ def test_an_unknown_resource_is_invalid_params() -> None:
     assert stateless.to_stateless_error("resources/read", internal, "x://z") == internal
 
 
-@pytest.mark.parametrize(
-    ("accept", "sse"),
-    [
-        ("application/json, text/event-stream", False),
-        ("text/event-stream, application/json", True),
-        ("application/json;q=0.5, text/event-stream", True),
-        ("text/event-stream;q=0.1, application/json", False),
-        (None, False),
-    ],
-)
-def test_prefers_sse(accept: str | None, sse: bool) -> None:
-    assert stateless.prefers_sse(accept) is sse
-
-
 # ---------------------------------------------------------------- subscriptions/listen
 
 

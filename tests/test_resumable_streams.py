@@ -73,6 +73,7 @@ def test_prefers_event_stream_by_quality_then_order() -> None:
     assert prefers_event_stream(b"text/event-stream, application/json")
     assert not prefers_event_stream(b"application/json, text/event-stream")
     assert prefers_event_stream(b"application/json;q=0.5, text/event-stream")
+    assert not prefers_event_stream(b"text/event-stream;q=0.1, application/json")
     assert not prefers_event_stream(b"text/event-stream;q=0, application/json;q=0")
     assert prefers_event_stream(b"text/event-stream")
     assert not prefers_event_stream(None)

@@ -111,29 +111,6 @@ def status_of(code: object) -> int:
     return ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
 
 
-def _quality(item: str) -> float:
-    for param in item.split(";")[1:]:
-        name, _, value = param.strip().partition("=")
-        if name.strip().lower() == "q":
-            try:
-                return float(value)
-            except ValueError:
-                return 0.0
-    return 1.0
-
-
-def prefers_sse(accept: str | None) -> bool:
-    """Whether an Accept header ranks ``text/event-stream`` above
-    ``application/json`` (by q-value, then by order)."""
-    ranks: dict[str, tuple[float, int]] = {}
-    for position, item in enumerate((accept or "").split(",")):
-        kind = item.split(";", 1)[0].strip().lower()
-        if kind in ("application/json", "text/event-stream"):
-            ranks.setdefault(kind, (_quality(item), -position))
-    sse = ranks.get("text/event-stream")
-    return sse is not None and sse > ranks.get("application/json", (0.0, 0))
-
-
 @attrs.frozen
 class Envelope:
     """The context a 2026-07-28 request carries in ``_meta``."""

@@ -28,6 +28,7 @@ from agentgw.errors import ClientGone, HTTPError, MethodNotFound
 from agentgw.mcp import stateless, versions
 from agentgw.mcp.federation import McpRoute, params_of, route_call
 from agentgw.mcp.mrtr import INPUT_METHODS
+from agentgw.mcp.replay import prefers_event_stream
 from agentgw.mcp.stateless import Envelope, ListenFilter
 from agentgw.relay import mrtr, tasks
 from agentgw.relay.calls import Message
@@ -272,14 +273,11 @@ class StatelessOutbox(Outbox):
             if self.method == "tools/list":
                 _schemas(self.session).learn(result)
             message = {**message, "result": versions.to_stateless_result(self.method, result)}
-            if not self.inner.is_stream and stateless.prefers_sse(self._accept()):
+            accept = header_value(self.inner.req.headers, b"accept")
+            if not self.inner.is_stream and prefers_event_stream(accept):
                 await self.inner.req.send_head(200, list(SSE_HEADERS))
                 self.inner.is_stream = True
         await self.inner.send(message, final=True)
-
-    def _accept(self) -> str | None:
-        accept = header_value(self.inner.req.headers, b"accept")
-        return accept.decode("latin-1") if accept is not None else None
 
     async def _server_request(self, message: Message) -> None:
         """A target's request to the client in the middle of this call. This
