@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import attrs
@@ -43,7 +44,7 @@ from agentgw.mcp.federation import (
     params_of,
     route_call,
 )
-from agentgw.observability.tracing import Tracing
+from agentgw.observability.tracing import NOOP_CALL, UpstreamCall
 from agentgw.policy import authz
 from agentgw.relay.calls import Message, is_final
 from agentgw.relay.context import RequestContext, UpstreamHeaders
@@ -108,13 +109,13 @@ async def dispatch(
             await outbox.send(make_result(msg_id, {}), final=True)
         else:
             target, rewritten = judge_call(ctx, route, message)
-            tracing = ctx.req.tracing()
-            if tracing is None:
-                await forward(route, session, target, rewritten, headers, outbox, timeouts)
-            else:
-                await _traced_forward(
-                    ctx, tracing, route, session, target, rewritten, headers, outbox, timeouts
-                )
+            with upstream_span(ctx.req, target, rewritten, headers) as (call, out, own):
+                try:
+                    await forward(route, session, target, out, own, outbox, timeouts)
+                except HTTPError as exc:
+                    call.finish(error=exc.reason)
+                    raise
+                call.finish()
     except HTTPError as exc:
         note_failure(ctx, exc)
         if session.is_revoked:  # a target ended its session: so does the client's
@@ -122,36 +123,24 @@ async def dispatch(
         await outbox.send(exc.rpc_error(msg_id), final=True)
 
 
-async def _traced_forward(
-    ctx: RequestContext,
-    tracing: Tracing,
-    route: McpRoute,
-    session: RelaySession,
-    target: str,
-    message: Message,
-    headers: UpstreamHeaders,
-    outbox: Outbox,
-    timeouts: Timeouts,
-) -> None:
-    """``forward`` inside the gateway's own CLIENT span, whose trace context
-    goes on to the target (headers, and ``params._meta``)."""
-    method = str(message["method"])
+@contextmanager
+def upstream_span(
+    req: ServerRequest | None, target: str, message: Message, headers: UpstreamHeaders
+) -> Iterator[tuple[UpstreamCall, Message, UpstreamHeaders]]:
+    """One call to ``target`` inside the gateway's own CLIENT span (when
+    tracing is on): yields the span, and the message and headers that carry
+    its trace context (``params._meta``, ``traceparent``)."""
+    tracing = req.tracing() if req is not None else None
+    if tracing is None or req is None:
+        yield NOOP_CALL, message, headers
+        return
+    method = str(message.get("method"))
     attributes = _span_attributes(method, target)
     if method == "tools/call":
         attributes["gen_ai.tool.name"] = call_name(message) or ""
-    with tracing.upstream_call(ctx.req.span, method, attributes) as call:
-        message = call.meta(message)
-        if callable(headers):
-            per_target = headers
-            headers = lambda t: call.headers(list(per_target(t)))  # noqa: E731
-        else:
-            headers = call.headers(list(headers))
-        try:
-            await forward(route, session, target, message, headers, outbox, timeouts)
-        except HTTPError as exc:
-            call.finish(error=exc.reason)
-            raise
-        call.finish()
+    with tracing.upstream_call(req.span, method, attributes) as call:
+        own = headers(target) if callable(headers) else headers
+        yield call, call.meta(message), call.headers(list(own))
 
 
 def _span_attributes(method: str, target: str) -> dict[str, str | int]:
@@ -282,19 +271,11 @@ async def fan_out(
     With ``req`` and tracing on, each call is an upstream span of its own."""
     results: dict[str, dict[str, Any]] = {}
     errors = {t: session.dead[t] for t in messages if t in session.dead}
-    tracing = req.tracing() if req is not None else None
 
     async def one(target: str, message: Message) -> None:
         try:
-            if tracing is None or req is None:
-                reply = await session.call(target, message, headers)
-            else:
-                method = str(message.get("method"))
-                with tracing.upstream_call(
-                    req.span, method, _span_attributes(method, target)
-                ) as call:
-                    out = headers(target) if callable(headers) else headers
-                    reply = await session.call(target, call.meta(message), call.headers(list(out)))
+            with upstream_span(req, target, message, headers) as (_, out, own):
+                reply = await session.call(target, out, own)
         except UpstreamError as exc:
             logger.info("%s", exc.log_text)
             errors[target] = exc.reason
