@@ -42,6 +42,7 @@ CLIENT_CAPABILITIES_KEY = versions.META_PREFIX + "clientCapabilities"
 CLIENT_INFO_KEY = versions.META_PREFIX + "clientInfo"
 LOG_LEVEL_KEY = versions.META_PREFIX + "logLevel"
 SUBSCRIPTION_ID_KEY = versions.META_PREFIX + "subscriptionId"
+ACKNOWLEDGED = "notifications/subscriptions/acknowledged"  # a listen stream's first message
 SUPPORTED = (versions.STATELESS_REVISION,)
 
 # RFC 5424 severities, least severe first (MCP logging levels).
@@ -402,7 +403,7 @@ def acknowledgment(subscription_id: Any, honored: ListenFilter) -> Message:
     """The first message of a listen stream."""
     message = {
         "jsonrpc": "2.0",
-        "method": "notifications/subscriptions/acknowledged",
+        "method": ACKNOWLEDGED,
         "params": {"notifications": honored.describe()},
     }
     return tagged(message, subscription_id)

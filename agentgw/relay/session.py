@@ -33,6 +33,7 @@ from agentgw.config.model import McpTarget
 from agentgw.errors import HTTPError, UpstreamError, UpstreamUnavailable
 from agentgw.mcp.federation import McpRoute, outbound
 from agentgw.mcp.ids import IdMap, IdMapFull
+from agentgw.mcp.stateless import SUBSCRIPTION_ID_KEY
 from agentgw.relay.calls import CHANNEL_SIZE, Call, Headers, Message, Pending, hashable, is_final
 from agentgw.relay.resume import SessionStreams
 from agentgw.upstream.mcp._common import UpstreamSessionGone
@@ -203,6 +204,8 @@ class RelaySession:
         pending = self._progress_of(target, message)
         if pending is not None:
             await pending.deliver(self._client_progress(pending, message))
+        elif (pending := self._subscription_of(target, message)) is not None:
+            await pending.deliver(message)
         elif self.is_shared:
             self.broadcast(outbound(self.route, target, message, ""))
         else:
@@ -254,6 +257,17 @@ class RelaySession:
         if message.get("method") != "notifications/progress" or not isinstance(params, dict):
             return None
         return self._progress.get((target, hashable(params.get("progressToken"))))
+
+    def _subscription_of(self, target: str, message: Message) -> Pending | None:
+        """The listen request (2026-07-28) that a notification belongs to:
+        a target that answers through a reader tags it with that request's
+        id, as the gateway sent it."""
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        tag = meta.get(SUBSCRIPTION_ID_KEY) if isinstance(meta, dict) else None
+        if isinstance(tag, str) and tag.isdigit():
+            tag = int(tag)
+        return self._pending.get((target, tag)) if isinstance(tag, int) else None
 
     @staticmethod
     def _client_progress(pending: Pending, message: Message) -> Message:

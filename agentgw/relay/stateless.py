@@ -26,12 +26,12 @@ import trio
 
 from agentgw.errors import ClientGone, HTTPError, MethodNotFound
 from agentgw.mcp import stateless, versions
-from agentgw.mcp.federation import McpRoute, params_of, route_call
+from agentgw.mcp.federation import McpRoute, outbound, params_of, route_call
 from agentgw.mcp.mrtr import INPUT_METHODS
 from agentgw.mcp.replay import prefers_event_stream
 from agentgw.mcp.stateless import Envelope, ListenFilter
 from agentgw.relay import mrtr, tasks
-from agentgw.relay.calls import Message
+from agentgw.relay.calls import Message, is_final
 from agentgw.relay.context import RequestContext, UpstreamHeaders
 from agentgw.relay.dispatch import dispatch, list_all
 from agentgw.relay.outbox import JSON, SSE_HEADERS, Outbox, PostOutbox, dumps, respond_json
@@ -98,7 +98,7 @@ async def serve(
         return
     outbox = StatelessOutbox(PostOutbox(ctx.req), message, envelope, session, headers)
     timeouts = ep.timeouts(ctx)
-    if tasks.is_about_tasks(message):  # to targets that speak 2026-07-28 (relay/tasks.py)
+    if tasks.is_native_method(message):  # to targets that speak 2026-07-28 (relay/tasks.py)
         relayed = False
 
         async def native() -> None:
@@ -314,11 +314,15 @@ async def listen(
     message: Message,
     headers: UpstreamHeaders,
 ) -> None:
-    """A ``subscriptions/listen`` stream: the shared session's server stream,
-    filtered to what the client asked for and tagged with its id. Resource
-    subscriptions are made upstream with ``resources/subscribe``, counted
-    per session, and dropped with ``resources/unsubscribe`` when the last
-    stream that wanted them ends."""
+    """A ``subscriptions/listen`` stream, filtered to what the client asked
+    for and tagged with its id. It hears the shared session's server stream;
+    resource subscriptions there are made with ``resources/subscribe``,
+    counted per session, and dropped with ``resources/unsubscribe`` when the
+    last stream that wanted them ends. A target that speaks 2026-07-28 is
+    also listened to as it is (``subscriptions/listen`` on the route's native
+    session, ``relay/tasks.py``): the calls that change its lists go there,
+    and so do its notifications. The client's acknowledgment waits for the
+    targets' own, so that nothing said after it is missed."""
     msg_id = message["id"]
     try:
         wanted = ListenFilter.from_params(message.get("params"))
@@ -327,28 +331,45 @@ async def listen(
         return
     honored = wanted.honored((session.init_result or {}).get("capabilities"))
     ctx.record.extra["mcp.subscription"] = str(msg_id)
+    native = await _native(ep, route, headers)
+    natives = native.discovered if native is not None else {}
+    readable = _readable(ctx, route, honored.uris)
     subscribed: list[str] = []
     async with session.get_stream() as upstream:
         try:
-            for uri in sorted(honored.uris):
-                if _may_read(ctx, route, uri) and await _subscribe(route, session, uri, headers):
+            for uri in sorted(readable):
+                if readable[uri][0] in natives:
+                    continue
+                if await _subscribe(route, session, uri, headers):
                     subscribed.append(uri)
-            honored = attrs.evolve(honored, uris=frozenset(subscribed))
             send, receive = trio.open_memory_channel[Message](LISTEN_QUEUE)
+            ended = _result(msg_id, stateless.listen_result(msg_id))
 
             async def pump() -> None:
-                async with send:
-                    async for note in upstream:
-                        if honored.accepts(note):
-                            await send.send(stateless.tagged(note, msg_id))
-                    # The shared session ended: the listen request's result
-                    # tells the client the stream closed on purpose.
-                    await send.send(_result(msg_id, stateless.listen_result(msg_id)))
+                async for note in upstream:
+                    if not honored.accepts(note):
+                        continue
+                    if not await _put(send, stateless.tagged(note, msg_id)):
+                        return
+                # The shared session ended: the listen request's result
+                # tells the client the stream closed on purpose.
+                await _end(send, ended)
 
-            first = encode_event(dumps(stateless.acknowledgment(msg_id, honored)).decode())
             gone: ClientGone | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
+                heard = list(subscribed)
+                for target in sorted(natives):
+                    assert native is not None
+                    mine = {u: inner for u, (t, inner) in readable.items() if t == target}
+                    asked = attrs.evolve(honored, uris=frozenset(mine))
+                    listening = ListenTo(native.session, route, target, message, headers)
+                    if asked.describe() and await nursery.start(
+                        listening.run, asked, sorted(mine.values()), send, ended
+                    ):
+                        heard.extend(mine)
+                honored = attrs.evolve(honored, uris=frozenset(heard))
+                first = encode_event(dumps(stateless.acknowledgment(msg_id, honored)).decode())
                 try:
                     await ep.streams.serve_sse(ctx.req, receive, first=first)
                 except ClientGone as exc:  # raised after the nursery, not in a group
@@ -364,15 +385,109 @@ async def listen(
                     await _unsubscribe(route, session, uri, headers)
 
 
-def _may_read(ctx: RequestContext, route: McpRoute, uri: str) -> bool:
-    """Whether the route knows ``uri`` and ``mcpAuthorization`` lets the
-    caller read it: a resource it may not read is not subscribed to."""
-    ask: Message = {"jsonrpc": "2.0", "method": "resources/subscribe", "params": {"uri": uri}}
+async def _native(
+    ep: McpEndpoint, route: McpRoute, headers: UpstreamHeaders
+) -> tasks.Native | None:
+    """The route's native session, or None if it could not start."""
     try:
-        target, ask = route_call(route, ask)
-    except HTTPError:
+        return await ep.natives.get(route, headers)
+    except HTTPError as exc:
+        logger.info("listening without the native session: %s", exc.log_text)
+        return None
+
+
+async def _put(send: trio.MemorySendChannel[Message], message: Message) -> bool:
+    """Queue ``message`` for the client; False once the stream has ended."""
+    try:
+        await send.send(message)
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
         return False
-    return ctx.allows("resources/subscribe", "resource", params_of(ask)["uri"], target)
+    return True
+
+
+async def _end(send: trio.MemorySendChannel[Message], ended: Message) -> None:
+    """End the client's stream with the listen request's result (once)."""
+    if await _put(send, ended):
+        send.close()
+
+
+@attrs.frozen
+class ListenTo:
+    """A client's listen stream, relayed to one native target."""
+
+    session: RelaySession
+    route: McpRoute
+    target: str
+    request: Message
+    headers: UpstreamHeaders
+
+    async def run(
+        self,
+        asked: ListenFilter,
+        target_uris: list[str],
+        send: trio.MemorySendChannel[Message],
+        ended: Message,
+        *,
+        task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Started (True) once the target acknowledged, (False) if it did
+        not. When the target ends its stream, so does the client's, which
+        may listen again."""
+        wanted = asked.describe()
+        if target_uris:
+            wanted["resourceSubscriptions"] = target_uris
+        meta = params_of(self.request).get("_meta")
+        ask = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "subscriptions/listen",
+            "params": {"_meta": meta, "notifications": wanted},
+        }
+        routed = tasks.with_routing(self.headers, "subscriptions/listen", None)
+        started = False
+        try:
+            async with self.session.request(self.target, ask, routed) as call:
+                with trio.move_on_after(tasks.DISCOVER_TIMEOUT):
+                    while not started:
+                        first = await call.next()
+                        if is_final(first):
+                            break
+                        started = first.get("method") == stateless.ACKNOWLEDGED
+                if not started:
+                    logger.info("target %s did not acknowledge subscriptions/listen", self.target)
+                    task_status.started(False)
+                    return
+                task_status.started(True)
+                while not is_final(note := await call.next()):
+                    note = outbound(self.route, self.target, note, "")
+                    tagged = stateless.tagged(note, self.request["id"])
+                    if asked.accepts(note) and not await _put(send, tagged):
+                        return
+        except HTTPError as exc:
+            logger.info("target %s: subscriptions/listen failed: %s", self.target, exc.log_text)
+            if not started:
+                task_status.started(False)
+                return
+        await _end(send, ended)
+
+
+def _readable(
+    ctx: RequestContext, route: McpRoute, uris: frozenset[str]
+) -> dict[str, tuple[str, str]]:
+    """Of ``uris``, those the route knows and ``mcpAuthorization`` lets the
+    caller read, each with its target and the target's own URI: a resource
+    the caller may not read is not subscribed to."""
+    out = {}
+    for uri in uris:
+        ask: Message = {"jsonrpc": "2.0", "method": "resources/subscribe", "params": {"uri": uri}}
+        try:
+            target, ask = route_call(route, ask)
+        except HTTPError:
+            continue
+        inner = params_of(ask)["uri"]
+        if ctx.allows("resources/subscribe", "resource", inner, target):
+            out[uri] = (target, inner)
+    return out
 
 
 def _subscription_counts(session: RelaySession) -> dict[str, int]:

@@ -51,25 +51,14 @@ TASK_METHODS = frozenset(
     {"tasks/get", "tasks/update", "tasks/cancel", "tasks/result", "tasks/list"}
 )
 DISCOVER_TIMEOUT = 10.0
-MAX_PAGES = 10
 
 
-def declares_tasks(message: Message) -> bool:
-    caps = mrtr.client_capabilities(message)
-    extensions = caps.get("extensions")
-    return isinstance(extensions, dict) and isinstance(extensions.get(EXTENSION), dict)
-
-
-def is_about_tasks(message: Message) -> bool:
-    """A request that may be about tasks: a ``tasks/*`` method, a call whose
-    client declared the extension, or a tool call (the tool may run only as
-    a task; ``relay`` decides)."""
+def is_native_method(message: Message) -> bool:
+    """A request that goes to a target as it is when the target speaks
+    2026-07-28: a ``tasks/*`` method, or a call that may take input or run
+    as a task (``tools/call``, ``prompts/get``, ``resources/read``)."""
     method = message.get("method")
-    return (
-        method in TASK_METHODS
-        or method == "tools/call"
-        or (method in mrtr_core.INPUT_METHODS and declares_tasks(message))
-    )
+    return method in TASK_METHODS or method in mrtr_core.INPUT_METHODS
 
 
 @attrs.frozen
@@ -78,8 +67,6 @@ class Native:
 
     session: RelaySession
     discovered: dict[str, dict[str, Any]]
-    # target -> its tools that run only as tasks (``execution.taskSupport``)
-    task_only: dict[str, frozenset[str]] = attrs.field(factory=dict)
 
 
 @attrs.define(eq=False)
@@ -118,7 +105,7 @@ class NativeSessions:
             except UpstreamError as exc:
                 raise UpstreamError(exc.reason, status=503, detail=exc.detail) from exc
             discovered = await _discover(session, headers)
-            native = Native(session, discovered, await _task_only_tools(session, headers))
+            native = Native(session, discovered)
             if not discovered:
                 # No target speaks 2026-07-28: nothing goes this way, and the
                 # probe's session (a child process, for stdio) ends now.
@@ -164,61 +151,10 @@ async def _discover(session: RelaySession, headers: UpstreamHeaders) -> dict[str
     return found
 
 
-async def _task_only_tools(
-    session: RelaySession, headers: UpstreamHeaders
-) -> dict[str, frozenset[str]]:
-    """Each native target's tools that run only as tasks: a client that did
-    not declare the extension is refused those by the target itself (-32021),
-    so such calls go the native way too. Read once, at most MAX_PAGES pages."""
-    found: dict[str, frozenset[str]] = {}
-    meta = {
-        versions.META_PREFIX + "protocolVersion": versions.STATELESS_REVISION,
-        versions.META_PREFIX + "clientCapabilities": {"extensions": {EXTENSION: {}}},
-    }
-
-    async def one(target: str) -> None:
-        names_: set[str] = set()
-        cursor = None
-        with trio.move_on_after(DISCOVER_TIMEOUT):
-            for _ in range(MAX_PAGES):
-                params: dict[str, Any] = {"_meta": meta}
-                if cursor is not None:
-                    params["cursor"] = cursor
-                probe = {"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": params}
-                try:
-                    reply = await session.call(
-                        target, probe, with_routing(headers, "tools/list", None)
-                    )
-                except UpstreamError as exc:
-                    logger.info("target %s: tools/list failed: %s", target, exc.log_text)
-                    break
-                result = reply.get("result")
-                if not isinstance(result, dict):
-                    break
-                for tool in result.get("tools") or ():
-                    execution = tool.get("execution") if isinstance(tool, dict) else None
-                    if isinstance(execution, dict) and execution.get("taskSupport") == "required":
-                        names_.add(str(tool.get("name")))
-                cursor = result.get("nextCursor")
-                if not isinstance(cursor, str):
-                    break
-        found[target] = frozenset(names_)
-
-    async with trio.open_nursery() as nursery:
-        for target in list(session.transports):
-            nursery.start_soon(one, target)
-    return found
-
-
-def with_routing(
-    headers: UpstreamHeaders,
-    method: str,
-    name: str | None,
-    params: list[tuple[bytes, bytes]] | None = None,
-) -> UpstreamHeaders:
-    """``headers`` with the 2026-07-28 routing headers of a request (and the
-    client's ``Mcp-Param-*`` headers, which name the call's arguments)."""
-    extra = [(b"mcp-method", method.encode()), *(params or ())]
+def with_routing(headers: UpstreamHeaders, method: str, name: str | None) -> UpstreamHeaders:
+    """``headers`` with the 2026-07-28 routing headers of a request (the
+    client's ``Mcp-Param-*`` headers are among ``headers`` already)."""
+    extra = [(b"mcp-method", method.encode())]
     if name is not None:
         extra.append((b"mcp-name", name.encode("utf-8")))
     if callable(headers):
@@ -285,7 +221,7 @@ async def relay(
 ) -> bool:
     """Relay a 2026-07-28 request about tasks to its native target; False
     when it is not about tasks or its target does not speak 2026-07-28."""
-    if not is_about_tasks(message):
+    if not is_native_method(message):
         return False
     method = str(message.get("method"))
     msg_id = message.get("id")
@@ -330,15 +266,13 @@ async def relay(
         name = mrtr_core_name(rewritten)
         if target not in native.discovered:
             return False
-        if not declares_tasks(message) and name not in native.task_only.get(target, ()):
-            return False
         await mrtr.call(
             flights,
             ctx,
             route,
             native.session,
             message,
-            with_routing(headers, method, name, _param_headers(ctx)),
+            with_routing(headers, method, name),
             TaskIdOutbox(outbox, route, target),
             timeouts,
             native=True,
@@ -348,10 +282,6 @@ async def relay(
         note_failure(ctx, exc)
         await outbox.send(exc.rpc_error(msg_id), final=True)
         return True
-
-
-def _param_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
-    return [(n, v) for n, v in ctx.req.headers if n.lower().startswith(b"mcp-param-")]
 
 
 def mrtr_core_name(message: Message) -> str | None:

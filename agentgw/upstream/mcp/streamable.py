@@ -39,6 +39,7 @@ from agentgw.errors import UpstreamError
 from agentgw.mcp.versions import is_stateless_revision
 from agentgw.tls import ClientTLS
 from agentgw.upstream.mcp._common import (
+    MAX_MESSAGE_SIZE,
     Answer,
     Inbox,
     Message,
@@ -97,7 +98,7 @@ class _Stream:
     answered: bool = False
     events: int = 0
 
-    def learn(self, decoder: SSEDecoder) -> None:
+    def learn(self, decoder: SSEDecoder | JsonLines) -> None:
         if decoder.last_event_id:
             self.last_event_id = decoder.last_event_id
         if decoder.retry is not None:
@@ -118,6 +119,40 @@ def _event_messages(
 
 
 @attrs.define(eq=False)
+class JsonLines:
+    """A streamed JSON answer read as SSE: one ``message`` event per line.
+    Some servers stream a long-lived answer (``subscriptions/listen``) as
+    ``application/json`` with one message per line; ``_SseAnswer`` reads it
+    with this in place of its SSE decoder. No event ids: never resumed."""
+
+    max_line_bytes: int = MAX_MESSAGE_SIZE
+    buffer: bytearray = attrs.field(factory=bytearray)
+    last_event_id: str = ""
+    retry: int | None = None
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        start = len(self.buffer)
+        self.buffer += data
+        end = self.buffer.rfind(b"\n", start)
+        if end < 0:
+            if len(self.buffer) > self.max_line_bytes:
+                raise UpstreamError(f"a line larger than {self.max_line_bytes} bytes")
+            return []
+        lines = self.buffer[:end].split(b"\n")
+        del self.buffer[: end + 1]
+        return [_line_event(line) for line in lines if line.strip()]
+
+    def finish(self) -> list[SSEEvent]:
+        """The last line, if the body did not end with a line end."""
+        last, self.buffer = self.buffer, bytearray()
+        return [_line_event(last)] if last.strip() else []
+
+
+def _line_event(line: bytes | bytearray) -> SSEEvent:
+    return SSEEvent(data=line.decode("utf-8", "replace"))
+
+
+@attrs.define(eq=False)
 class _SseAnswer:
     """The SSE answer to one POSTed request, read by the caller: a state
     machine, so that ``next`` can be cancelled and called again. A stream
@@ -127,7 +162,7 @@ class _SseAnswer:
     transport: StreamableTransport
     stream: _Stream
     ex: Exchange | None
-    decoder: SSEDecoder = attrs.field(factory=new_decoder)
+    decoder: SSEDecoder | JsonLines = attrs.field(factory=new_decoder)
     queue: collections.deque[Message] = attrs.field(factory=collections.deque)
     resumes: int = 0
     is_done: bool = False
@@ -158,6 +193,8 @@ class _SseAnswer:
                 continue
             if chunk is None:  # the stream ended
                 self._drop()
+                if isinstance(self.decoder, JsonLines):
+                    self._take(self.decoder.finish())
                 if not stream.answered and stream.last_event_id is not None:
                     hung_up()  # the server asks its client to poll
                 continue
@@ -166,11 +203,13 @@ class _SseAnswer:
             except UpstreamError as exc:  # an oversized or broken event
                 self.close()
                 return self._give_up(transport._failed(stream.request_id, exc))
-            for event in events:
-                self.queue.extend(
-                    _event_messages(event, stream, transport.target, transport.log_prefix)
-                )
-            stream.learn(self.decoder)
+            self._take(events)
+
+    def _take(self, events: list[SSEEvent]) -> None:
+        stream, target = self.stream, self.transport.target
+        for event in events:
+            self.queue.extend(_event_messages(event, stream, target, self.transport.log_prefix))
+        stream.learn(self.decoder)
 
     async def _resume(self) -> Exchange | None:
         stream = self.stream
@@ -356,7 +395,10 @@ class StreamableTransport:
                 if is_event_stream(response):
                     handed_over = True  # the answer releases the exchange
                     return Answer(messages, _SseAnswer(self, stream, ex))
-                await self._read_json_answer(ex, stream, response, messages)
+                lines = await self._read_json_answer(ex, stream, response, messages)
+                if lines is not None:
+                    handed_over = True
+                    return Answer(messages, _SseAnswer(self, stream, ex, lines))
             finally:
                 if not handed_over:
                     ex.release()
@@ -397,14 +439,18 @@ class StreamableTransport:
         stream: _Stream,
         response: UpstreamResponse,
         answers: collections.deque[Message],
-    ) -> None:
+    ) -> JsonLines | None:
+        """Read a JSON answer into ``answers``. One whose first line is a
+        whole message that is not the response is a stream of JSON lines:
+        its complete lines go into ``answers``, and its decoder is returned,
+        for the caller to read the rest."""
         if not is_success(response):
             body = await read_body(self.target, ex, limit=65536)
             for message in _messages(body):
                 if is_response_to(message, stream.request_id):
                     stream.answered = True
                     answers.append(message)
-                    return
+                    return None
             summary = f": {printable(body, 200)}" if body else ""
             raise UpstreamError(
                 "upstream protocol error",
@@ -416,11 +462,30 @@ class StreamableTransport:
                 "upstream protocol error",
                 detail=f"target {self.target}: content type {kind.decode('latin-1')!r}",
             )
-        body = await read_body(self.target, ex)
+        chunks: list[bytes] = []
+        size = 0
+        first_line: list[Message] | None = None  # the messages of the body's first line
+        while (chunk := await ex.next_chunk(SHORT_TIMEOUT)) is not None:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_MESSAGE_SIZE:
+                limit = MAX_MESSAGE_SIZE
+                raise UpstreamError(f"target {self.target}: response larger than {limit} bytes")
+            if first_line is None and b"\n" in chunk:
+                head = b"".join(chunks)
+                first_line = _messages(head[: head.index(b"\n")])
+                if first_line and not any(is_response_to(m, stream.request_id) for m in first_line):
+                    lines = JsonLines()
+                    for event in lines.feed(head):
+                        answers.extend(_event_messages(event, stream, self.target, self.log_prefix))
+                    return lines
+        body = b"".join(chunks)
         if not body.strip():
-            return
+            return None
         try:
-            messages = decode(body)
+            messages = (
+                first_line if first_line and not body[body.index(b"\n") :].strip() else decode(body)
+            )
         except ValueError as exc:
             raise UpstreamError(
                 "upstream protocol error", detail=f"target {self.target}: not JSON-RPC: {exc}"
@@ -428,6 +493,7 @@ class StreamableTransport:
         for message in messages:
             stream.answered = stream.answered or is_response_to(message, stream.request_id)
             answers.append(message)
+        return None
 
     async def _read_stream(self, ex: Exchange, stream: _Stream) -> AsyncGenerator[Message, None]:
         """The messages of one SSE stream (the GET stream's); ``stream``
