@@ -93,6 +93,15 @@ def to_stateless_result(method: str, result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def protocol_meta(params: dict[str, Any]) -> dict[str, Any]:
+    """The 2026-07-28 envelope of a request: its ``_meta``'s
+    ``io.modelcontextprotocol/*`` keys."""
+    meta = params.get("_meta")
+    if not isinstance(meta, dict):
+        return {}
+    return {k: v for k, v in meta.items() if str(k).startswith(META_PREFIX)}
+
+
 def strip_protocol_meta(params: dict[str, Any]) -> dict[str, Any]:
     """Drop the 2026-07-28 envelope (``io.modelcontextprotocol/*`` keys of
     ``_meta``) before a request goes to an upstream on an older revision."""

@@ -94,3 +94,15 @@ class RequestContext:
         token = (b"authorization", b"Bearer " + identity.token.encode("latin-1"))
         with_token = [*(h for h in headers if h[0] != b"authorization"), token]
         return lambda target: with_token if target in passthrough_targets else headers
+
+
+def with_routing(headers: UpstreamHeaders, method: str, name: str | None) -> UpstreamHeaders:
+    """``headers`` with the 2026-07-28 routing headers of a request (the
+    client's ``Mcp-Param-*`` headers are among ``headers`` already)."""
+    extra = [(b"mcp-method", method.encode())]
+    if name is not None:
+        extra.append((b"mcp-name", name.encode("utf-8")))
+    if callable(headers):
+        base = headers
+        return lambda target: [*base(target), *extra]
+    return [*headers, *extra]

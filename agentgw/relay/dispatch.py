@@ -47,7 +47,7 @@ from agentgw.mcp.federation import (
 from agentgw.observability.tracing import NOOP_CALL, UpstreamCall
 from agentgw.policy import authz
 from agentgw.relay.calls import Message, is_final
-from agentgw.relay.context import RequestContext, UpstreamHeaders
+from agentgw.relay.context import RequestContext, UpstreamHeaders, with_routing
 from agentgw.relay.outbox import Outbox
 from agentgw.relay.session import RelaySession
 from agentgw.server.connection import ServerRequest
@@ -63,6 +63,26 @@ class Timeouts:
     first_reply: float = 300.0
     whole: float = math.inf
     keepalive: float = 15.0
+
+
+@attrs.frozen
+class NativeTargets:
+    """The targets of a shared session's fan-out that speak 2026-07-28: they
+    get the client's request as it is, envelope and routing headers
+    included, on their own session (``relay/tasks.py``)."""
+
+    session: RelaySession
+    names: frozenset[str]
+    envelope: dict[str, Any]  # the protocol keys of the client's ``_meta``
+
+    def has(self, target: str) -> bool:
+        return target in self.names and target in self.session.transports
+
+    def message(self, message: Message) -> Message:
+        params = params_of(message)
+        meta = params.get("_meta")
+        meta = {**(meta if isinstance(meta, dict) else {}), **self.envelope}
+        return {**message, "params": {**params, "_meta": meta}}
 
 
 def make_result(msg_id: Any, result: Any) -> Message:
@@ -81,8 +101,10 @@ async def dispatch(
     headers: UpstreamHeaders,
     outbox: Outbox,
     timeouts: Timeouts,
+    native: NativeTargets | None = None,
 ) -> None:
-    """Handle one client message; answers go to ``outbox``."""
+    """Handle one client message; answers go to ``outbox``. ``native``: the
+    targets that a list goes to as it came (a 2026-07-28 request)."""
     method = message.get("method")
     if method is None:  # the client's answer to a server-to-client request
         await session.answer(message, headers)
@@ -100,7 +122,7 @@ async def dispatch(
         elif method == "ping":
             await outbox.send(make_result(msg_id, {}), final=True)
         elif method in LIST_METHODS:
-            listed = await list_all(ctx, route, session, message, headers)
+            listed = await list_all(ctx, route, session, message, headers, native)
             if session.is_revoked:
                 raise session_gone()
             await outbox.send(listed, final=True)
@@ -231,6 +253,7 @@ async def list_all(
     session: RelaySession,
     message: Message,
     headers: UpstreamHeaders,
+    native: NativeTargets | None = None,
 ) -> Message:
     """A list method, from every target, merged with federated cursors."""
     method = str(message["method"])
@@ -239,7 +262,8 @@ async def list_all(
         state = merge.targets_to_query(cursor or None, route.target_names)
     except ValueError:
         raise InvalidParams("invalid cursor") from None
-    pages, errors = await fan_out(session, list_messages(message, state), headers, req=ctx.req)
+    messages = list_messages(message, state)
+    pages, errors = await fan_out(session, messages, headers, req=ctx.req, native=native)
     rules = ctx.rules
     if rules is not None:  # mcpAuthorization: each item judged on its own
         key, kind = LIST_KINDS[method]
@@ -266,16 +290,29 @@ async def fan_out(
     headers: UpstreamHeaders,
     *,
     req: ServerRequest | None = None,
+    native: NativeTargets | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Send each target its message at once; collect results and errors.
-    With ``req`` and tracing on, each call is an upstream span of its own."""
+    With ``req`` and tracing on, each call is an upstream span of its own.
+    ``native`` targets get theirs on their own session."""
     results: dict[str, dict[str, Any]] = {}
     errors = {t: session.dead[t] for t in messages if t in session.dead}
+    natives = {t for t in messages if native is not None and native.has(t)}
+    for target in natives:
+        errors.pop(target, None)
 
     async def one(target: str, message: Message) -> None:
         try:
-            with upstream_span(req, target, message, headers) as (_, out, own):
-                reply = await session.call(target, out, own)
+            if target in natives:
+                assert native is not None
+                message = native.message(message)
+                method = str(message.get("method"))
+                routed = with_routing(headers, method, None)
+                with upstream_span(req, target, message, routed) as (_, out, own):
+                    reply = await native.session.call(target, out, own)
+            else:
+                with upstream_span(req, target, message, headers) as (_, out, own):
+                    reply = await session.call(target, out, own)
         except UpstreamError as exc:
             logger.info("%s", exc.log_text)
             errors[target] = exc.reason
@@ -289,14 +326,14 @@ async def fan_out(
 
     if len(messages) == 1:  # no nursery for one target
         ((target, message),) = messages.items()
-        if target in session.transports:
+        if target in session.transports or target in natives:
             await one(target, message)
         elif target not in errors:
             errors[target] = "upstream unavailable"
         return results, errors
     async with trio.open_nursery() as nursery:
         for target, message in messages.items():
-            if target in session.transports:
+            if target in session.transports or target in natives:
                 nursery.start_soon(one, target, message)
             elif target not in errors:
                 errors[target] = "upstream unavailable"

@@ -26,14 +26,14 @@ import trio
 
 from agentgw.errors import ClientGone, HTTPError, MethodNotFound
 from agentgw.mcp import stateless, versions
-from agentgw.mcp.federation import McpRoute, outbound, params_of, route_call
+from agentgw.mcp.federation import LIST_METHODS, McpRoute, outbound, params_of, route_call
 from agentgw.mcp.mrtr import INPUT_METHODS
 from agentgw.mcp.replay import prefers_event_stream
 from agentgw.mcp.stateless import Envelope, ListenFilter
 from agentgw.relay import mrtr, tasks
 from agentgw.relay.calls import Message, is_final
-from agentgw.relay.context import RequestContext, UpstreamHeaders
-from agentgw.relay.dispatch import dispatch, list_all
+from agentgw.relay.context import RequestContext, UpstreamHeaders, with_routing
+from agentgw.relay.dispatch import NativeTargets, dispatch, list_all
 from agentgw.relay.outbox import JSON, SSE_HEADERS, Outbox, PostOutbox, dumps, respond_json
 from agentgw.relay.session import RelaySession
 from agentgw.wire.http import header_value
@@ -101,13 +101,13 @@ async def serve(
     if tasks.is_native_method(message):  # to targets that speak 2026-07-28 (relay/tasks.py)
         relayed = False
 
-        async def native() -> None:
+        async def as_it_is() -> None:
             nonlocal relayed
             relayed = await tasks.relay(
                 ep.natives, ep.flights, ctx, route, message, headers, outbox, timeouts
             )
 
-        await ctx.req.run_watched(native)
+        await ctx.req.run_watched(as_it_is)
         if relayed:
             return
     if method in INPUT_METHODS:  # may take input_required rounds (relay/mrtr.py)
@@ -117,11 +117,17 @@ async def serve(
 
         await ctx.req.run_watched(rounds)
         return
-    # Without the envelope: the targets speak an older revision.
+    native = None
+    if method in LIST_METHODS:  # from targets that speak 2026-07-28 as it is
+        found = await _native(ep, route, headers)
+        if found is not None and found.discovered:
+            meta = versions.protocol_meta(params_of(message))
+            native = NativeTargets(found.session, frozenset(found.discovered), meta)
+    # Without the envelope: the other targets speak an older revision.
     bare = {**message, "params": versions.strip_protocol_meta(params_of(message))}
 
     async def work() -> None:
-        await dispatch(ctx, route, session, bare, headers, outbox, timeouts)
+        await dispatch(ctx, route, session, bare, headers, outbox, timeouts, native)
 
     await ctx.req.run_watched(work)
 
@@ -443,7 +449,7 @@ class ListenTo:
             "method": "subscriptions/listen",
             "params": {"_meta": meta, "notifications": wanted},
         }
-        routed = tasks.with_routing(self.headers, "subscriptions/listen", None)
+        routed = with_routing(self.headers, "subscriptions/listen", None)
         started = False
         try:
             async with self.session.request(self.target, ask, routed) as call:

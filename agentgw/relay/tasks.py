@@ -1,18 +1,20 @@
-"""The tasks extension (``io.modelcontextprotocol/tasks``, SEP-2663) relayed
-to targets that speak 2026-07-28.
+"""2026-07-28 requests relayed as they are to the targets that speak it,
+and the tasks extension (``io.modelcontextprotocol/tasks``, SEP-2663).
 
-How this works: tasks exist only in 2026-07-28, so a target must be reached
-on that revision for them, not through the shared 2025-11-25 session. Each
-route gets one more upstream session (``NativeSessions``), never
-initialized: its transports send 2026-07-28 requests as they are (their
-``_meta`` envelope, ``Mcp-Method`` and ``Mcp-Name``), and at its start each
-target is asked ``server/discover``; those that list 2026-07-28 are native.
-A 2026-07-28 request goes there when it is about tasks: a ``tasks/*``
-method, or a call whose client declared the extension (the target may then
-answer with a task). Task ids are federated like names: with several
-targets, ``<target>_<id>`` (``mcp/names.py``); with one, as the target says.
-A target's ``input_required`` results on that path are relayed with a
-sealed ``requestState`` (``relay/mrtr.py``).
+How this works: the shared 2025-11-25 session cannot carry what only
+2026-07-28 has (tasks, a target's own ``input_required`` rounds, its
+``-32021`` refusals, its listen streams), so each route gets one more
+upstream session (``NativeSessions``), never initialized: its transports
+send 2026-07-28 requests as they are (their ``_meta`` envelope,
+``Mcp-Method`` and ``Mcp-Name``), and at its start each target is asked
+``server/discover``; those that list 2026-07-28 are native. A native
+target gets every request of a 2026-07-28 client there: ``tasks/*``, calls
+and completions here (``relay``), lists in the fan-out
+(``dispatch.NativeTargets``), listen streams in ``relay/stateless.py``. Task
+ids are federated like names: with several targets, ``<target>_<id>``
+(``mcp/names.py``); with one, as the target says. A target's
+``input_required`` results are relayed with a sealed ``requestState``
+(``relay/mrtr.py``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from agentgw.mcp import names, versions
 from agentgw.mcp.federation import McpRoute, params_of, route_call
 from agentgw.relay import mrtr
 from agentgw.relay.calls import Message
-from agentgw.relay.context import RequestContext, UpstreamHeaders
-from agentgw.relay.dispatch import Timeouts, forward, note_failure
+from agentgw.relay.context import RequestContext, UpstreamHeaders, with_routing
+from agentgw.relay.dispatch import Timeouts, forward, judge_call, note_failure
 from agentgw.relay.manager import SessionManager
 from agentgw.relay.outbox import Outbox
 from agentgw.relay.session import RelaySession
@@ -50,15 +52,17 @@ EXTENSION = "io.modelcontextprotocol/tasks"
 TASK_METHODS = frozenset(
     {"tasks/get", "tasks/update", "tasks/cancel", "tasks/result", "tasks/list"}
 )
+COMPLETE = "completion/complete"
 DISCOVER_TIMEOUT = 10.0
 
 
 def is_native_method(message: Message) -> bool:
-    """A request that goes to a target as it is when the target speaks
-    2026-07-28: a ``tasks/*`` method, or a call that may take input or run
-    as a task (``tools/call``, ``prompts/get``, ``resources/read``)."""
+    """A request that goes to its target as it is when the target speaks
+    2026-07-28: a ``tasks/*`` method, a call that may take input or run as
+    a task (``tools/call``, ``prompts/get``, ``resources/read``), or a
+    completion. (Lists go there too, in a fan-out: ``dispatch.NativeTargets``.)"""
     method = message.get("method")
-    return method in TASK_METHODS or method in mrtr_core.INPUT_METHODS
+    return method in TASK_METHODS or method in mrtr_core.INPUT_METHODS or method == COMPLETE
 
 
 @attrs.frozen
@@ -151,18 +155,6 @@ async def _discover(session: RelaySession, headers: UpstreamHeaders) -> dict[str
     return found
 
 
-def with_routing(headers: UpstreamHeaders, method: str, name: str | None) -> UpstreamHeaders:
-    """``headers`` with the 2026-07-28 routing headers of a request (the
-    client's ``Mcp-Param-*`` headers are among ``headers`` already)."""
-    extra = [(b"mcp-method", method.encode())]
-    if name is not None:
-        extra.append((b"mcp-name", name.encode("utf-8")))
-    if callable(headers):
-        base = headers
-        return lambda target: [*base(target), *extra]
-    return [*headers, *extra]
-
-
 def extensions_of(native: Native) -> dict[str, Any]:
     """The extensions the native targets offer (for ``server/discover``)."""
     out: dict[str, Any] = {}
@@ -219,8 +211,8 @@ async def relay(
     outbox: Outbox,
     timeouts: Timeouts,
 ) -> bool:
-    """Relay a 2026-07-28 request about tasks to its native target; False
-    when it is not about tasks or its target does not speak 2026-07-28."""
+    """Relay a 2026-07-28 request to its target as it is; False when the
+    request is not of those or its target does not speak 2026-07-28."""
     if not is_native_method(message):
         return False
     method = str(message.get("method"))
@@ -232,17 +224,11 @@ async def relay(
             raise MethodNotFound("method 'tasks/list' is not in 2026-07-28")
         if method in TASK_METHODS:
             task_id = params.get("taskId")
-            if method != "tasks/list" and not isinstance(task_id, str):
+            if not isinstance(task_id, str):
                 raise InvalidParams("invalid params: taskId must be a string")
             named = header_value(ctx.req.headers, b"mcp-name")
-            if (
-                isinstance(task_id, str)
-                and named is not None
-                and named.decode("latin-1") != task_id
-            ):
+            if named is not None and named.decode("latin-1") != task_id:
                 raise ClientError("Mcp-Name header does not match the body", code=HEADER_MISMATCH)
-            if not isinstance(task_id, str):
-                raise InvalidParams("invalid params: tasks/list is not relayed")
             target, inner = _task_target(route, native, task_id)
             if target not in native.discovered:
                 raise InvalidParams(
@@ -263,9 +249,14 @@ async def relay(
             target, rewritten = route_call(route, message)
         except InvalidParams:
             return False
-        name = mrtr_core_name(rewritten)
         if target not in native.discovered:
             return False
+        if method not in mrtr_core.INPUT_METHODS:  # completion/complete
+            _, rewritten = judge_call(ctx, route, message)
+            routed = with_routing(headers, method, None)
+            await forward(route, native.session, target, rewritten, routed, outbox, timeouts)
+            return True
+        name = mrtr_core_name(rewritten)
         await mrtr.call(
             flights,
             ctx,

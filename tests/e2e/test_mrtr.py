@@ -9,12 +9,15 @@ import sys
 from typing import Any
 
 import mcp.types as types
+import pytest
 from mcp import Client
 
 from tests.e2e.support import request, run_gateway
 from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, JSON_CT, ROOT, mcp_config, stdio
 
 MRTR_PEER = [sys.executable, str(ROOT / "tests" / "peers" / "mrtr_server.py")]
+# The demo without 2026-07-28: its requests mid-call become the gateway's rounds.
+OLDER_DEMO = [sys.executable, str(ROOT / "tests" / "peers" / "older_demo.py")]
 MODERN = [ACCEPT, JSON_CT, (b"mcp-protocol-version", b"2026-07-28")]
 CAPABILITIES = {"elicitation": {}, "sampling": {}, "roots": {}}
 
@@ -38,7 +41,14 @@ async def _post(port: int, name: str, msg_id: int = 1, **extra: Any) -> dict[str
     return answer
 
 
-async def test_sdk_client_gets_elicitation_and_sampling_over_a_stateless_session() -> None:
+@pytest.mark.parametrize(
+    ("command", "sessions"),
+    [(DEMO, 2), (OLDER_DEMO, 1)],
+    ids=["relayed from a 2026-07-28 target", "translated from a 2025-11-25 target"],
+)
+async def test_sdk_client_gets_elicitation_and_sampling_over_a_stateless_session(
+    command: list[str], sessions: int
+) -> None:
     asked: list[str] = []
 
     async def sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
@@ -53,7 +63,7 @@ async def test_sdk_client_gets_elicitation_and_sampling_over_a_stateless_session
         asked.append("elicitation")
         return types.ElicitResult(action="accept", content={"name": "Alice", "color": "blue"})
 
-    async with run_gateway(mcp_config(stdio("demo", DEMO))) as (gw, port):
+    async with run_gateway(mcp_config(stdio("demo", command))) as (gw, port):
         url = f"http://127.0.0.1:{port}/mcp"
         async with Client(url, sampling_callback=sampling, elicitation_callback=elicitation) as c:
             assert c.protocol_version == "2026-07-28"
@@ -67,12 +77,13 @@ async def test_sdk_client_gets_elicitation_and_sampling_over_a_stateless_session
             rounds = await c.call_tool("test_input_required_result_multi_round", {})
             assert rounds.content[0].text == "Multi-round complete for Alice who likes blue"
         assert asked.count("elicitation") == 3 and asked.count("sampling") == 2
-        # the shared upstream session, and the 2026-07-28 one for tasks
-        assert len(gw.sessions.sessions) == 2
+        # the shared upstream session, and the 2026-07-28 one if the target speaks it
+        assert len(gw.sessions.sessions) == sessions
 
 
 async def test_rounds_by_hand_and_tampered_or_foreign_states_are_refused() -> None:
-    async with run_gateway(mcp_config(stdio("demo", DEMO))) as (_, port):
+    """The gateway's own rounds, for a target that asks mid-call."""
+    async with run_gateway(mcp_config(stdio("demo", OLDER_DEMO))) as (_, port):
         first = (await _post(port, "test_input_required_result_multi_round"))["result"]
         assert first["resultType"] == "input_required"
         assert list(first["inputRequests"]) == ["step1"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from tests.e2e.support import Response, request, run_gateway
+from tests.e2e.test_demo_conformance import demo_process
 from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, EVERYTHING, JSON_CT, ROOT, mcp_config, stdio
 
 OLDER = [sys.executable, str(ROOT / "tests" / "peers" / "older_server.py")]
+TWO_REVISIONS = [sys.executable, str(ROOT / "tests" / "peers" / "two_revisions.py")]
 COUNTER = "peer://counter"
 VERSION = "2026-07-28"
 META = {
@@ -247,6 +250,70 @@ async def test_listen_ends_gracefully_when_the_shared_session_ends() -> None:
                 with trio.fail_after(10):
                     events = [event async for event in sub]  # ends without SubscriptionLost
                 assert events == []
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_listen_hears_a_native_target_and_an_older_one(
+    transport: str, tmp_path: Path
+) -> None:
+    """A listen stream in front of two targets: the demo, which speaks
+    2026-07-28 (its calls and its notifications go the native way, through
+    an upstream subscriptions/listen), and a target that speaks only
+    2025-11-25 (its shared session's stream and resources/subscribe)."""
+    log = tmp_path / "peer.log"
+    older = stdio("older", OLDER, env={"PEER_LOG": str(log)})
+    async with AsyncExitStack() as stack:
+        if transport == "stdio":
+            demo = stdio("demo", DEMO)
+        else:
+            demo = {
+                "name": "demo",
+                "mcp": {"host": await stack.enter_async_context(demo_process())},
+            }
+        _, port = await stack.enter_async_context(run_gateway(mcp_config(demo, older)))
+        client = await stack.enter_async_context(Client(f"http://127.0.0.1:{port}/mcp"))
+        counters = ["demo+demo://counter", "older+peer://counter"]
+        listen = client.listen(tools_list_changed=True, resource_subscriptions=counters)
+        async with listen as sub:
+            assert sorted(sub.honored.resource_subscriptions) == counters
+            # the native target's resource is subscribed through its listen stream
+            asked = [line for line in _read(log).splitlines() if "subscribe" in line]
+            assert asked == ["resources/subscribe peer://counter"]
+            heard: list[str] = []
+
+            async def hear(count: int) -> None:
+                with trio.fail_after(10):
+                    while len(heard) < count:
+                        heard.append(repr(await sub.__anext__()))
+
+            await client.call_tool("demo_test_trigger_tool_change", {})
+            await hear(1)
+            await client.call_tool("demo_increment", {})
+            await hear(2)
+            assert "demo+demo://counter" in heard[1]
+            await client.call_tool("older_touch", {})
+            await hear(4)
+            assert any("older+peer://counter" in event for event in heard[2:])
+            assert ["demo+demo://counter" not in e and "older+" not in e for e in heard].count(
+                True
+            ) == 2, heard  # one tool list change from each target
+
+
+async def test_a_target_that_speaks_2026_07_28_gets_lists_and_completions_as_they_are() -> None:
+    """Every request of a 2026-07-28 client reaches a target that speaks
+    that revision as it came, lists in a fan-out with an older target too:
+    a stdio target's lists and calls are then answered by the same child."""
+    config = mcp_config(stdio("two", TWO_REVISIONS), stdio("older", OLDER))
+    async with run_gateway(config) as (_, port):
+        listed = json.loads((await post(port, "tools/list")).body)["result"]
+        names = {tool["name"] for tool in listed["tools"]}
+        assert "two_modern" in names and "older_touch" in names, names
+        assert "two_older" not in names
+        ref = {"type": "ref/prompt", "name": "two_ask"}
+        completed = await post(
+            port, "completion/complete", {"ref": ref, "argument": {"name": "a", "value": ""}}
+        )
+        assert json.loads(completed.body)["result"]["completion"]["values"] == ["modern"]
 
 
 async def test_listen_subscribes_only_to_what_the_caller_may_read(tmp_path: Path) -> None:

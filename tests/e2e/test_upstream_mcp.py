@@ -29,7 +29,7 @@ from agentgw.upstream.mcp import open_transport as open_real_transport
 from agentgw.upstream.mcp._common import UpstreamSessionGone, open_task_nursery
 from agentgw.upstream.pool import ConnectionPool
 from agentgw.wire.http import MCP_NOT_FORWARDED, forward_headers
-from tests.e2e.support import Upstream, serve_raw, serve_upstream
+from tests.e2e.support import ScriptedMcpTarget, Upstream, serve_raw, serve_upstream
 
 EVERYTHING = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "mcp-server-everything"
 Message = dict[str, Any]
@@ -430,6 +430,55 @@ async def test_streamable_http_resumes_a_stream_that_ends_early(pool: Connection
     resumed = [r for r, _ in up.seen if dict(r.headers).get(b"last-event-id") == b"e1"]
     assert len(resumed) == 1
     assert dict(resumed[0].headers)[b"mcp-protocol-version"] == b"2025-11-25"
+
+
+async def test_streamable_http_reads_a_json_lines_answer_as_it_comes(
+    pool: ConnectionPool,
+) -> None:
+    """An ``application/json`` answer of one message per line (as some
+    servers stream ``subscriptions/listen``) is read line by line: the
+    first line reaches the caller before the rest is written."""
+    heard = trio.Event()
+    progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}
+
+    async def lines(stream: trio.SocketStream, conn: h11.Connection, _: h11.Request) -> None:
+        head = h11.Response(status_code=200, headers=[(b"content-type", b"application/json")])
+        first = json.dumps(progress).encode() + b"\n"
+        await stream.send_all((conn.send(head) or b"") + (conn.send(h11.Data(data=first)) or b""))
+        with trio.fail_after(10):
+            await heard.wait()
+        last = json.dumps(answer).encode()  # the last line has no line end
+        await stream.send_all(
+            (conn.send(h11.Data(data=last)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        )
+
+    target = ScriptedMcpTarget(lines, call_closes=False)
+    async with serve_raw(target.serve) as port:
+        async with open_transport(
+            http_target("lines", port, "/mcp"), pool=pool, session_id="s"
+        ) as t:
+            await t.send(call(1, "x", {}))
+            with trio.fail_after(10):
+                assert await t.receive() == progress
+            heard.set()
+            assert await response_to(t, 1) == answer
+
+
+async def test_streamable_http_reads_a_json_answer_over_many_lines_whole(
+    pool: ConnectionPool,
+) -> None:
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}
+
+    async def handler(request: h11.Request, body: bytes, up: Upstream) -> Any:
+        return 200, [(b"content-type", b"application/json")], json.dumps(answer, indent=2).encode()
+
+    async with serve_upstream(handler) as up:
+        async with open_transport(
+            http_target("pretty", up.port, "/mcp"), pool=pool, session_id="s"
+        ) as t:
+            await t.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+            assert await response_to(t, 1) == answer
 
 
 async def test_streamable_http_expired_session(pool: ConnectionPool) -> None:
