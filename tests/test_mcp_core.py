@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentgw._version import __version__
+from agentgw.errors import UpstreamError
 from agentgw.mcp import merge, names, versions
 from agentgw.mcp.ids import IdMap, IdMapFull, Route
 from agentgw.mcp.session_token import (
@@ -23,6 +24,7 @@ from agentgw.mcp.session_token import (
     SessionState,
     parse_key,
 )
+from agentgw.upstream.mcp.streamable import JsonLines
 from agentgw.wire import jsonrpc
 from agentgw.wire.sse import SSEDecoder, SSEError, SSEEvent, encode_comment, encode_event
 
@@ -168,6 +170,33 @@ def test_sse_limit_invariant_under_splitting(stream: bytes, cuts: list[int]) -> 
 def test_sse_round_trip(data: str, event: str | None, id: str | None) -> None:
     (decoded,) = decode_all(encode_event(data, event=event, id=id))
     assert decoded == SSEEvent(data=data, event=event or "message", id=id)
+
+
+@given(
+    st.lists(st.text(alphabet='ab{}:" é', min_size=1), max_size=5),
+    st.lists(st.integers(min_value=1, max_value=40), max_size=10),
+    st.booleans(),
+)
+def test_json_lines_give_each_line_once_however_the_body_is_cut(
+    texts: list[str], cuts: list[int], last_line_end: bool
+) -> None:
+    lines = [t for t in texts if t.strip()]
+    body = "\n".join(lines).encode() + (b"\n" if last_line_end else b"")
+    decoder = JsonLines()
+    seen: list[SSEEvent] = []
+    rest = body
+    for cut in cuts:
+        seen += decoder.feed(rest[:cut])
+        rest = rest[cut:]
+    seen += decoder.feed(rest)
+    seen += decoder.finish()
+    assert [e.data for e in seen] == lines
+    assert all(e.event == "message" for e in seen)
+
+
+def test_json_lines_refuse_an_endless_line() -> None:
+    with pytest.raises(UpstreamError, match="larger than 8 bytes"):
+        JsonLines(max_line_bytes=8).feed(b"x" * 9)
 
 
 # ---------------------------------------------------------------- JSON-RPC
