@@ -389,6 +389,25 @@ class ListenFilter:
         )
 
 
+FILTER_KEYS = frozenset(
+    {"toolsListChanged", "promptsListChanged", "resourcesListChanged", "resourceSubscriptions"}
+)
+
+
+def extension_filter(params: object) -> dict[str, Any]:
+    """The keys that extensions add to a listen request's filter (the tasks
+    extension's ``taskIds``), as the client sent them."""
+    wanted = params.get("notifications") if isinstance(params, dict) else None
+    if not isinstance(wanted, dict):
+        return {}
+    return {k: v for k, v in wanted.items() if k not in FILTER_KEYS}
+
+
+def is_filtered_kind(method: object) -> bool:
+    """A notification a ``ListenFilter`` says yes or no to."""
+    return method == "notifications/resources/updated" or method in LISTEN_NOTIFICATIONS
+
+
 def tagged(message: Message, subscription_id: Any) -> Message:
     """A notification carrying its subscription's id in ``_meta``."""
     params = message.get("params")

@@ -336,6 +336,7 @@ async def listen(
         await respond_error(ctx, exc, msg_id)
         return
     honored = wanted.honored((session.init_result or {}).get("capabilities"))
+    extra = stateless.extension_filter(message.get("params"))
     ctx.record.extra["mcp.subscription"] = str(msg_id)
     native = await _native(ep, route, headers)
     natives = native.discovered if native is not None else {}
@@ -365,17 +366,27 @@ async def listen(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
                 heard = list(subscribed)
+                acks: dict[str, dict[str, Any]] = {}
                 for target in sorted(natives):
                     assert native is not None
                     mine = {u: inner for u, (t, inner) in readable.items() if t == target}
                     asked = attrs.evolve(honored, uris=frozenset(mine))
+                    theirs = tasks.listen_filter_for(route, target, extra)
+                    if not asked.describe() and not theirs:
+                        continue
                     listening = ListenTo(native.session, route, target, message, headers)
-                    if asked.describe() and await nursery.start(
-                        listening.run, asked, sorted(mine.values()), send, ended
-                    ):
+                    ack = await nursery.start(
+                        listening.run, asked, sorted(mine.values()), theirs, send, ended
+                    )
+                    if ack is not None:
                         heard.extend(mine)
+                        acks[target] = ack
                 honored = attrs.evolve(honored, uris=frozenset(heard))
-                first = encode_event(dumps(stateless.acknowledgment(msg_id, honored)).decode())
+                acknowledgment = stateless.acknowledgment(msg_id, honored)
+                acknowledgment["params"]["notifications"].update(
+                    tasks.honored_extensions(route, extra, acks)
+                )
+                first = encode_event(dumps(acknowledgment).decode())
                 try:
                     await ep.streams.serve_sse(ctx.req, receive, first=first)
                 except ClientGone as exc:  # raised after the nursery, not in a group
@@ -431,15 +442,19 @@ class ListenTo:
         self,
         asked: ListenFilter,
         target_uris: list[str],
+        extra: dict[str, Any],
         send: trio.MemorySendChannel[Message],
         ended: Message,
         *,
-        task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[dict[str, Any] | None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Started (True) once the target acknowledged, (False) if it did
-        not. When the target ends its stream, so does the client's, which
-        may listen again."""
-        wanted = asked.describe()
+        """Started with what the target acknowledged (its ``notifications``),
+        or None if it did not. ``extra``: the extension keys of the client's
+        filter, for this target; task notifications, when it asked for
+        ``taskIds``, are relayed with their ids federated. When the
+        target ends its stream, so does the client's, which may listen
+        again."""
+        wanted = {**extra, **asked.describe()}
         if target_uris:
             wanted["resourceSubscriptions"] = target_uris
         meta = params_of(self.request).get("_meta")
@@ -453,26 +468,36 @@ class ListenTo:
         started = False
         try:
             async with self.session.request(self.target, ask, routed) as call:
+                acknowledged = None
                 with trio.move_on_after(tasks.DISCOVER_TIMEOUT):
-                    while not started:
+                    while acknowledged is None:
                         first = await call.next()
                         if is_final(first):
                             break
-                        started = first.get("method") == stateless.ACKNOWLEDGED
-                if not started:
+                        if first.get("method") == stateless.ACKNOWLEDGED:
+                            honored = params_of(first).get("notifications")
+                            acknowledged = honored if isinstance(honored, dict) else {}
+                if acknowledged is None:
                     logger.info("target %s did not acknowledge subscriptions/listen", self.target)
-                    task_status.started(False)
+                    task_status.started(None)
                     return
-                task_status.started(True)
+                started = True
+                task_status.started(acknowledged)
                 while not is_final(note := await call.next()):
-                    note = outbound(self.route, self.target, note, "")
-                    tagged = stateless.tagged(note, self.request["id"])
-                    if asked.accepts(note) and not await _put(send, tagged):
+                    if stateless.is_filtered_kind(note.get("method")):
+                        note = outbound(self.route, self.target, note, "")
+                        if not asked.accepts(note):
+                            continue
+                    elif tasks.is_task_notification(note) and tasks.TASK_IDS in extra:
+                        note = tasks.federate(self.route, self.target, note)
+                    else:
+                        continue
+                    if not await _put(send, stateless.tagged(note, self.request["id"])):
                         return
         except HTTPError as exc:
             logger.info("target %s: subscriptions/listen failed: %s", self.target, exc.log_text)
             if not started:
-                task_status.started(False)
+                task_status.started(None)
                 return
         await _end(send, ended)
 

@@ -53,6 +53,7 @@ TASK_METHODS = frozenset(
     {"tasks/get", "tasks/update", "tasks/cancel", "tasks/result", "tasks/list"}
 )
 COMPLETE = "completion/complete"
+TASK_IDS = "taskIds"  # the extension's key in a subscriptions/listen filter
 DISCOVER_TIMEOUT = 10.0
 
 
@@ -166,7 +167,12 @@ def extensions_of(native: Native) -> dict[str, Any]:
     return out
 
 
-def _task_target(route: McpRoute, native: Native, task_id: str) -> tuple[str, str]:
+def _task_target(route: McpRoute, task_id: str) -> tuple[str, str]:
+    """The target of a federated task id, and the target's own id.
+
+    Raises:
+        InvalidParams: the id names no target.
+    """
     targets = route.target_names
     if len(targets) == 1:
         return targets[0], task_id
@@ -176,7 +182,7 @@ def _task_target(route: McpRoute, native: Native, task_id: str) -> tuple[str, st
     return split
 
 
-def _federate(route: McpRoute, target: str, message: Message) -> Message:
+def federate(route: McpRoute, target: str, message: Message) -> Message:
     """A target's task ids as the client knows them."""
     if len(route.target_names) == 1:
         return message
@@ -188,6 +194,54 @@ def _federate(route: McpRoute, target: str, message: Message) -> Message:
     return message
 
 
+def is_task_notification(message: Message) -> bool:
+    """A task's status notification (``notifications/tasks``)."""
+    method = message.get("method")
+    return isinstance(method, str) and (
+        method == "notifications/tasks" or method.startswith("notifications/tasks/")
+    )
+
+
+def listen_filter_for(route: McpRoute, target: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The extension keys of a client's listen filter as ``target`` knows
+    them: of ``taskIds``, that target's own ids only."""
+    out = dict(extra)
+    ids = out.pop(TASK_IDS, None)
+    if isinstance(ids, list):
+        mine = []
+        for task_id in ids:
+            try:
+                owner, inner = _task_target(route, str(task_id))
+            except InvalidParams:
+                continue
+            if owner == target:
+                mine.append(inner)
+        if mine:
+            out[TASK_IDS] = mine
+    return out
+
+
+def honored_extensions(
+    route: McpRoute, extra: dict[str, Any], acks: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """What the targets' acknowledgments honored of the client's extension
+    keys, task ids federated."""
+    out: dict[str, Any] = {}
+    for target, ack in sorted(acks.items()):
+        for key, value in ack.items():
+            if key not in extra:
+                continue
+            if key == TASK_IDS and isinstance(value, list):
+                federated = [
+                    names.prefix_name(target, str(v)) if len(route.target_names) > 1 else v
+                    for v in value
+                ]
+                out.setdefault(TASK_IDS, []).extend(federated)
+            else:
+                out.setdefault(key, value)
+    return out
+
+
 @attrs.define(eq=False)
 class TaskIdOutbox(Outbox):
     inner: Outbox
@@ -195,7 +249,7 @@ class TaskIdOutbox(Outbox):
     target: str
 
     async def send(self, message: Message, *, final: bool) -> None:
-        await self.inner.send(_federate(self.route, self.target, message), final=final)
+        await self.inner.send(federate(self.route, self.target, message), final=final)
 
     async def ping(self) -> None:
         await self.inner.ping()
@@ -229,7 +283,7 @@ async def relay(
             named = header_value(ctx.req.headers, b"mcp-name")
             if named is not None and named.decode("latin-1") != task_id:
                 raise ClientError("Mcp-Name header does not match the body", code=HEADER_MISMATCH)
-            target, inner = _task_target(route, native, task_id)
+            target, inner = _task_target(route, task_id)
             if target not in native.discovered:
                 raise InvalidParams(
                     "invalid params: unknown taskId", detail=f"{target} is not native"

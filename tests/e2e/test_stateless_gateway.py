@@ -14,17 +14,19 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 import trio
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.support import Response, request, run_gateway
+from tests.e2e.support import Response, open_client, request, run_gateway
 from tests.e2e.test_demo_conformance import demo_process
 from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, EVERYTHING, JSON_CT, ROOT, mcp_config, stdio
 
 OLDER = [sys.executable, str(ROOT / "tests" / "peers" / "older_server.py")]
 TWO_REVISIONS = [sys.executable, str(ROOT / "tests" / "peers" / "two_revisions.py")]
+TASKS_LISTEN = [sys.executable, str(ROOT / "tests" / "peers" / "tasks_listen.py")]
 COUNTER = "peer://counter"
 VERSION = "2026-07-28"
 META = {
@@ -314,6 +316,53 @@ async def test_a_target_that_speaks_2026_07_28_gets_lists_and_completions_as_the
             port, "completion/complete", {"ref": ref, "argument": {"name": "a", "value": ""}}
         )
         assert json.loads(completed.body)["result"]["completion"]["values"] == ["modern"]
+
+
+@pytest.mark.parametrize("targets", [1, 2])
+async def test_task_notifications_reach_the_listen_stream_that_asked(targets: int) -> None:
+    """The tasks extension's ``taskIds`` filter goes to the target that owns
+    each id (with several targets, ids are ``<target>_<id>``), and its
+    ``notifications/tasks`` come back with the client's ids."""
+    configured = [stdio("tl", TASKS_LISTEN), stdio("older", OLDER)][:targets]
+    ours = "tl_t1" if targets == 2 else "t1"
+    asked = {"taskIds": [ours, "older_x"] if targets == 2 else [ours]}
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "subscriptions/listen",
+            "params": {"_meta": META, "notifications": asked},
+        }
+    ).encode()
+    head = [
+        (b"host", b"127.0.0.1"),
+        ACCEPT,
+        JSON_CT,
+        (b"mcp-protocol-version", VERSION.encode()),
+        (b"mcp-method", b"subscriptions/listen"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    async with run_gateway(mcp_config(*configured)) as (_, port), open_client(port) as client:
+        await client.send(h11.Request(method="POST", target="/mcp", headers=head))
+        await client.send(h11.Data(data=body))
+        await client.send(h11.EndOfMessage())
+        received = b""
+        with trio.fail_after(10):
+            response = await client.next_event()
+            assert response.status_code == 200
+            while received.count(b"data: ") < 2:
+                received += bytes((await client.next_event()).data)
+        ack, note = (
+            json.loads(line[6:]) for line in received.splitlines() if line.startswith(b"data: ")
+        )
+        assert ack["params"]["notifications"] == {"taskIds": [ours]}
+        assert note["method"] == "notifications/tasks"
+        assert note["params"]["taskId"] == ours
+        assert note["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 7
+        # nothing else: the log message it was not asked for is not relayed
+        with trio.move_on_after(0.5):
+            received = bytes((await client.next_event()).data)
+            assert b"data: " not in received, received
 
 
 async def test_listen_subscribes_only_to_what_the_caller_may_read(tmp_path: Path) -> None:
