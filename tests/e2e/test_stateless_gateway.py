@@ -272,7 +272,7 @@ async def test_listen_hears_a_native_target_and_an_older_one(
                 "name": "demo",
                 "mcp": {"host": await stack.enter_async_context(demo_process())},
             }
-        _, port = await stack.enter_async_context(run_gateway(mcp_config(demo, older)))
+        gw, port = await stack.enter_async_context(run_gateway(mcp_config(demo, older)))
         client = await stack.enter_async_context(Client(f"http://127.0.0.1:{port}/mcp"))
         counters = ["demo+demo://counter", "older+peer://counter"]
         listen = client.listen(tools_list_changed=True, resource_subscriptions=counters)
@@ -299,6 +299,12 @@ async def test_listen_hears_a_native_target_and_an_older_one(
             assert ["demo+demo://counter" not in e and "older+" not in e for e in heard].count(
                 True
             ) == 2, heard  # one tool list change from each target
+            (native,) = [s for s in gw.sessions.sessions.values() if s.sid.startswith("native-")]
+            assert native.statistics().pending == 1  # the upstream listen
+        # the client left: so did the upstream listen
+        with trio.fail_after(5):
+            while native.statistics().pending:
+                await trio.sleep(0.05)
 
 
 async def test_a_target_that_speaks_2026_07_28_gets_lists_and_completions_as_they_are() -> None:
