@@ -236,6 +236,13 @@ async def test_any_workers_scrape_shows_every_worker(tmp_path: Path) -> None:
         with trio.fail_after(10):
             while len(_counter_files(tmp_path)) < 2:
                 await trio.sleep(0.05)
+        # A call is counted once its answer went out: wait for the last one.
+        with trio.fail_after(10):
+            while (
+                value(await scrape(stats), "agentgateway_mcp_requests_total", method="tools/call")
+                != sessions
+            ):
+                await trio.sleep(0.05)
         # ...and every scrape, whichever worker answers it, sees all calls.
         for _ in range(6):
             samples = await scrape(stats)
