@@ -56,11 +56,14 @@ from agentgw.upstream.mcp.hangup import interruptible
 logger = logging.getLogger(__name__)
 
 
+FIRST_REPLY = 300.0  # the wait for a target's first reply, unless configured
+
+
 @attrs.frozen
 class Timeouts:
     """Bounds of one forwarded call (seconds; ``math.inf``: none)."""
 
-    first_reply: float = 300.0
+    first_reply: float = FIRST_REPLY
     whole: float = math.inf
     keepalive: float = 15.0
 
@@ -117,17 +120,22 @@ async def dispatch(
         if method == "initialize":
             if session.protocol_version is not None:
                 raise InvalidParams("session already initialized")
-            answer = await initialize(session, route, message, headers, req=ctx.req)
+            answer = await initialize(
+                session, route, message, headers, req=ctx.req, timeout=timeouts.first_reply
+            )
             await outbox.send(answer, final=True)
         elif method == "ping":
             await outbox.send(make_result(msg_id, {}), final=True)
         elif method in LIST_METHODS:
-            listed = await list_all(ctx, route, session, message, headers, native)
+            listed = await list_all(
+                ctx, route, session, message, headers, native, timeout=timeouts.first_reply
+            )
             if session.is_revoked:
                 raise session_gone()
             await outbox.send(listed, final=True)
         elif method == "logging/setLevel":
-            await fan_out(session, dict.fromkeys(session.transports, message), headers, req=ctx.req)
+            messages = dict.fromkeys(session.transports, message)
+            await fan_out(session, messages, headers, req=ctx.req, timeout=timeouts.first_reply)
             await outbox.send(make_result(msg_id, {}), final=True)
         else:
             target, rewritten = judge_call(ctx, route, message)
@@ -234,10 +242,11 @@ async def initialize(
     headers: UpstreamHeaders,
     *,
     req: ServerRequest | None = None,
+    timeout: float = FIRST_REPLY,
 ) -> Message:
     """Initialize every target and merge what they say."""
     messages = dict.fromkeys(route.target_names, message)
-    results, errors = await fan_out(session, messages, headers, req=req)
+    results, errors = await fan_out(session, messages, headers, req=req, timeout=timeout)
     if errors and (not route.fail_open or not results):
         text = "; ".join(f"target {t}: {e}" for t, e in sorted(errors.items()))
         raise UpstreamError(text)
@@ -254,6 +263,8 @@ async def list_all(
     message: Message,
     headers: UpstreamHeaders,
     native: NativeTargets | None = None,
+    *,
+    timeout: float = FIRST_REPLY,
 ) -> Message:
     """A list method, from every target, merged with federated cursors."""
     method = str(message["method"])
@@ -263,7 +274,9 @@ async def list_all(
     except ValueError:
         raise InvalidParams("invalid cursor") from None
     messages = list_messages(message, state)
-    pages, errors = await fan_out(session, messages, headers, req=ctx.req, native=native)
+    pages, errors = await fan_out(
+        session, messages, headers, req=ctx.req, native=native, timeout=timeout
+    )
     rules = ctx.rules
     if rules is not None:  # mcpAuthorization: each item judged on its own
         key, kind = LIST_KINDS[method]
@@ -291,10 +304,12 @@ async def fan_out(
     *,
     req: ServerRequest | None = None,
     native: NativeTargets | None = None,
+    timeout: float = FIRST_REPLY,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Send each target its message at once; collect results and errors.
     With ``req`` and tracing on, each call is an upstream span of its own.
-    ``native`` targets get theirs on their own session."""
+    ``native`` targets get theirs on their own session. A target that has
+    not answered in ``timeout`` seconds is an error (its call cancelled)."""
     results: dict[str, dict[str, Any]] = {}
     errors = {t: session.dead[t] for t in messages if t in session.dead}
     natives = {t for t in messages if native is not None and native.has(t)}
@@ -302,6 +317,13 @@ async def fan_out(
         errors.pop(target, None)
 
     async def one(target: str, message: Message) -> None:
+        with trio.move_on_after(timeout) as waited:
+            await ask(target, message)
+        if waited.cancelled_caught:
+            logger.info("target %s: no answer to %s in %gs", target, message.get("method"), timeout)
+            errors[target] = "upstream timeout"
+
+    async def ask(target: str, message: Message) -> None:
         try:
             if target in natives:
                 assert native is not None

@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 SCHEMA_TTL = 60.0  # how long the tool schemas seen in a list stay trusted
 SCHEMA_REFRESH = 5.0  # the least time between two fetches of the tool list
 SCHEMA_PAGES = 20  # pages read when fetching the tool list
+SCHEMA_TIMEOUT = 10.0  # the wait for each target's page of it
+SUBSCRIBE_TIMEOUT = 10.0  # the wait for a target's answer to resources/(un)subscribe
 UNSUBSCRIBE_TIMEOUT = 5.0
 LISTEN_QUEUE = 64
 
@@ -221,7 +223,8 @@ async def _fetch_schemas(
         if cursor:
             ask["params"] = {"cursor": cursor}
         try:
-            result = (await list_all(ctx, route, session, ask, headers)).get("result")
+            listed = await list_all(ctx, route, session, ask, headers, timeout=SCHEMA_TIMEOUT)
+            result = listed.get("result")
         except HTTPError as exc:
             logger.info("listing tools for their Mcp-Param headers: %s", exc.log_text)
             return
@@ -560,11 +563,16 @@ async def _upstream(
 ) -> bool:
     """Send ``method`` for ``uri`` to its target; whether it succeeded."""
     ask: Message = {"jsonrpc": "2.0", "id": 0, "method": method, "params": {"uri": uri}}
-    try:
-        target, ask = route_call(route, ask)
-        reply = await session.call(target, ask, headers)
-    except HTTPError as exc:
-        logger.info("%s %s failed: %s", method, uri, exc.log_text)
+    reply = None
+    with trio.move_on_after(SUBSCRIBE_TIMEOUT):
+        try:
+            target, ask = route_call(route, ask)
+            reply = await session.call(target, ask, headers)
+        except HTTPError as exc:
+            logger.info("%s %s failed: %s", method, uri, exc.log_text)
+            return False
+    if reply is None:
+        logger.info("%s %s: no answer in %gs", method, uri, SUBSCRIBE_TIMEOUT)
         return False
     if "error" in reply:
         logger.info("%s %s refused: %s", method, uri, reply["error"])

@@ -89,7 +89,8 @@ async def _initialize(
 ) -> None:
     session = await ep.directory.new(route)
     try:
-        answer = await initialize(session, route, message, headers, req=ctx.req)
+        timeout = ep.timeouts(ctx).first_reply
+        answer = await initialize(session, route, message, headers, req=ctx.req, timeout=timeout)
     except HTTPError as exc:
         session.close()
         ctx.record.error = exc.log_text

@@ -24,11 +24,14 @@ import trio
 from tests.e2e.support import (
     Response,
     ScriptedMcpTarget,
+    Upstream,
     initialize_message,
+    recording_mcp_upstream,
     request,
     run_gateway,
     send_response,
     serve_raw,
+    serve_upstream,
 )
 from tests.e2e.test_mcp_gateway import ACCEPT, JSON_CT, mcp_config
 
@@ -134,6 +137,44 @@ async def test_a_route_timeout_bounds_an_mcp_call() -> None:
                 answer = await post(port, CALL, session)
     (message,) = [m for m in rpc_messages(answer) if "id" in m]
     assert message["error"]["message"] == "target hostile: upstream timeout"
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_a_route_timeout_bounds_a_list_that_one_target_never_answers(
+    fail_open: bool,
+) -> None:
+    """A fan-out (``tools/list``) waits for each target at most the route's
+    first-reply bound: the silent target is a failure (failClosed: an error;
+    failOpen: the other target's tools)."""
+
+    async def silent_lists(request: h11.Request, body: bytes, up: Upstream) -> Any:
+        if json.loads(body or b"{}").get("method") == "tools/list":
+            await trio.sleep_forever()
+        return await recording_mcp_upstream(request, body, up)
+
+    async with serve_upstream(silent_lists) as silent, serve_upstream(recording_mcp_upstream) as ok:
+        config = mcp_config(
+            {"name": "silent", "mcp": {"host": f"http://127.0.0.1:{silent.port}/mcp"}},
+            {"name": "ok", "mcp": {"host": f"http://127.0.0.1:{ok.port}/mcp"}},
+        )
+        route = config["binds"][0]["listeners"][0]["routes"][0]
+        route["policies"] = {"timeout": {"backendRequestTimeout": "300ms"}}
+        if fail_open:
+            route["backends"][0]["mcp"]["failureMode"] = "failOpen"
+        async with run_gateway(config) as (_, port):
+            first = await post(port, initialize_message(), [])
+            session = [(b"mcp-session-id", first.header(b"mcp-session-id"))]
+            listing = {"jsonrpc": "2.0", "id": 5, "method": "tools/list"}
+            start = trio.current_time()
+            with trio.fail_after(10):
+                answer = await post(port, listing, session)
+            took = trio.current_time() - start
+    assert 0.25 < took < 5
+    (message,) = [m for m in rpc_messages(answer) if "id" in m]
+    if fail_open:
+        assert [t["name"] for t in message["result"]["tools"]] == ["ok_who"]
+    else:
+        assert "error" in message and "127.0.0.1" not in json.dumps(message)
 
 
 async def test_a_reset_after_the_call_was_sent_is_an_error_and_no_second_call(
