@@ -18,6 +18,7 @@ knows nothing else of workers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -41,6 +42,22 @@ from agentgw.upstream.pool import ConnectionPool
 logger = logging.getLogger(__name__)
 
 TOKEN_CACHE_SIZE = 10_000
+# Shared upstream sessions of one route: one per set of caller credentials
+# that reach its targets (``credentials_key``), at most this many.
+MAX_SHARED_PER_ROUTE = 1000
+
+
+def credentials_key(route: McpRoute, headers: UpstreamHeaders) -> str:
+    """Whose shared session a request goes through: a digest of the
+    ``Authorization`` values that reach the route's targets, or "" when
+    none does (everyone shares one)."""
+    found: list[bytes] = []
+    for target in route.target_names:
+        own = headers(target) if callable(headers) else headers
+        found += [b"%s=%s" % (target.encode(), v) for n, v in own if n == b"authorization"]
+    if not found:
+        return ""
+    return hashlib.sha256(b"\n".join(found)).hexdigest()
 
 
 @attrs.frozen
@@ -86,10 +103,11 @@ class SessionDirectory:
     idle_timeout: float | None = None
     opener: TransportOpener = open_transport
     _tokens: OrderedDict[str, str] = attrs.field(factory=OrderedDict)
-    # By ``id(route)`` (and checked to be that route: an id is unique only
-    # while its object lives); a changed route gets a new shared session.
-    _shared: dict[int, RelaySession] = attrs.field(factory=dict)
-    _shared_locks: dict[int, trio.Lock] = attrs.field(factory=dict)
+    # By ``id(route)`` and the callers' credentials (``credentials_key``),
+    # and checked to be that route (an id is unique only while its object
+    # lives); a changed route gets new shared sessions.
+    _shared: dict[tuple[int, str], RelaySession] = attrs.field(factory=dict)
+    _shared_locks: dict[tuple[int, str], trio.Lock] = attrs.field(factory=dict)
 
     def sid_of(self, token: str) -> str | None:
         """The session id a token holds; None for a token this gateway did
@@ -197,19 +215,27 @@ class SessionDirectory:
         self.manager.end(session)
 
     async def shared(self, route: McpRoute, headers: UpstreamHeaders) -> RelaySession:
-        """The one session per route that 2026-07-28 requests (which have
-        no session) go through, initialized with the first caller's headers."""
-        session = self._shared.get(id(route))
+        """The session that 2026-07-28 requests (which have no session) go
+        through, initialized by the gateway. Callers share it only when no
+        credentials of theirs reach the targets: callers whose
+        ``Authorization`` does (``backendAuth: passthrough``, or a route
+        that passes it on) each get their own, initialized with their own
+        headers, so that no caller rides on another's upstream session.
+
+        Raises:
+            UpstreamError: the targets could not be initialized, or the
+                route has ``MAX_SHARED_PER_ROUTE`` busy ones already (503).
+        """
+        key = (id(route), credentials_key(route, headers))
+        session = self._shared.get(key)
         if session is not None and session.route is route and not session.closed.is_set():
             return session
-        lock = self._shared_locks.setdefault(id(route), trio.Lock())
+        lock = self._shared_locks.setdefault(key, trio.Lock())
         async with lock:
-            session = self._shared.get(id(route))
+            session = self._shared.get(key)
             if session is not None and session.route is route and not session.closed.is_set():
                 return session
-            for key, old in list(self._shared.items()):  # routes a reload dropped
-                if old.closed.is_set():
-                    del self._shared[key]
+            self._make_room_for_shared(route)
             session = await self._start(
                 self._session(route, secrets.token_urlsafe(16), is_shared=True)
             )
@@ -235,5 +261,25 @@ class SessionDirectory:
                 await session.notify(
                     target, {"jsonrpc": "2.0", "method": "notifications/initialized"}
                 )
-            self._shared[id(route)] = session
+            self._shared[key] = session
             return session
+
+    def _make_room_for_shared(self, route: McpRoute) -> None:
+        """Forget the shared sessions that ended (a reload dropped their
+        route, or they expired), and end the longest idle of ``route``'s
+        when it has ``MAX_SHARED_PER_ROUTE`` already."""
+        for key, old in list(self._shared.items()):
+            if old.closed.is_set():
+                del self._shared[key]
+                lock = self._shared_locks.get(key)
+                if lock is not None and not lock.locked():
+                    del self._shared_locks[key]
+        mine = [s for (rid, _), s in self._shared.items() if rid == id(route)]
+        if len(mine) < MAX_SHARED_PER_ROUTE:
+            return
+        idle = [s for s in mine if s.is_idle]
+        if not idle:
+            raise UpstreamError(
+                "upstream unavailable", status=503, detail="too many shared upstream sessions"
+            )
+        min(idle, key=lambda s: s.last_active).close()

@@ -20,6 +20,7 @@ ids are federated like names: with several targets, ``<target>_<id>``
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import attrs
@@ -55,6 +56,10 @@ TASK_METHODS = frozenset(
 COMPLETE = "completion/complete"
 TASK_IDS = "taskIds"  # the extension's key in a subscriptions/listen filter
 DISCOVER_TIMEOUT = 10.0
+REPROBE_AFTER = 30.0
+# JSON-RPC errors that answer a probe for good: the target does not know
+# server/discover, or wants its session initialized first (2025-11-25).
+NOT_NATIVE_CODES = frozenset({-32601, -32600, -32602})
 
 
 def is_native_method(message: Message) -> bool:
@@ -68,10 +73,18 @@ def is_native_method(message: Message) -> bool:
 
 @attrs.frozen
 class Native:
-    """A route's 2026-07-28 upstream session and what its targets discovered."""
+    """A route's 2026-07-28 upstream session and what its targets discovered.
+    ``undecided``: the remote targets that gave no answer (down, timed out,
+    or refused the caller's credentials), asked again after
+    ``REPROBE_AFTER``."""
 
     session: RelaySession
     discovered: dict[str, dict[str, Any]]
+    undecided: frozenset[str] = frozenset()
+    probed_at: float = 0.0
+
+    def is_stale(self) -> bool:
+        return bool(self.undecided) and trio.current_time() - self.probed_at >= REPROBE_AFTER
 
 
 @attrs.define(eq=False)
@@ -96,6 +109,19 @@ class NativeSessions:
             for key, old in list(self._natives.items()):
                 if old.session.route is not route and old.session.closed.is_set():
                     del self._natives[key]
+            if native is not None and native.session.route is route and native.discovered:
+                # Running, with targets still undecided: ask those again.
+                session = native.session
+                again = native.undecided & set(session.transports)
+                found, undecided = await _discover(session, headers, again)
+                native = Native(
+                    session,
+                    {**native.discovered, **found},
+                    frozenset(undecided | (native.undecided - again)),
+                    trio.current_time(),
+                )
+                self._natives[id(route)] = native
+                return native
             session = RelaySession(
                 sid=f"native-{id(route):x}",
                 route=route,
@@ -109,8 +135,13 @@ class NativeSessions:
                 await self.manager.start(session)
             except UpstreamError as exc:
                 raise UpstreamError(exc.reason, status=503, detail=exc.detail) from exc
-            discovered = await _discover(session, headers)
-            native = Native(session, discovered)
+            dead = frozenset(t for t in route.target_names if t not in session.transports)
+            discovered, undecided = await _discover(session, headers, set(session.transports))
+            # A stdio target takes no credentials, and asking it again would
+            # start a child process: its first answer stands.
+            remote = frozenset(t.name for t in route.targets if t.stdio is None)
+            again = (frozenset(undecided) | dead) & remote
+            native = Native(session, discovered, again, trio.current_time())
             if not discovered:
                 # No target speaks 2026-07-28: nothing goes this way, and the
                 # probe's session (a child process, for stdio) ends now.
@@ -121,19 +152,27 @@ class NativeSessions:
     @staticmethod
     def _serves(native: Native, route: McpRoute) -> bool:
         """Whether ``native`` is the running answer for ``route`` (one that
-        found no native target is kept, closed, so as not to probe again)."""
-        return native.session.route is route and (
-            not native.discovered or not native.session.closed.is_set()
+        found no native target is kept, closed, so as not to probe again
+        until its undecided targets are due another probe)."""
+        return (
+            native.session.route is route
+            and (not native.discovered or not native.session.closed.is_set())
+            and not native.is_stale()
         )
 
 
-async def _discover(session: RelaySession, headers: UpstreamHeaders) -> dict[str, dict[str, Any]]:
+async def _discover(
+    session: RelaySession, headers: UpstreamHeaders, targets: Collection[str]
+) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """Ask ``targets`` ``server/discover``: those that list 2026-07-28, and
+    those that gave no answer."""
     meta = {
         versions.META_PREFIX + "protocolVersion": versions.STATELESS_REVISION,
         versions.META_PREFIX + "clientCapabilities": {},
     }
     probe = {"jsonrpc": "2.0", "id": 0, "method": "server/discover", "params": {"_meta": meta}}
     found: dict[str, dict[str, Any]] = {}
+    undecided = set(targets)
 
     async def one(target: str) -> None:
         with trio.move_on_after(DISCOVER_TIMEOUT):
@@ -145,15 +184,20 @@ async def _discover(session: RelaySession, headers: UpstreamHeaders) -> dict[str
                 logger.info("target %s: server/discover failed: %s", target, exc.log_text)
                 return
             result = reply.get("result")
-            if isinstance(result, dict) and versions.STATELESS_REVISION in (
-                result.get("supportedVersions") or ()
-            ):
-                found[target] = result
+            error = reply.get("error")
+            if isinstance(result, dict):
+                undecided.discard(target)
+                if versions.STATELESS_REVISION in (result.get("supportedVersions") or ()):
+                    found[target] = result
+            elif isinstance(error, dict) and error.get("code") in NOT_NATIVE_CODES:
+                undecided.discard(target)
+            else:
+                logger.info("target %s: no answer to server/discover: %s", target, error)
 
     async with trio.open_nursery() as nursery:
-        for target in list(session.transports):
+        for target in targets:
             nursery.start_soon(one, target)
-    return found
+    return found, undecided
 
 
 def extensions_of(native: Native) -> dict[str, Any]:

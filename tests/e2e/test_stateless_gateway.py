@@ -20,7 +20,16 @@ import trio
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.support import Response, open_client, request, run_gateway
+from agentgw.relay import tasks
+from tests.e2e.support import (
+    Response,
+    Upstream,
+    open_client,
+    recording_mcp_upstream,
+    request,
+    run_gateway,
+    serve_upstream,
+)
 from tests.e2e.test_demo_conformance import demo_process
 from tests.e2e.test_mcp_gateway import ACCEPT, DEMO, EVERYTHING, JSON_CT, ROOT, mcp_config, stdio
 
@@ -369,6 +378,66 @@ async def test_task_notifications_reach_the_listen_stream_that_asked(targets: in
         with trio.move_on_after(0.5):
             received = bytes((await client.next_event()).data)
             assert b"data: " not in received, received
+
+
+async def test_callers_whose_credentials_reach_the_target_do_not_share_its_session() -> None:
+    """The upstream session that 2026-07-28 requests go through is shared
+    only by callers whose Authorization does not reach the target: each
+    token that does gets its own, initialized with that token."""
+    async with serve_upstream(recording_mcp_upstream) as up:
+        config = mcp_config({"name": "t", "mcp": {"host": f"http://127.0.0.1:{up.port}/mcp"}})
+        async with run_gateway(config) as (_, port):
+            for token in ("Bearer alice", "Bearer bob", "Bearer alice", None, None):
+                resp = await post(port, "tools/list", authorization=token or "")
+                assert resp.status == 200, resp.body
+
+    def authorization(request: h11.Request) -> bytes | None:
+        return dict(request.headers).get(b"authorization")
+
+    seen = [(json.loads(body).get("method"), authorization(r)) for r, body in up.seen if body]
+    inits = [who for method, who in seen if method == "initialize"]
+    assert sorted(inits, key=str) == [None, b"Bearer alice", b"Bearer bob"], seen
+    lists = [who for method, who in seen if method == "tools/list"]
+    assert lists == [b"Bearer alice", b"Bearer bob", b"Bearer alice", None, None]
+
+
+async def test_a_target_that_failed_the_first_probe_is_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether a target speaks 2026-07-28 is asked once; a target that gave
+    no answer then (down, busy, or it refused the first caller's
+    credentials) is asked again later rather than taken for an older one
+    for good."""
+    monkeypatch.setattr(tasks, "REPROBE_AFTER", 0.0)
+    probes = 0
+
+    async def flaky(request: h11.Request, body: bytes, up: Upstream) -> Any:
+        nonlocal probes
+        message = json.loads(body or b"{}")
+        params = message.get("params") or {}
+        if message.get("method") == "server/discover":
+            probes += 1
+            if probes == 1:
+                return 503, [(b"content-type", b"text/plain")], b"busy"
+            result = {"supportedVersions": [VERSION], "capabilities": {"tools": {}}}
+        elif message.get("method") == "tools/call":
+            way = "native" if "_meta" in params else "older"
+            result = {"content": [{"type": "text", "text": way}]}
+        else:
+            return await recording_mcp_upstream(request, body, up)
+        reply = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        return 200, [(b"content-type", b"application/json")], json.dumps(reply).encode()
+
+    async with serve_upstream(flaky) as up:
+        config = mcp_config({"name": "t", "mcp": {"host": f"http://127.0.0.1:{up.port}/mcp"}})
+        async with run_gateway(config) as (_, port):
+            call = {"name": "who", "arguments": {}}
+            ways = []
+            for _ in range(2):
+                answer = json.loads((await post(port, "tools/call", call)).body)
+                ways.append(answer["result"]["content"][0]["text"])
+    assert ways == ["older", "native"]
+    assert probes == 2
 
 
 async def test_listen_subscribes_only_to_what_the_caller_may_read(tmp_path: Path) -> None:
