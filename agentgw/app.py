@@ -615,6 +615,7 @@ class Gateway:
                 max_events=settings.mcp.sse_buffer_events,
                 max_bytes=settings.mcp.sse_buffer_bytes,
                 poll_after=settings.mcp.sse_poll_after,
+                resume_window=settings.mcp.sse_resume_window,
             ),
         )
         self.is_draining = False

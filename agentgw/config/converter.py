@@ -652,7 +652,7 @@ FIELDS: dict[tuple[type, str], Callable[[Any], Any]] = {
     **_durations(m.TimeoutPolicy, "request_timeout", "backend_request_timeout"),
     **_durations(m.Cors, "max_age"),
     **_durations(m.McpSettings, "session_ttl", "stream_idle_timeout", "sse_retry"),
-    **_durations(m.McpSettings, "sse_poll_after"),
+    **_durations(m.McpSettings, "sse_poll_after", "sse_resume_window"),
     (m.McpSettings, "sse_buffer_events"): _positive,
     (m.McpSettings, "sse_buffer_bytes"): _positive_size,
     **_durations(m.BackendSettings, "connect_timeout", "pool_idle_timeout"),

@@ -411,8 +411,9 @@ class McpSettings:
     or the GET stream) that says nothing for that long (keep-alive comments
     count). The ``sse_*`` keys shape the resumable SSE streams the gateway
     serves: the ``retry`` delay it asks of clients, how many events and bytes
-    each stream keeps for a resume, and after how long it hangs up a POST's
-    stream to make the client poll (None: only when the upstream did)."""
+    each stream keeps for a resume, after how long it hangs up a POST's
+    stream to make the client poll (None: only when the upstream did), and
+    how long a call whose client left runs on for a client that resumes."""
 
     session_ttl: float = 1800.0
     stream_idle_timeout: float = 300.0
@@ -420,6 +421,7 @@ class McpSettings:
     sse_buffer_events: int = 1000
     sse_buffer_bytes: int = 1 << 20
     sse_poll_after: float | None = None
+    sse_resume_window: float = 300.0
 
 
 @attrs.frozen

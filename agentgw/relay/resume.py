@@ -13,7 +13,7 @@ clients of 2025-11-25 and later.
 A POST's stream is fed by its call in the request's own task
 (``ResumableOutbox``). Once it started, a client that leaves no longer
 cancels the call: the call runs to its response (bounded by its timeouts)
-into the log (cancelled if nobody resumes it within ``ABANDONED_AFTER``).
+into the log (cancelled if nobody resumes it within ``SseSettings.resume_window``).
 The gateway hangs up a stream itself (the client polls) when
 the upstream hung up its own stream mid-call (``upstream/mcp/hangup.py``),
 or when ``sse.poll_after`` passed (checked at each event and keep-alive).
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 MAX_STREAMS = 64
 # A call whose stream nobody reads (the client left and did not resume) is
 # cancelled after this long.
-ABANDONED_AFTER = 300.0
 
 
 @attrs.frozen
@@ -57,6 +56,8 @@ class SseSettings:
     max_bytes: int = 1 << 20
     # Hang up a POST's stream once it is open this long (seconds); None: never.
     poll_after: float | None = None
+    # How long a call whose client left runs on, for a client that resumes.
+    resume_window: float = 300.0
 
 
 @attrs.define(eq=False)
@@ -189,6 +190,7 @@ class ResumableOutbox(Outbox):
         return self.can_resume and trio.current_time() >= self.hang_up_at
 
     async def send(self, message: Message, *, final: bool) -> None:
+        self._check_abandoned()
         is_json = final and self.stream is None and not self.prefers_sse
         if is_json and not self._is_hang_up_due() and not self._lock.locked():
             # A lone answer: no stream was started, so nothing else writes
@@ -211,8 +213,7 @@ class ResumableOutbox(Outbox):
                 await self._end()
 
     async def ping(self) -> None:
-        if self._is_abandoned():
-            raise ClientGone(f"nobody resumed the stream in {ABANDONED_AFTER:g}s")
+        self._check_abandoned()
         async with self._lock:
             await self._start()
             if self._is_hang_up_due():
@@ -252,11 +253,15 @@ class ResumableOutbox(Outbox):
             self.is_attached = False  # a resume took the stream over
         return self.is_attached
 
-    def _is_abandoned(self) -> bool:
+    def _check_abandoned(self) -> None:
+        """Raise ClientGone when the client left and nobody resumed the
+        stream within the resume window: the call ends (cancelled upstream)."""
         left = self.left_at
         if left is None or self.stream is None or self.stream.writer is not self:
-            return False
-        return trio.current_time() - left > ABANDONED_AFTER
+            return
+        window = self.settings.resume_window
+        if trio.current_time() - left > window:
+            raise ClientGone(f"nobody resumed the stream in {window:g}s")
 
     def _detach(self, why: str) -> None:
         if self.is_attached:

@@ -300,3 +300,28 @@ async def test_a_target_that_hangs_up_before_any_message_is_resumed_at_once() ->
                     rest = [event async for event in events]
     assert _steps(rest) == ["result"]
     assert _message(rest[0]) == {"jsonrpc": "2.0", "id": 5, "result": {"content": []}}
+
+
+async def test_a_call_nobody_resumes_is_cancelled_after_the_resume_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call whose client left runs on into its stream's buffer for a
+    client that resumes, but only for ``config.mcp.sseResumeWindow``: then
+    it is cancelled upstream, and its access line says why."""
+    caplog.set_level(logging.INFO, logger="agentgw.access")
+    async with run_gateway(_config(sseResumeWindow="500ms")) as (gw, port):
+        token = await _session(port)
+        with trio.fail_after(20):
+            async with _stream(port, "POST", token, body=_slow_call(40, 20)) as (_, events):
+                async for _ in events:
+                    break  # the priming event: then the client leaves
+            (session,) = gw.sessions.sessions.values()
+            left = trio.current_time()
+            while "nobody resumed" not in caplog.text:
+                await trio.sleep(0.05)
+            took = trio.current_time() - left
+            # the upstream call is over: nothing of it is in flight
+            while session.statistics().pending:
+                await trio.sleep(0.05)
+    assert 0.4 < took < 5, took
+    assert "nobody resumed the stream in 0.5s" in caplog.text
