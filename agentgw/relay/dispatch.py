@@ -244,13 +244,15 @@ async def initialize(
     req: ServerRequest | None = None,
     timeout: float = FIRST_REPLY,
 ) -> Message:
-    """Initialize every target and merge what they say."""
-    messages = dict.fromkeys(route.target_names, message)
+    """Initialize every target (that the session opens) and merge what they say."""
+    messages = dict.fromkeys((t.name for t in session.targets), message)
     results, errors = await fan_out(session, messages, headers, req=req, timeout=timeout)
     if errors and (not route.fail_open or not results):
         text = "; ".join(f"target {t}: {e}" for t, e in sorted(errors.items()))
         raise UpstreamError(text)
     version = params_of(message).get("protocolVersion")
+    if session.is_shared:
+        session.init_results = results
     merged = merge.merge_initialize(results, client_version=version)
     session.protocol_version = merged.get("protocolVersion")
     return make_result(message["id"], merged)

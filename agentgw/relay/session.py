@@ -79,8 +79,13 @@ class RelaySession:
     # Ended for good (a DELETE, an upstream session gone): never resumed.
     is_revoked: bool = False
     init_result: dict[str, Any] | None = None
+    # A shared session's targets' own initialize results (for server/discover).
+    init_results: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     # What the 2026-07-28 relay keeps on a shared session (relay/stateless.py).
     extras: dict[str, Any] = attrs.field(factory=dict)
+    # Targets this session does not open (a shared session leaves those that
+    # speak 2026-07-28 to the route's native session, relay/tasks.py).
+    skip: frozenset[str] = frozenset()
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _pending: dict[tuple[str, int], Pending] = attrs.field(factory=dict)
     _progress: dict[tuple[str, Any], Pending] = attrs.field(factory=dict)
@@ -93,7 +98,7 @@ class RelaySession:
 
     @property
     def targets(self) -> tuple[McpTarget, ...]:
-        return self.route.targets
+        return tuple(t for t in self.route.targets if t.name not in self.skip)
 
     def __repr__(self) -> str:
         return f"<RelaySession {self.sid[:8]} {list(self.transports)} {len(self._pending)} pending>"

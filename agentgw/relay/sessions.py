@@ -106,8 +106,8 @@ class SessionDirectory:
     # By ``id(route)`` and the callers' credentials (``credentials_key``),
     # and checked to be that route (an id is unique only while its object
     # lives); a changed route gets new shared sessions.
-    _shared: dict[tuple[int, str], RelaySession] = attrs.field(factory=dict)
-    _shared_locks: dict[tuple[int, str], trio.Lock] = attrs.field(factory=dict)
+    _shared: dict[tuple[int, str, frozenset[str]], RelaySession] = attrs.field(factory=dict)
+    _shared_locks: dict[tuple[int, str, frozenset[str]], trio.Lock] = attrs.field(factory=dict)
 
     def sid_of(self, token: str) -> str | None:
         """The session id a token holds; None for a token this gateway did
@@ -148,6 +148,7 @@ class SessionDirectory:
         protocol_version: str | None = None,
         is_shared: bool = False,
         is_replica: bool = False,
+        skip: frozenset[str] = frozenset(),
     ) -> RelaySession:
         return RelaySession(
             sid=sid,
@@ -160,6 +161,7 @@ class SessionDirectory:
             is_shared=is_shared,
             is_replica=is_replica,
             opener=self.opener,
+            skip=skip,
         )
 
     async def _start(self, session: RelaySession) -> RelaySession:
@@ -214,19 +216,22 @@ class SessionDirectory:
         """End ``session`` for good: its token never resumes it here."""
         self.manager.end(session)
 
-    async def shared(self, route: McpRoute, headers: UpstreamHeaders) -> RelaySession:
+    async def shared(
+        self, route: McpRoute, headers: UpstreamHeaders, skip: frozenset[str] = frozenset()
+    ) -> RelaySession:
         """The session that 2026-07-28 requests (which have no session) go
         through, initialized by the gateway. Callers share it only when no
         credentials of theirs reach the targets: callers whose
         ``Authorization`` does (``backendAuth: passthrough``, or a route
         that passes it on) each get their own, initialized with their own
         headers, so that no caller rides on another's upstream session.
+        ``skip``: the targets it leaves to the route's native session.
 
         Raises:
             UpstreamError: the targets could not be initialized, or the
                 route has ``MAX_SHARED_PER_ROUTE`` busy ones already (503).
         """
-        key = (id(route), credentials_key(route, headers))
+        key = (id(route), credentials_key(route, headers), skip)
         session = self._shared.get(key)
         if session is not None and session.route is route and not session.closed.is_set():
             return session
@@ -237,8 +242,12 @@ class SessionDirectory:
                 return session
             self._make_room_for_shared(route)
             session = await self._start(
-                self._session(route, secrets.token_urlsafe(16), is_shared=True)
+                self._session(route, secrets.token_urlsafe(16), is_shared=True, skip=skip)
             )
+            if not session.targets:  # every target speaks 2026-07-28
+                session.init_result = {}
+                self._shared[key] = session
+                return session
             init = {
                 "jsonrpc": "2.0",
                 "id": 0,
@@ -274,7 +283,7 @@ class SessionDirectory:
                 lock = self._shared_locks.get(key)
                 if lock is not None and not lock.locked():
                     del self._shared_locks[key]
-        mine = [s for (rid, _), s in self._shared.items() if rid == id(route)]
+        mine = [s for (rid, _, _), s in self._shared.items() if rid == id(route)]
         if len(mine) < MAX_SHARED_PER_ROUTE:
             return
         idle = [s for s in mine if s.is_idle]

@@ -25,8 +25,8 @@ import attrs
 import trio
 
 from agentgw.errors import ClientGone, HTTPError, MethodNotFound
-from agentgw.mcp import stateless, versions
-from agentgw.mcp.federation import LIST_METHODS, McpRoute, outbound, params_of, route_call
+from agentgw.mcp import merge, stateless, versions
+from agentgw.mcp.federation import McpRoute, outbound, params_of, route_call
 from agentgw.mcp.mrtr import INPUT_METHODS
 from agentgw.mcp.replay import prefers_event_stream
 from agentgw.mcp.stateless import Envelope, ListenFilter
@@ -82,21 +82,30 @@ async def serve(
             method not in stateless.METHODS and len(route.targets) > 1
         ):
             raise MethodNotFound(f"method {method!r} is not in 2026-07-28")
-        session = await ep.directory.shared(route, headers)
+        # The targets that speak 2026-07-28 get requests as they are, on the
+        # route's native session; the shared one opens only the others.
+        found = await _native(ep, route, headers)
+        skip = frozenset(found.discovered) if found is not None else frozenset()
+        session = await ep.directory.shared(route, headers, skip)
+        native = None
+        if found is not None and found.discovered:
+            meta = versions.protocol_meta(params_of(message))
+            native = NativeTargets(found.session, frozenset(found.discovered), meta)
         if method == "tools/call":
-            await _check_param_headers(ctx, route, session, message, headers)
+            await _check_param_headers(ctx, route, session, message, headers, native)
     except HTTPError as exc:
         await respond_error(ctx, exc, msg_id)
         return
     if method == "server/discover":
-        result = _discover(session)
-        extensions = tasks.extensions_of(await ep.natives.get(route, headers))
+        result = _discover(_initialized(route, session, found))
+        extensions = tasks.extensions_of(found) if found is not None else {}
         if extensions:
             result["capabilities"] = {**result["capabilities"], "extensions": extensions}
         await respond_json(ctx.req, {"jsonrpc": "2.0", "id": msg_id, "result": result})
         return
     if method == "subscriptions/listen":
-        await listen(ep, ctx, route, session, message, headers)
+        capabilities = _initialized(route, session, found).get("capabilities")
+        await listen(ep, ctx, route, session, found, capabilities, message, headers)
         return
     outbox = StatelessOutbox(PostOutbox(ctx.req), message, envelope, session, headers)
     timeouts = ep.timeouts(ctx)
@@ -119,12 +128,6 @@ async def serve(
 
         await ctx.req.run_watched(rounds)
         return
-    native = None
-    if method in LIST_METHODS:  # from targets that speak 2026-07-28 as it is
-        found = await _native(ep, route, headers)
-        if found is not None and found.discovered:
-            meta = versions.protocol_meta(params_of(message))
-            native = NativeTargets(found.session, frozenset(found.discovered), meta)
     # Without the envelope: the other targets speak an older revision.
     bare = {**message, "params": versions.strip_protocol_meta(params_of(message))}
 
@@ -134,8 +137,30 @@ async def serve(
     await ctx.req.run_watched(work)
 
 
-def _discover(session: RelaySession) -> dict[str, Any]:
-    init = session.init_result or {}
+def _initialized(
+    route: McpRoute, session: RelaySession, native: tasks.Native | None
+) -> dict[str, Any]:
+    """What the route's targets said of themselves, merged as an
+    ``initialize`` result is: the older targets' initialize results and the
+    native targets' ``server/discover`` results."""
+    results: dict[str, Any] = dict(session.init_results)
+    for target, found in (native.discovered if native is not None else {}).items():
+        caps = found.get("capabilities")
+        meta = found.get("_meta")
+        info = meta.get(versions.SERVER_INFO_META_KEY) if isinstance(meta, dict) else None
+        results[target] = {
+            "protocolVersion": versions.STATELESS_REVISION,
+            "capabilities": caps if isinstance(caps, dict) else {},
+            **({"instructions": found["instructions"]} if found.get("instructions") else {}),
+            **({"serverInfo": info} if isinstance(info, dict) else {}),
+        }
+    ordered = {t: results[t] for t in route.target_names if t in results}
+    if not ordered:
+        return {}
+    return merge.merge_initialize(ordered, multiplexing=len(route.target_names) > 1)
+
+
+def _discover(init: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "supportedVersions": list(stateless.SUPPORTED),
         "capabilities": init.get("capabilities", {}),
@@ -191,6 +216,7 @@ async def _check_param_headers(
     session: RelaySession,
     message: Message,
     headers: UpstreamHeaders,
+    native: NativeTargets | None,
 ) -> None:
     """Refuse a call whose ``Mcp-Param-*`` headers do not match its
     arguments (-32020), for tools whose schema names such headers."""
@@ -201,7 +227,7 @@ async def _check_param_headers(
     schemas = _schemas(session)
     if not schemas.is_fresh(name) and schemas.can_fetch():
         schemas.fetched_at = time.monotonic()
-        await _fetch_schemas(ctx, route, session, schemas, headers)
+        await _fetch_schemas(ctx, route, session, schemas, headers, native)
     lookup = stateless.header_lookup(ctx.req.headers)
     problem = stateless.param_header_problem(
         schemas.schemas.get(name), params.get("arguments"), lookup
@@ -216,6 +242,7 @@ async def _fetch_schemas(
     session: RelaySession,
     schemas: ToolSchemas,
     headers: UpstreamHeaders,
+    native: NativeTargets | None,
 ) -> None:
     cursor: Any = None
     for _ in range(SCHEMA_PAGES):
@@ -223,7 +250,9 @@ async def _fetch_schemas(
         if cursor:
             ask["params"] = {"cursor": cursor}
         try:
-            listed = await list_all(ctx, route, session, ask, headers, timeout=SCHEMA_TIMEOUT)
+            listed = await list_all(
+                ctx, route, session, ask, headers, native, timeout=SCHEMA_TIMEOUT
+            )
             result = listed.get("result")
         except HTTPError as exc:
             logger.info("listing tools for their Mcp-Param headers: %s", exc.log_text)
@@ -320,6 +349,8 @@ async def listen(
     ctx: RequestContext,
     route: McpRoute,
     session: RelaySession,
+    native: tasks.Native | None,
+    capabilities: object,
     message: Message,
     headers: UpstreamHeaders,
 ) -> None:
@@ -338,10 +369,9 @@ async def listen(
     except HTTPError as exc:
         await respond_error(ctx, exc, msg_id)
         return
-    honored = wanted.honored((session.init_result or {}).get("capabilities"))
+    honored = wanted.honored(capabilities)
     extra = stateless.extension_filter(message.get("params"))
     ctx.record.extra["mcp.subscription"] = str(msg_id)
-    native = await _native(ep, route, headers)
     natives = native.discovered if native is not None else {}
     readable = _readable(ctx, route, honored.uris)
     subscribed: list[str] = []

@@ -36,7 +36,7 @@ from agentgw.errors import (
 )
 from agentgw.mcp import mrtr as mrtr_core
 from agentgw.mcp import names, versions
-from agentgw.mcp.federation import McpRoute, params_of, route_call
+from agentgw.mcp.federation import LIST_METHODS, McpRoute, params_of, route_call
 from agentgw.relay import mrtr
 from agentgw.relay.calls import Message
 from agentgw.relay.context import RequestContext, UpstreamHeaders, with_routing
@@ -53,7 +53,7 @@ EXTENSION = "io.modelcontextprotocol/tasks"
 TASK_METHODS = frozenset(
     {"tasks/get", "tasks/update", "tasks/cancel", "tasks/result", "tasks/list"}
 )
-COMPLETE = "completion/complete"
+NOT_AS_IS = LIST_METHODS | {"server/discover", "subscriptions/listen"}
 TASK_IDS = "taskIds"  # the extension's key in a subscriptions/listen filter
 DISCOVER_TIMEOUT = 10.0
 REPROBE_AFTER = 30.0
@@ -64,11 +64,10 @@ NOT_NATIVE_CODES = frozenset({-32601, -32600, -32602})
 
 def is_native_method(message: Message) -> bool:
     """A request that goes to its target as it is when the target speaks
-    2026-07-28: a ``tasks/*`` method, a call that may take input or run as
-    a task (``tools/call``, ``prompts/get``, ``resources/read``), or a
-    completion. (Lists go there too, in a fan-out: ``dispatch.NativeTargets``.)"""
-    method = message.get("method")
-    return method in TASK_METHODS or method in mrtr_core.INPUT_METHODS or method == COMPLETE
+    2026-07-28: all but those agentgw answers itself (``server/discover``),
+    fans out (the lists: ``dispatch.NativeTargets``) or listens for
+    (``subscriptions/listen``, in ``relay/stateless.py``)."""
+    return message.get("method") not in NOT_AS_IS
 
 
 @attrs.frozen
@@ -122,32 +121,41 @@ class NativeSessions:
                 )
                 self._natives[id(route)] = native
                 return native
-            session = RelaySession(
-                sid=f"native-{id(route):x}",
-                route=route,
-                pool=self.pool,
-                ttl=1800.0,
-                protocol_version=versions.STATELESS_REVISION,
-                is_shared=True,
-                is_replica=True,  # no server-to-client stream, no session to end
-            )
-            try:
-                await self.manager.start(session)
-            except UpstreamError as exc:
-                raise UpstreamError(exc.reason, status=503, detail=exc.detail) from exc
+            session = await self._start(route, frozenset())
             dead = frozenset(t for t in route.target_names if t not in session.transports)
             discovered, undecided = await _discover(session, headers, set(session.transports))
             # A stdio target takes no credentials, and asking it again would
             # start a child process: its first answer stands.
             remote = frozenset(t.name for t in route.targets if t.stdio is None)
             again = (frozenset(undecided) | dead) & remote
-            native = Native(session, discovered, again, trio.current_time())
             if not discovered:
                 # No target speaks 2026-07-28: nothing goes this way, and the
                 # probe's session (a child process, for stdio) ends now.
                 session.close()
+            elif older := frozenset(session.transports) - set(discovered) - again:
+                # The older targets are reached on the shared session only:
+                # the probe's session ends, and one without them starts.
+                session.close()
+                session = await self._start(route, older)
+            native = Native(session, discovered, again, trio.current_time())
             self._natives[id(route)] = native
             return native
+
+    async def _start(self, route: McpRoute, skip: frozenset[str]) -> RelaySession:
+        session = RelaySession(
+            sid=f"native-{id(route):x}",
+            route=route,
+            pool=self.pool,
+            ttl=1800.0,
+            protocol_version=versions.STATELESS_REVISION,
+            is_shared=True,
+            is_replica=True,  # no server-to-client stream, no session to end
+            skip=skip,
+        )
+        try:
+            return await self.manager.start(session)
+        except UpstreamError as exc:
+            raise UpstreamError(exc.reason, status=503, detail=exc.detail) from exc
 
     @staticmethod
     def _serves(native: Native, route: McpRoute) -> bool:
@@ -349,7 +357,7 @@ async def relay(
             return False
         if target not in native.discovered:
             return False
-        if method not in mrtr_core.INPUT_METHODS:  # completion/complete
+        if method not in mrtr_core.INPUT_METHODS:  # a completion; another method, one target
             _, rewritten = judge_call(ctx, route, message)
             routed = with_routing(headers, method, None)
             await forward(route, native.session, target, rewritten, routed, outbox, timeouts)

@@ -319,9 +319,10 @@ async def test_listen_hears_a_native_target_and_an_older_one(
 async def test_a_target_that_speaks_2026_07_28_gets_lists_and_completions_as_they_are() -> None:
     """Every request of a 2026-07-28 client reaches a target that speaks
     that revision as it came, lists in a fan-out with an older target too:
-    a stdio target's lists and calls are then answered by the same child."""
+    a stdio target's lists and calls are then answered by the same child,
+    and no target runs a second one."""
     config = mcp_config(stdio("two", TWO_REVISIONS), stdio("older", OLDER))
-    async with run_gateway(config) as (_, port):
+    async with run_gateway(config) as (gw, port):
         listed = json.loads((await post(port, "tools/list")).body)["result"]
         names = {tool["name"] for tool in listed["tools"]}
         assert "two_modern" in names and "older_touch" in names, names
@@ -331,6 +332,11 @@ async def test_a_target_that_speaks_2026_07_28_gets_lists_and_completions_as_the
             port, "completion/complete", {"ref": ref, "argument": {"name": "a", "value": ""}}
         )
         assert json.loads(completed.body)["result"]["completion"]["values"] == ["modern"]
+        # One child process per target: each session opens only its own.
+        opened = {
+            s.sid.startswith("native-"): set(s.transports) for s in gw.sessions.sessions.values()
+        }
+        assert opened == {True: {"two"}, False: {"older"}}, opened
 
 
 @pytest.mark.parametrize("targets", [1, 2])
@@ -408,7 +414,7 @@ async def test_a_target_that_failed_the_first_probe_is_asked_again(
     no answer then (down, busy, or it refused the first caller's
     credentials) is asked again later rather than taken for an older one
     for good."""
-    monkeypatch.setattr(tasks, "REPROBE_AFTER", 0.0)
+    monkeypatch.setattr(tasks, "REPROBE_AFTER", 1.0)
     probes = 0
 
     async def flaky(request: h11.Request, body: bytes, up: Upstream) -> Any:
@@ -436,6 +442,7 @@ async def test_a_target_that_failed_the_first_probe_is_asked_again(
             for _ in range(2):
                 answer = json.loads((await post(port, "tools/call", call)).body)
                 ways.append(answer["result"]["content"][0]["text"])
+                await trio.sleep(1.1)
     assert ways == ["older", "native"]
     assert probes == 2
 
