@@ -245,7 +245,7 @@ async def initialize(
     timeout: float = FIRST_REPLY,
 ) -> Message:
     """Initialize every target (that the session opens) and merge what they say."""
-    messages = dict.fromkeys((t.name for t in session.targets), message)
+    messages = dict.fromkeys((t.name for t in session.opened_targets), message)
     results, errors = await fan_out(session, messages, headers, req=req, timeout=timeout)
     if errors and (not route.fail_open or not results):
         text = "; ".join(f"target {t}: {e}" for t, e in sorted(errors.items()))

@@ -98,6 +98,12 @@ class RelaySession:
 
     @property
     def targets(self) -> tuple[McpTarget, ...]:
+        """The route's targets (the tuple itself: it names the route)."""
+        return self.route.targets
+
+    @property
+    def opened_targets(self) -> tuple[McpTarget, ...]:
+        """The targets this session opens: all but ``skip``."""
         return tuple(t for t in self.route.targets if t.name not in self.skip)
 
     def __repr__(self) -> str:
@@ -123,7 +129,7 @@ class RelaySession:
         """Open every target, serve until closed or idle, then close all."""
         try:
             async with AsyncExitStack() as stack:
-                for target in self.targets:
+                for target in self.opened_targets:
                     try:
                         transport = await stack.enter_async_context(
                             self.opener(

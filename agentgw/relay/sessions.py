@@ -244,7 +244,7 @@ class SessionDirectory:
             session = await self._start(
                 self._session(route, secrets.token_urlsafe(16), is_shared=True, skip=skip)
             )
-            if not session.targets:  # every target speaks 2026-07-28
+            if not session.opened_targets:  # every target speaks 2026-07-28
                 session.init_result = {}
                 self._shared[key] = session
                 return session

@@ -526,8 +526,12 @@ async def test_2026_client_version_is_not_sent_on_the_gateways_own_initialize() 
                 body=json.dumps(body).encode(),
             )
             assert resp.status == 200, resp.body
-    initialize = up.seen[0]
-    sent = json.loads(initialize[1])
+    # The gateway first asks whether the target speaks 2026-07-28 itself
+    # (server/discover, relay/tasks.py); it does not: its session follows.
+    (probe, *rest) = up.seen
+    assert json.loads(probe[1])["method"] == "server/discover"
+    up.seen[:] = rest
+    sent = json.loads(rest[0][1])
     assert sent["method"] == "initialize" and sent["params"]["protocolVersion"] < "2026-07-28"
     assert _versions_seen(up)[0] == []
     assert _versions_seen(up)[-1] == [sent["params"]["protocolVersion"].encode()]
