@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -18,6 +18,10 @@ import trio
 from agentgw.server.connection import ServerRequest
 from agentgw.server.watch import wait_watched
 from agentgw.wire.sse import encode_comment, encode_event
+
+if TYPE_CHECKING:
+    from agentgw.errors import HTTPError
+    from agentgw.relay.context import RequestContext
 
 Message = dict[str, Any]
 T = TypeVar("T")
@@ -28,6 +32,14 @@ SSE_HEADERS: Headers = ((b"content-type", b"text/event-stream"), (b"cache-contro
 
 def dumps(message: Message) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
+
+
+async def respond_error(ctx: RequestContext, exc: HTTPError, msg_id: Any) -> None:
+    """An error as 2026-07-28 answers it: the request's id, and its status
+    (400 or 404 for the client's errors, 5xx for the upstream's)."""
+    ctx.record.error = exc.log_text
+    message = exc.rpc_error(msg_id)
+    await ctx.req.respond(exc.status, dumps(message), exc.headers, content_type=JSON)
 
 
 async def respond_json(req: ServerRequest, message: Message, headers: Headers = ()) -> None:
