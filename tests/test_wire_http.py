@@ -244,6 +244,24 @@ def test_underscore_header_names() -> None:
     assert underscore_header_names(headers) == [b"x_user", b"_"]
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"x-a", b"one\r\nx-injected: two")],  # a line end inside a value
+        [(b"x-a: one\r\nx-injected", b"two")],  # ...inside a name
+        [(b"x-a:b", b"c")],  # a colon inside a name
+        [(b"!:", b"")],
+        [(b"x-a", b"one\nx-b: two")],
+    ],
+)
+def test_fields_that_would_parse_as_other_fields_are_not_valid(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    assert not fields_are_valid(headers)
+    with pytest.raises(h11.LocalProtocolError):
+        h11.Response(status_code=200, headers=headers)
+
+
 @given(
     st.lists(
         st.tuples(

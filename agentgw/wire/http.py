@@ -450,4 +450,8 @@ def fields_are_valid(headers: Headers) -> bool:
         block = b"".join([name + b":" + value + b"\r\n" for name, value in headers])
     except TypeError:
         return False
+    # One line per field: a line end inside a value, or a colon inside a
+    # name, would make the block parse as other fields than these.
+    if block.count(b"\n") != len(headers) or any(b":" in name for name, _ in headers):
+        return False
     return _FIELDS.fullmatch(block) is not None
