@@ -49,7 +49,7 @@ from agentgw.config.model import (
     Route,
     RuleSet,
 )
-from agentgw.errors import ConfigError, UpstreamError
+from agentgw.errors import ConfigError, HeldByWorker, InvalidParams, UpstreamError
 from agentgw.mcp.federation import McpRoute
 from agentgw.mcp.session_token import SessionCodec
 from agentgw.observability.admin import Admin, RouteLabel
@@ -1173,7 +1173,10 @@ class Gateway:
             return
         ctx = RequestContext(req, view, route.policies_for(index), decision.identity)
         if index in route.mcp:
-            await self.mcp.handle(ctx, route.mcp[index])
+            try:
+                await self.mcp.handle(ctx, route.mcp[index])
+            except HeldByWorker as held:
+                await self._relay_held(cb, req, held)
             return
         await proxy_request(
             ctx,
@@ -1181,6 +1184,19 @@ class Gateway:
             route.origins[index],
             response_timeout=self.limits.upstream_response_timeout,
         )
+
+    async def _relay_held(self, cb: CompiledBind, req: ServerRequest, held: HeldByWorker) -> None:
+        """Relay a request to the worker that holds what it continues (an
+        MRTR retry); refused as an invalid state if that worker is gone."""
+        assert self.worker is not None
+        path = self.worker.socket_path(held.worker, cb.bind.port)
+        if await relay_to_worker(req, self.pool, path, _worker_facts(req)):
+            req.record.extra["worker.owner"] = str(held.worker)
+            return
+        exc = InvalidParams("invalid requestState", detail=f"worker {held.worker} is not there")
+        req.record.error = exc.log_text
+        body = json.dumps(exc.rpc_error(held.msg_id)).encode()
+        await req.respond(exc.status, body, exc.headers, b"application/json")
 
     async def _oauth_metadata(
         self, req: ServerRequest, view: RequestView, step: McpAuthStep

@@ -155,6 +155,16 @@ class ClientGone(AgentgwError):
     """The client closed its connection or stopped reading; nothing to send."""
 
 
+class HeldByWorker(AgentgwError):
+    """The request belongs to another worker of the gateway (an MRTR retry of
+    a call that worker holds): it is relayed there as it came."""
+
+    def __init__(self, worker: int, msg_id: Any) -> None:
+        super().__init__(f"held by worker {worker}")
+        self.worker = worker
+        self.msg_id = msg_id
+
+
 class AbortResponse(AgentgwError):
     """The response was started and cannot be completed; the client's
     connection is closed without ending the message, so the client sees a

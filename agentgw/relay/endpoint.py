@@ -102,7 +102,10 @@ class McpEndpoint:
                 body += chunk
                 if len(body) > self.max_message:
                     raise ClientError("message too large", status=413)
-        return self.parse_message(bytes(body))
+        data = bytes(body)
+        if self.directory.ids.index is not None:
+            req.keep_body(data)  # an MRTR retry may be another worker's (app.py)
+        return self.parse_message(data)
 
     def parse_message(self, body: bytes) -> Message:
         messages, batch = jsonrpc.parse_messages(body)

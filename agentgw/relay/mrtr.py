@@ -40,6 +40,7 @@ import attrs
 import trio
 
 from agentgw.errors import (
+    HeldByWorker,
     HTTPError,
     InvalidParams,
     UpstreamTimeout,
@@ -338,9 +339,13 @@ async def call(
                 flights.start(flight, rewritten)
             else:
                 if state.worker != flights.worker:
-                    raise InvalidParams(
-                        "invalid requestState", detail=f"the call is held by worker {state.worker}"
-                    )
+                    # Another worker's call: relayed there (app.py), unless a
+                    # sibling sent it here already or there are no workers.
+                    if state.worker is None or flights.worker is None or ctx.req.is_relayed:
+                        raise InvalidParams(
+                            "invalid requestState", detail=f"held by worker {state.worker}"
+                        )
+                    raise HeldByWorker(state.worker, msg_id)
                 judge_call(ctx, route, fresh)  # policies, again
                 flight, round_ = flights.find(state)
                 flight.resume(round_, retry.responses)

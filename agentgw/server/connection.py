@@ -94,6 +94,8 @@ class ServerRequest:
     span: Span | None = None
     _body_done: bool = False
     _pending: bytes = b""
+    # The body, read once already, for a second reader (``keep_body``).
+    _kept: bytes | None = None
 
     @property
     def host(self) -> str:
@@ -101,6 +103,16 @@ class ServerRequest:
             if name == b"host":
                 return value.decode("latin-1")
         return ""
+
+    @property
+    def is_relayed(self) -> bool:
+        """Whether a sibling worker relayed this request here."""
+        return self._conn.is_internal
+
+    def keep_body(self, body: bytes) -> None:
+        """Keep the body that was read, so that ``body()`` gives it once
+        more (to relay the request elsewhere after reading it)."""
+        self._kept = body
 
     @property
     def scheme(self) -> str:
@@ -133,6 +145,11 @@ class ServerRequest:
             ClientError: 413 over the size limit, 408 on a slow body, 400 if
                 the client closes mid-body.
         """
+        if self._kept is not None:
+            kept, self._kept = self._kept, None
+            if kept:
+                yield kept
+            return
         conn = self._conn
         limit = conn.limits.max_body_bytes
         while not self._body_done:

@@ -33,6 +33,8 @@ from tests.e2e.test_mcp_gateway import (
     mcp_config,
     stdio,
 )
+from tests.e2e.test_mrtr import OLDER_DEMO
+from tests.e2e.test_mrtr import _post as mrtr_post
 
 
 def test_session_ids_name_their_worker() -> None:
@@ -228,3 +230,26 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
     with trio.fail_after(10):
         while any(_is_running(pid) for pid in workers):
             await trio.sleep(0.1)
+
+
+async def test_an_mrtr_retry_reaches_the_worker_that_holds_its_call(tmp_path: Path) -> None:
+    """A 2026-07-28 retry carries no session, only its sealed requestState:
+    a retry that another worker's connection gets is relayed to the worker
+    holding the call, and completes there."""
+    config = mcp_config(stdio("demo", OLDER_DEMO))
+    config["binds"][0]["port"] = await free_port()
+    port = config["binds"][0]["port"]
+    name = "test_input_required_result_elicitation"
+    async with _two_workers(tmp_path, config) as proc:
+        # Each request on a connection of its own: SO_REUSEPORT spreads them,
+        # so some retries land on the other worker.
+        for n in range(16):
+            first = await mrtr_post(port, name)
+            state = first["result"]["requestState"]
+            answer = {"action": "accept", "content": {"name": f"user{n}"}}
+            done = await mrtr_post(
+                port, name, inputResponses={"user_name": answer}, requestState=state
+            )
+            assert done["result"]["content"][0]["text"] == f"Hello, user{n}!", done
+        relayed = proc.stderr_data.count(b"worker.owner=")
+        assert relayed >= 1, proc.stderr_data[-2000:]
