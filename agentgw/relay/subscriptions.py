@@ -98,20 +98,27 @@ async def listen(
                 nursery.start_soon(pump)
                 heard = list(subscribed)
                 acks: dict[str, dict[str, Any]] = {}
-                for target in sorted(natives):
-                    assert native is not None
+
+                async def listen_to(session: RelaySession, target: str) -> None:
+                    """Start listening to ``target``; its stream runs on in
+                    ``nursery``, once the target acknowledged it."""
                     mine = {u: inner for u, (t, inner) in readable.items() if t == target}
                     asked = attrs.evolve(honored, uris=frozenset(mine))
                     theirs = tasks.listen_filter_for(route, target, extra)
                     if not asked.describe() and not theirs:
-                        continue
-                    listening = ListenTo(native.session, route, target, message, headers)
+                        return
+                    listening = ListenTo(session, route, target, message, headers)
                     ack = await nursery.start(
                         listening.run, asked, sorted(mine.values()), theirs, send, ended
                     )
                     if ack is not None:
                         heard.extend(mine)
                         acks[target] = ack
+
+                async with trio.open_nursery() as starting:  # all targets at once
+                    for target in sorted(natives):
+                        assert native is not None
+                        starting.start_soon(listen_to, native.session, target)
                 honored = attrs.evolve(honored, uris=frozenset(heard))
                 acknowledgment = stateless.acknowledgment(msg_id, honored)
                 acknowledgment["params"]["notifications"].update(

@@ -339,20 +339,34 @@ async def test_a_target_that_speaks_2026_07_28_gets_lists_and_completions_as_the
         assert opened == {True: {"two"}, False: {"older"}}, opened
 
 
-@pytest.mark.parametrize("targets", [1, 2])
-async def test_task_notifications_reach_the_listen_stream_that_asked(targets: int) -> None:
+TASK_LISTEN_CASES = {
+    "one target": ([stdio("tl", TASKS_LISTEN)], ["t1"], ["t1"]),
+    "and an older one": (
+        [stdio("tl", TASKS_LISTEN), stdio("older", OLDER)],
+        ["tl_t1", "older_x"],
+        ["tl_t1"],
+    ),
+    "two that speak it": (
+        [stdio("tl", TASKS_LISTEN), stdio("tm", TASKS_LISTEN)],
+        ["tl_t1", "tm_t2"],
+        ["tl_t1", "tm_t2"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TASK_LISTEN_CASES))
+async def test_task_notifications_reach_the_listen_stream_that_asked(case: str) -> None:
     """The tasks extension's ``taskIds`` filter goes to the target that owns
-    each id (with several targets, ids are ``<target>_<id>``), and its
-    ``notifications/tasks`` come back with the client's ids."""
-    configured = [stdio("tl", TASKS_LISTEN), stdio("older", OLDER)][:targets]
-    ours = "tl_t1" if targets == 2 else "t1"
-    asked = {"taskIds": [ours, "older_x"] if targets == 2 else [ours]}
+    each id (with several targets, ids are ``<target>_<id>``; the targets
+    are listened to at once), and its ``notifications/tasks`` come back
+    with the client's ids."""
+    configured, asked, ours = TASK_LISTEN_CASES[case]
     body = json.dumps(
         {
             "jsonrpc": "2.0",
             "id": 7,
             "method": "subscriptions/listen",
-            "params": {"_meta": META, "notifications": asked},
+            "params": {"_meta": META, "notifications": {"taskIds": asked}},
         }
     ).encode()
     head = [
@@ -371,15 +385,16 @@ async def test_task_notifications_reach_the_listen_stream_that_asked(targets: in
         with trio.fail_after(10):
             response = await client.next_event()
             assert response.status_code == 200
-            while received.count(b"data: ") < 2:
+            while received.count(b"data: ") < 1 + len(ours):
                 received += bytes((await client.next_event()).data)
-        ack, note = (
+        ack, *notes = (
             json.loads(line[6:]) for line in received.splitlines() if line.startswith(b"data: ")
         )
-        assert ack["params"]["notifications"] == {"taskIds": [ours]}
-        assert note["method"] == "notifications/tasks"
-        assert note["params"]["taskId"] == ours
-        assert note["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 7
+        assert ack["params"]["notifications"] == {"taskIds": ours}
+        assert sorted(note["params"]["taskId"] for note in notes) == ours
+        for note in notes:
+            assert note["method"] == "notifications/tasks"
+            assert note["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 7
         # nothing else: the log message it was not asked for is not relayed
         with trio.move_on_after(0.5):
             received = bytes((await client.next_event()).data)
