@@ -78,7 +78,6 @@ class RelaySession:
     is_replica: bool = False
     # Ended for good (a DELETE, an upstream session gone): never resumed.
     is_revoked: bool = False
-    init_result: dict[str, Any] | None = None
     # A shared session's targets' own initialize results (for server/discover).
     init_results: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     # What the 2026-07-28 relay keeps on a shared session (relay/stateless.py).

@@ -245,7 +245,6 @@ class SessionDirectory:
                 self._session(route, secrets.token_urlsafe(16), is_shared=True, skip=skip)
             )
             if not session.opened_targets:  # every target speaks 2026-07-28
-                session.init_result = {}
                 self._shared[key] = session
                 return session
             init = {
@@ -261,11 +260,10 @@ class SessionDirectory:
                 },
             }
             try:
-                answer = await initialize(session, route, init, headers)
+                await initialize(session, route, init, headers)
             except HTTPError:
                 session.close()
                 raise
-            session.init_result = answer["result"]
             for target in list(session.transports):
                 await session.notify(
                     target, {"jsonrpc": "2.0", "method": "notifications/initialized"}
